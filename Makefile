@@ -1,0 +1,49 @@
+# lct-train: the commands a user types. `make help` lists them.
+PYTHON  ?= python3
+PIP     := $(PYTHON) -m pip
+TORCH_VERSION ?= 2.13.0
+NPROC   ?= 1
+NNODES  ?= 1
+ARGS    ?=
+TORCHRUN := $(PYTHON) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(NPROC)
+
+.PHONY: help install demo test test-fast lint stage1 causal-ft bench
+
+help:
+	@echo "make install     install lct-train (+ the CPU torch $(TORCH_VERSION) if no torch is installed)"
+	@echo "make demo        install, build synthetic shards, train stage 1 + causal FT, sample a scene"
+	@echo "make test        ruff + the whole test suite (CPU)"
+	@echo "make stage1      LCT stage 1 on torchrun:    make stage1 NPROC=8 ARGS='model=lct-3b ...'"
+	@echo "make causal-ft   causal fine-tuning stage:   make causal-ft NPROC=8 ARGS='...'"
+	@echo "make bench       CPU benchmarks (see BENCHMARKS.md)"
+
+# An existing torch (e.g. a cluster's CUDA build) is never replaced.
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null \
+	  && echo "torch $$($(PYTHON) -c 'import torch; print(torch.__version__)') found: leaving it alone" \
+	  || $(PIP) install "torch==$(TORCH_VERSION)"
+	$(PIP) install -e ".[dev]"
+
+demo: install
+	$(PYTHON) -m lct_train.demo $(ARGS)
+
+lint:
+	$(PYTHON) -m ruff check src data_tools tests bench
+
+test: lint
+	$(PYTHON) -m pytest -q
+
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+stage1:
+	$(TORCHRUN) -m lct_train.train.main stage=lct $(ARGS)
+
+causal-ft:
+	$(TORCHRUN) -m lct_train.train.main stage=causal_ft $(ARGS)
+
+bench:
+	$(PYTHON) bench/attention_block.py
+	$(PYTHON) bench/loader_throughput.py
+	$(PYTHON) bench/train_step.py
+	$(PYTHON) bench/kv_cache_sampling.py

@@ -1,0 +1,1 @@
+"""Offline shard building: lct-shards build / split / synth / inspect / verify."""

@@ -1,0 +1,1 @@
+"""Structured configs registered with Hydra, and their validation."""

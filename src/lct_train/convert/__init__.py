@@ -1,0 +1,1 @@
+"""Checkpoint conversion: DCP and safetensors, diffusers HunyuanVideo import/export."""

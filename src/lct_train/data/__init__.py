@@ -1,0 +1,1 @@
+"""Scene shards: format, streaming loader, token-budget packing, augmentation."""

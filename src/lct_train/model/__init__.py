@@ -1,0 +1,1 @@
+"""Long-context MMDiT: layers, interleaved 3D RoPE, packed-batch metadata, attention backends."""

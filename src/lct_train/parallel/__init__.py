@@ -1,0 +1,1 @@
+"""Distributed set-up and parallelisation (activation checkpointing, compile, FSDP2)."""

@@ -1,0 +1,1 @@
+"""Multi-shot sampling: joint, conditioned, auto-regressive (KV cache), history pool."""

@@ -1,0 +1,1 @@
+"""Training: rectified flow, the training loop, checkpoints, optimisation, metrics."""
