@@ -1,0 +1,32 @@
+"""Model-test helpers: the tiny preset and random inputs for a packed batch."""
+
+from pathlib import Path
+
+import torch
+
+from lct_train.model.config import ModelConfig
+from lct_train.model.layout import GroupSpec, PackedMeta, SceneSpec
+
+PRESETS = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    cfg = ModelConfig.from_yaml(PRESETS / "tiny.yaml")
+    return ModelConfig.from_dict({**cfg.to_dict(), **overrides})
+
+
+def scene(*shots, text_global: int | None = 3, dummy=(1, 2, 2)) -> SceneSpec:
+    """``scene((text_len, grid), ...)`` with an optional global group first."""
+    groups = [GroupSpec(text_global, dummy, is_global=True)] if text_global is not None else []
+    return SceneSpec(tuple(groups) + tuple(GroupSpec(t, g) for t, g in shots))
+
+
+def random_inputs(cfg: ModelConfig, meta: PackedMeta, seed: int = 0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    video = torch.randn(meta.num_video, cfg.patch_dim, generator=gen, dtype=dtype)
+    video[meta.video_shot < 0] = 0.0
+    text = torch.randn(meta.num_text, cfg.text_dim, generator=gen, dtype=dtype)
+    pooled = torch.randn(meta.num_groups, cfg.pooled_dim, generator=gen, dtype=dtype)
+    timesteps = torch.rand(meta.num_groups, generator=gen, dtype=dtype)
+    timesteps[meta.group_is_global] = 0.0
+    return video, text, pooled, timesteps
