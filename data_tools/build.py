@@ -1,0 +1,165 @@
+"""``lct-shards build``: manifest -> encoded webdataset shards, parallel and resumable.
+
+The manifest is cut into fixed *chunks* of ``scenes_per_shard`` scenes. Chunk ``c`` belongs to
+global worker ``c % (world_size * workers)`` (torchrun rank x local worker process), so ranks and
+workers write disjoint shards. A chunk writes ``shards/<c>-<part>.tar.tmp`` parts (rolled over at
+``shard_size_mb``), renames them when the chunk is complete, then writes
+``shards/.done/<c>.json``; a re-run skips chunks with a marker and rebuilds the others.
+A scene that fails to decode or encode is logged and left out (listed in the marker).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data_tools.manifest import SceneEntry, read_manifest
+from data_tools.scene_encoder import FrameSpec, encode_prompts, encode_scene_entry
+from data_tools.shard_writer import ChunkWriter, remove_chunk
+from lct_train.data.codecs import build_codec
+from lct_train.data.schema import SHARDS_DIR, DatasetInfo, save_empty_prompt
+from lct_train.data.text_encoders import build_text_encoder
+
+logger = logging.getLogger(__name__)
+DONE_DIR = ".done"
+BYTES_PER_MB = 1 << 20
+PROGRESS_INTERVAL_S = 0.5
+
+
+@dataclass
+class BuildConfig:
+    manifest: str
+    out: str
+    vae: str = "pixel:2"
+    text_encoder: str = "minilm"
+    fps: float = 8.0
+    area: int = 64 * 64
+    patch: int = 2  # model spatial patch: sizes are multiples of spatial_factor * patch
+    max_frames: int | None = None
+    scenes_per_shard: int = 64
+    shard_size_mb: float = 512.0
+    workers: int = 1  # processes per rank
+    device: str = "cpu"
+
+
+def _dist() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _encoders(cfg: BuildConfig):
+    return build_codec(cfg.vae, **({"device": cfg.device} if cfg.vae.startswith(("hunyuan", "tiny")) else {})), \
+        build_text_encoder(cfg.text_encoder)
+
+
+def write_dataset_info(cfg: BuildConfig, codec, text_encoder) -> DatasetInfo:
+    tokens, pooled = encode_prompts(text_encoder, [""])
+    save_empty_prompt(cfg.out, tokens[0], pooled[0])
+    info = DatasetInfo(
+        vae=codec.spec(), text_encoder=text_encoder.spec(), latent_channels=codec.latent_channels,
+        text_dim=text_encoder.text_dim, pooled_dim=text_encoder.pooled_dim,
+        temporal_factor=codec.temporal_factor, spatial_factor=codec.spatial_factor,
+        image_frame=codec.image_frame, fps=cfg.fps, area=cfg.area,
+        extra={"scaling_factor": codec.scaling_factor, "patch": cfg.patch, "build": asdict(cfg)},
+    )
+    info.write(cfg.out)
+    return info
+
+
+def chunk_done(shard_dir: Path, chunk: int) -> bool:
+    return (shard_dir / DONE_DIR / f"{chunk:06d}.json").is_file()
+
+
+def build_chunk(cfg: BuildConfig, chunk: int, scenes: list[SceneEntry], codec, text_encoder, progress) -> dict:
+    """Encodes one chunk's scenes into its shards; returns the marker written."""
+    shard_dir = Path(cfg.out) / SHARDS_DIR
+    remove_chunk(shard_dir, chunk)
+    spec = FrameSpec(cfg.fps, cfg.area, codec.spatial_factor * cfg.patch, cfg.max_frames)
+    writer = ChunkWriter(shard_dir, chunk, int(cfg.shard_size_mb * BYTES_PER_MB))
+    failed = []
+    for scene in scenes:
+        try:
+            writer.write(encode_scene_entry(scene, spec, codec, text_encoder))
+        except Exception as exc:  # a broken video must not stop a long build
+            logger.warning("scene %s failed, left out: %s: %s", scene.key, type(exc).__name__, exc)
+            failed.append({"key": scene.key, "error": f"{type(exc).__name__}: {exc}"})
+        progress(1)
+    marker = {"chunk": chunk, "shards": writer.commit(), "scenes": writer.samples, "failed": failed}
+    done = shard_dir / DONE_DIR / f"{chunk:06d}.json"
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(marker))
+    tmp.replace(done)
+    return marker
+
+
+def _run_worker(cfg: BuildConfig, chunks: list[tuple[int, list[SceneEntry]]], counter) -> None:
+    torch.set_num_threads(1)
+    codec, text_encoder = _encoders(cfg)
+
+    def progress(n: int) -> None:
+        with counter.get_lock():
+            counter.value += n
+
+    for chunk, scenes in chunks:
+        build_chunk(cfg, chunk, scenes, codec, text_encoder, progress)
+
+
+def _watch(procs: list, counter, total: int) -> None:
+    with tqdm(total=total, unit="scene", desc="build", smoothing=0.1) as bar:
+        while any(p.is_alive() for p in procs):
+            bar.update(counter.value - bar.n)
+            time.sleep(PROGRESS_INTERVAL_S)
+        bar.update(counter.value - bar.n)
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    if bad:
+        raise RuntimeError(f"{len(bad)} build worker(s) failed (exit codes {bad}); re-run to resume")
+
+
+def build(cfg: BuildConfig) -> dict:
+    """Builds (or resumes) the dataset; returns a summary."""
+    rank, world = _dist()
+    scenes = read_manifest(cfg.manifest)
+    shard_dir = Path(cfg.out) / SHARDS_DIR
+    (shard_dir / DONE_DIR).mkdir(parents=True, exist_ok=True)
+    workers = max(1, cfg.workers)
+    slots = world * workers
+    n_chunks = -(-len(scenes) // cfg.scenes_per_shard)
+    mine: list[list[tuple[int, list[SceneEntry]]]] = [[] for _ in range(workers)]
+    skipped = 0
+    for c in range(n_chunks):
+        if c % slots // workers != rank:
+            continue
+        if chunk_done(shard_dir, c):
+            skipped += 1
+            continue
+        mine[c % slots % workers].append((c, scenes[c * cfg.scenes_per_shard : (c + 1) * cfg.scenes_per_shard]))
+    todo = sum(len(s) for w in mine for _, s in w)
+    logger.info("rank %d/%d: %d chunks to build, %d already done", rank, world, sum(map(len, mine)), skipped)
+    if rank == 0:
+        codec, text_encoder = _encoders(cfg)
+        write_dataset_info(cfg, codec, text_encoder)
+        del codec, text_encoder
+    start = time.perf_counter()
+    if workers == 1:
+        codec, text_encoder = _encoders(cfg)
+        with tqdm(total=todo, unit="scene", desc="build", smoothing=0.1) as bar:
+            for chunk, chunk_scenes in mine[0]:
+                build_chunk(cfg, chunk, chunk_scenes, codec, text_encoder, bar.update)
+    else:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        counter = ctx.Value("i", 0)
+        procs = [ctx.Process(target=_run_worker, args=(cfg, w, counter)) for w in mine if w]
+        for p in procs:
+            p.start()
+        _watch(procs, counter, todo)
+    elapsed = time.perf_counter() - start
+    return {"rank": rank, "world_size": world, "chunks": n_chunks, "skipped_done": skipped,
+            "scenes_built": todo, "seconds": round(elapsed, 2),
+            "scenes_per_s": round(todo / elapsed, 2) if elapsed > 0 else 0.0}

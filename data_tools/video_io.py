@@ -1,0 +1,75 @@
+"""Real video I/O with PyAV: decode a shot at a target fps, read images, write H.264 mp4."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+H264_PIXEL_FORMAT = "yuv420p"
+DEFAULT_CRF = 18
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """``uint8 [1, H, W, 3]``."""
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"))).unsqueeze(0)
+
+
+def decode_shot(path: str | Path, fps: float, start: float | None = None, end: float | None = None,
+                max_frames: int | None = None) -> torch.Tensor:
+    """Frames of ``[start, end)`` sampled at ``fps`` (nearest earlier frame): ``uint8 [T, H, W, 3]``."""
+    if is_image(path):
+        return read_image(path)
+    start = start or 0.0
+    frames: list[np.ndarray] = []
+    next_t = start
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        last = None
+        for frame in container.decode(stream):
+            t = float(frame.pts * stream.time_base) if frame.pts is not None else float(frame.time or 0.0)
+            if end is not None and t >= end - 1e-6:
+                break
+            if t < start - 1e-6:
+                continue
+            last = frame
+            while t + 1e-6 >= next_t:
+                frames.append(last.to_ndarray(format="rgb24"))
+                next_t += 1.0 / fps
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    if not frames:
+        raise ValueError(f"{path}: no frames decoded in [{start}, {end})")
+    return torch.from_numpy(np.stack(frames))
+
+
+def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float, crf: int = DEFAULT_CRF) -> None:
+    """Writes ``uint8 [T, H, W, 3]`` (H, W even) as an H.264 mp4."""
+    frames = np.asarray(frames, dtype=np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = H264_PIXEL_FORMAT
+        stream.options = {"crf": str(crf)}
+        for arr in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.replace(path)

@@ -1,0 +1,97 @@
+"""Seeded per-scene augmentation: context-window truncation, image substitution, prompt dropout,
+and the token-budget cut (SPEC §1, §5).
+
+Every random choice comes from a generator seeded by ``(seed, source, epoch, key)``, so the
+same scene in the same epoch is augmented identically on any rank, worker or resumed run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lct_train.data.config import DataConfig
+from lct_train.data.schema import BadSampleError, DatasetInfo, SceneRecord, scene_tokens
+from lct_train.data.seeding import stable_seed
+
+IMAGE_FRAME_FIRST = "first"  # causal VAEs: only latent frame 0 encodes a lone image
+IMAGE_FRAME_ANY = "any"  # temporal factor 1: every latent frame is an image latent
+
+
+@dataclass
+class Scene:
+    """A scene ready to pack: augmented tensors plus where it came from."""
+
+    key: str
+    source: str
+    latents: list[torch.Tensor]  # shots [C, F, H, W]
+    text: list[torch.Tensor]  # groups [L_g, D], global first
+    pooled: torch.Tensor  # [G, Dp]
+    tokens: int  # joint tokens (text + video + dummy)
+    truncated: bool = False  # cut to the context window or the token budget
+
+    @property
+    def shot_is_image(self) -> list[bool]:
+        return [z.shape[1] == 1 for z in self.latents]
+
+
+def check_geometry(rec: SceneRecord, patch: tuple[int, int, int]) -> None:
+    """Latent frames/height/width must be multiples of the model patch."""
+    for i, z in enumerate(rec.latents):
+        if any(z.shape[1 + d] % patch[d] for d in range(3)):
+            raise BadSampleError(rec.shard, rec.key, f"shot_{i} shape {tuple(z.shape)} not divisible by patch {patch}")
+
+
+class Augmenter:
+    """Applies the configured augmentations to decoded scenes."""
+
+    def __init__(self, cfg: DataConfig, info: DatasetInfo, empty_tokens: torch.Tensor, empty_pooled: torch.Tensor):
+        self.cfg, self.info = cfg, info
+        self.empty_tokens, self.empty_pooled = empty_tokens.float(), empty_pooled.float()
+
+    def tokens(self, latents: list[torch.Tensor], text: list[torch.Tensor]) -> int:
+        return scene_tokens([tuple(z.shape) for z in latents], [t.shape[0] for t in text],
+                            self.cfg.patch_size, self.cfg.dummy_grid)
+
+    def __call__(self, rec: SceneRecord, source: str, epoch: int) -> Scene:
+        cfg = self.cfg
+        check_geometry(rec, cfg.patch_size)
+        gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "augment", source, epoch, rec.key))
+        latents, text, pooled = list(rec.latents), list(rec.text), rec.pooled
+        truncated = False
+        n = len(latents)
+        if n > cfg.max_shots:  # a random window of the context size; the global group stays
+            start = int(torch.randint(n - cfg.max_shots + 1, (1,), generator=gen))
+            keep = range(start, start + cfg.max_shots)
+            latents = [latents[i] for i in keep]
+            text = [text[0]] + [text[i + 1] for i in keep]
+            pooled = torch.cat([pooled[:1], pooled[start + 1 : start + 1 + cfg.max_shots]])
+            truncated = True
+        draws = torch.rand(2 * len(latents) + 1, generator=gen)
+        frames = torch.randint(1 << 30, (len(latents),), generator=gen)
+        for i, z in enumerate(latents):
+            if z.shape[1] > 1 and draws[i] < cfg.p_image:
+                f = 0 if self.info.image_frame == IMAGE_FRAME_FIRST else int(frames[i]) % z.shape[1]
+                latents[i] = z[:, f : f + 1]
+        drop = draws[len(latents):] < torch.tensor([cfg.p_drop_global] + [cfg.p_drop_shot] * len(latents))
+        if bool(drop.any()):
+            pooled = pooled.clone()
+            for g in torch.nonzero(drop).flatten().tolist():
+                text[g] = self.empty_tokens
+                pooled[g] = self.empty_pooled
+        return Scene(rec.key, source, latents, text, pooled, self.tokens(latents, text), truncated)
+
+    def fit_budget(self, scene: Scene) -> Scene | None:
+        """Cuts trailing shots until the scene fits ``max_tokens`` (policy ``cut``), else None."""
+        cfg = self.cfg
+        if scene.tokens <= cfg.max_tokens:
+            return scene
+        if cfg.packing == "skip":
+            return None
+        for k in range(len(scene.latents) - 1, 0, -1):
+            tokens = self.tokens(scene.latents[:k], scene.text[: k + 1])
+            if tokens <= cfg.max_tokens:
+                return Scene(scene.key, scene.source, scene.latents[:k], scene.text[: k + 1],
+                             scene.pooled[: k + 1], tokens, True)
+        return None

@@ -1,0 +1,128 @@
+"""Video codecs ("VAEs"): frames <-> latents, used by shard building and by the sampler.
+
+Convention: ``frames`` are float ``[T, 3, H, W]`` in ``[-1, 1]``; ``latents`` are ``[C, F, h, w]``
+already multiplied by the scaling factor (what the shards store and the model sees).
+
+- :class:`PixelCodec`: space-to-depth of the frames themselves (factor 2 -> 12 channels),
+  temporal factor 1, exactly invertible: generated latents decode to recognisable frames.
+- :class:`HunyuanVideoCodec`: a diffusers ``AutoencoderKLHunyuanVideo`` from a local path, or
+  tiny random weights built from config (tests, offline).
+
+``build_codec(spec)`` rebuilds a codec from the ``spec()`` dict stored in ``dataset.json``.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+RGB = 3
+TINY_HUNYUAN_SEED = 0
+TINY_HUNYUAN_CONFIG = dict(
+    latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
+    spatial_compression_ratio=8, temporal_compression_ratio=4,
+)
+
+
+def frames_to_tensor(frames_uint8: torch.Tensor) -> torch.Tensor:
+    """``uint8 [T, H, W, 3]`` -> float ``[T, 3, H, W]`` in ``[-1, 1]``."""
+    return frames_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def tensor_to_frames(frames: torch.Tensor) -> torch.Tensor:
+    """float ``[T, 3, H, W]`` in ``[-1, 1]`` -> ``uint8 [T, H, W, 3]``."""
+    return frames.clamp(-1, 1).add(1.0).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class PixelCodec:
+    """Latents are the frames, space-to-depth rearranged: ``[3*f*f, T, H/f, W/f]``."""
+
+    temporal_factor = 1
+    image_frame = "any"
+    scaling_factor = 1.0
+
+    def __init__(self, factor: int = 2):
+        if factor < 1:
+            raise ValueError(f"PixelCodec: factor must be >= 1, got {factor}")
+        self.spatial_factor = factor
+        self.latent_channels = RGB * factor * factor
+
+    def spec(self) -> dict:
+        return {"kind": "pixel", "factor": self.spatial_factor}
+
+    def valid_frames(self, n: int) -> int:
+        return n
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        f = self.spatial_factor
+        return rearrange(frames.float(), "t c (h p) (w q) -> (c p q) t h w", p=f, q=f)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        f = self.spatial_factor
+        return rearrange(latents.float(), "(c p q) t h w -> t c (h p) (w q)", p=f, q=f)
+
+
+class HunyuanVideoCodec:
+    """A diffusers ``AutoencoderKLHunyuanVideo`` (causal: latent frame 0 is the image latent)."""
+
+    image_frame = "first"
+
+    def __init__(self, path: str | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 sample: bool = False):
+        from diffusers import AutoencoderKLHunyuanVideo
+
+        if path is None:
+            torch.manual_seed(TINY_HUNYUAN_SEED)
+            self.vae = AutoencoderKLHunyuanVideo(**TINY_HUNYUAN_CONFIG)
+        else:
+            self.vae = AutoencoderKLHunyuanVideo.from_pretrained(path, local_files_only=True)
+        self.path, self.sample = path, sample
+        self.vae = self.vae.to(device=device, dtype=dtype).eval()
+        cfg = self.vae.config
+        self.latent_channels = int(cfg.latent_channels)
+        self.temporal_factor = int(cfg.temporal_compression_ratio)
+        self.spatial_factor = int(cfg.spatial_compression_ratio)
+        self.scaling_factor = float(cfg.scaling_factor)
+
+    def spec(self) -> dict:
+        return {"kind": "hunyuan", "path": self.path}
+
+    def valid_frames(self, n: int) -> int:
+        """Largest ``1 + k * temporal_factor`` not above ``n``."""
+        return 1 + (n - 1) // self.temporal_factor * self.temporal_factor
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        p = next(self.vae.parameters())
+        x = rearrange(frames, "t c h w -> 1 c t h w").to(p.device, p.dtype)
+        dist = self.vae.encode(x).latent_dist
+        z = dist.sample() if self.sample else dist.mode()
+        return (z[0] * self.scaling_factor).float().cpu()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        p = next(self.vae.parameters())
+        z = (latents / self.scaling_factor).unsqueeze(0).to(p.device, p.dtype)
+        x = self.vae.decode(z).sample
+        return rearrange(x[0].float().cpu(), "c t h w -> t c h w")
+
+
+def build_codec(spec: dict | str, **kwargs) -> PixelCodec | HunyuanVideoCodec:
+    """From a ``spec()`` dict or a CLI string: ``pixel[:F]``, ``tiny-hunyuan``, ``hunyuan:PATH``."""
+    if isinstance(spec, str):
+        kind, _, arg = spec.partition(":")
+        spec = {"kind": kind}
+        if kind == "pixel" and arg:
+            spec["factor"] = int(arg)
+        if kind == "hunyuan":
+            spec["path"] = arg or None
+        if kind == "tiny-hunyuan":
+            spec = {"kind": "hunyuan", "path": None}
+    kind = spec.get("kind")
+    if kind == "pixel":
+        return PixelCodec(int(spec.get("factor", 2)))
+    if kind == "hunyuan":
+        return HunyuanVideoCodec(spec.get("path"), **kwargs)
+    raise ValueError(f"unknown codec {spec!r}: use pixel[:F], tiny-hunyuan or hunyuan:PATH")

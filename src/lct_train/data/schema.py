@@ -1,0 +1,185 @@
+"""The scene-shard format (design §3): member names, ``dataset.json``, sample (de)serialisation.
+
+One webdataset sample per scene, three tar members sharing the scene key:
+
+- ``{key}.latents.safetensors``: ``shot_{i}`` ``[C, F, H, W]`` per shot (scaled VAE latents);
+- ``{key}.text.safetensors``: ``group_{g}`` ``[L_g, text_dim]`` valid text tokens (group 0 is
+  the global prompt, group ``i + 1`` shot ``i``) and ``pooled`` ``[G, pooled_dim]``;
+- ``{key}.json``: prompts, cut flags, shapes, source.
+
+A dataset directory holds ``shards/*.tar``, ``dataset.json`` and ``empty_prompt.safetensors``.
+Decoding validates everything and raises :class:`BadSampleError` naming shard and key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load, save
+
+FORMAT_VERSION = 1
+LATENTS_EXT = "latents.safetensors"
+TEXT_EXT = "text.safetensors"
+META_EXT = "json"
+SAMPLE_EXTS = (LATENTS_EXT, TEXT_EXT, META_EXT)
+DATASET_FILE = "dataset.json"
+EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
+SHARDS_DIR = "shards"
+SHARD_SUFFIX = ".tar"
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be used; carries the shard and key so it can be found."""
+
+    def __init__(self, shard: str, key: str, reason: str):
+        super().__init__(f"bad sample: shard={shard} key={key}: {reason}")
+        self.shard, self.key, self.reason = shard, key, reason
+
+
+@dataclass
+class DatasetInfo:
+    """Contents of ``dataset.json``: the encoders used and the tensor geometry they give."""
+
+    vae: dict
+    text_encoder: dict
+    latent_channels: int
+    text_dim: int
+    pooled_dim: int
+    temporal_factor: int
+    spatial_factor: int
+    image_frame: str  # which latent frames are valid image latents: "first" or "any"
+    fps: float
+    area: int
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def write(self, root: str | Path) -> None:
+        path = Path(root) / DATASET_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, root: str | Path) -> DatasetInfo:
+        path = Path(root) / DATASET_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing: not a dataset directory written by lct-shards build")
+        data = json.loads(path.read_text())
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: format_version {data.get('format_version')} != {FORMAT_VERSION}")
+        return cls(**data)
+
+
+@dataclass
+class SceneRecord:
+    """A decoded scene: per-shot latents, per-group text tokens, pooled, metadata."""
+
+    key: str
+    shard: str
+    latents: list[torch.Tensor]  # n shots, each [C, F, H, W]
+    text: list[torch.Tensor]  # n + 1 groups, each [L_g, text_dim]
+    pooled: torch.Tensor  # [n + 1, pooled_dim]
+    meta: dict
+
+    @property
+    def num_shots(self) -> int:
+        return len(self.latents)
+
+
+def save_empty_prompt(root: str | Path, tokens: torch.Tensor, pooled: torch.Tensor) -> None:
+    """Writes the empty-prompt embedding (``tokens [L, D]``, ``pooled [Dp]``) used for dropout."""
+    path = Path(root) / EMPTY_PROMPT_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(save({"tokens": tokens.contiguous(), "pooled": pooled.contiguous()}))
+    tmp.replace(path)
+
+
+def load_empty_prompt(root: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    path = Path(root) / EMPTY_PROMPT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: needed for prompt dropout")
+    data = load(path.read_bytes())
+    return data["tokens"], data["pooled"]
+
+
+def encode_scene(
+    key: str,
+    latents: list[torch.Tensor],
+    text: list[torch.Tensor],
+    pooled: torch.Tensor,
+    meta: dict,
+) -> dict[str, object]:
+    """A webdataset sample dict (``__key__`` + bytes per member) for one scene."""
+    if len(text) != len(latents) + 1 or pooled.shape[0] != len(text):
+        raise ValueError(f"scene {key}: need n+1 text groups and pooled rows for n={len(latents)} shots")
+    meta = dict(meta)
+    meta.update(
+        key=key,
+        num_shots=len(latents),
+        shapes=[list(z.shape) for z in latents],
+        text_lens=[int(t.shape[0]) for t in text],
+    )
+    lat = {f"shot_{i}": z.contiguous() for i, z in enumerate(latents)}
+    txt = {f"group_{g}": t.contiguous() for g, t in enumerate(text)}
+    txt["pooled"] = pooled.contiguous()
+    return {
+        "__key__": key,
+        LATENTS_EXT: save(lat),
+        TEXT_EXT: save(txt),
+        META_EXT: json.dumps(meta).encode(),
+    }
+
+
+def _finite(shard: str, key: str, name: str, t: torch.Tensor) -> None:
+    # one cheap reduction first; the exact elementwise check only when the sum is not finite
+    if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise BadSampleError(shard, key, f"{name} has NaN/inf values")
+
+
+def decode_scene(members: dict[str, bytes], shard: str, key: str, info: DatasetInfo) -> SceneRecord:
+    """Parses and validates the members of one scene; raises :class:`BadSampleError`."""
+    missing = [ext for ext in SAMPLE_EXTS if ext not in members]
+    if missing:
+        raise BadSampleError(shard, key, f"missing members {missing} (has {sorted(members)})")
+    try:
+        meta = json.loads(members[META_EXT])
+        lat = load(members[LATENTS_EXT])
+        txt = load(members[TEXT_EXT])
+    except Exception as exc:  # any parse failure is a bad sample, never a crash
+        raise BadSampleError(shard, key, f"cannot parse: {type(exc).__name__}: {exc}") from None
+    n = meta.get("num_shots")
+    if not isinstance(n, int) or n < 1:
+        raise BadSampleError(shard, key, f"json num_shots={n!r} is not a positive int")
+    latents, text = [], []
+    for i in range(n):
+        z = lat.get(f"shot_{i}")
+        if z is None:
+            raise BadSampleError(shard, key, f"latents lack shot_{i}")
+        if z.dim() != 4 or z.shape[0] != info.latent_channels or min(z.shape) < 1:
+            raise BadSampleError(shard, key, f"shot_{i} shape {tuple(z.shape)} is not [{info.latent_channels},F,H,W]")
+        _finite(shard, key, f"shot_{i}", z)
+        latents.append(z.float())
+    for g in range(n + 1):
+        t = txt.get(f"group_{g}")
+        if t is None:
+            raise BadSampleError(shard, key, f"text lacks group_{g}")
+        if t.dim() != 2 or t.shape[1] != info.text_dim or t.shape[0] < 1:
+            raise BadSampleError(shard, key, f"group_{g} shape {tuple(t.shape)} is not [L>0,{info.text_dim}]")
+        _finite(shard, key, f"group_{g}", t)
+        text.append(t.float())
+    pooled = txt.get("pooled")
+    if pooled is None or tuple(pooled.shape) != (n + 1, info.pooled_dim):
+        got = None if pooled is None else tuple(pooled.shape)
+        raise BadSampleError(shard, key, f"pooled shape {got} is not ({n + 1}, {info.pooled_dim})")
+    _finite(shard, key, "pooled", pooled)
+    return SceneRecord(key, shard, latents, text, pooled.float(), meta)
+
+
+def scene_tokens(shapes: list[tuple[int, ...]], text_lens: list[int], patch, dummy_grid) -> int:
+    """Joint tokens of a scene (global group first) from latent shapes ``[C,F,H,W]``."""
+    video = sum(math.prod(s[1 + d] // patch[d] for d in range(3)) for s in shapes)
+    return video + math.prod(dummy_grid) + sum(text_lens)

