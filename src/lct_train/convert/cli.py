@@ -1,0 +1,239 @@
+"""`lct-convert`: the command line of the conversions (one process, no torchrun).
+
+    lct-convert export CKPT OUT            DCP training checkpoint -> model.safetensors + config.json
+    lct-convert init SRC OUT               safetensors export or checkpoint -> next stage's init
+    lct-convert import-diffusers SRC OUT   diffusers HunyuanVideo transformer -> LCT export
+    lct-convert export-diffusers SRC OUT   LCT export -> diffusers HunyuanVideo transformer
+    lct-convert verify PATH [--reference REF]
+
+Every command exits with status 1 and a message naming the offending keys or files on bad input,
+leaving no output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from lct_train.convert.dcp_export import WEIGHT_SETS, export_checkpoint, holds_checkpoint
+from lct_train.convert.diffusers_io import export_diffusers, import_diffusers
+from lct_train.convert.errors import ConversionError
+from lct_train.convert.key_plan import KeyRule, check_plan, write_plan
+from lct_train.convert.model_spec import (
+    CONFIG_FILE,
+    WEIGHTS_BASE,
+    expected_shapes,
+    parse_dtype,
+    parse_model_config,
+    read_model_config,
+)
+from lct_train.convert.safetensors_io import (
+    DEFAULT_MAX_SHARD_BYTES,
+    SafetensorsReader,
+    atomic_output_dir,
+    write_json,
+)
+from lct_train.convert.verify import verify
+
+SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+}
+EXIT_ERROR = 1
+
+
+def parse_size(text: str) -> int:
+    """`5GB`, `500MiB`, `1000000` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    if match is None or match.group(2).upper() not in SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MiB)")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`key=value` items (values parsed as YAML: true, 4, [1, 2, 2]) -> dict."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConversionError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _load_base_config(path: str | None):
+    if path is None:
+        return None
+    data = yaml.safe_load(Path(path).read_text())
+    return parse_model_config(data, path)
+
+
+def cmd_export(args) -> None:
+    out = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        weights=args.weights,
+        dtype=parse_dtype(args.dtype),
+        max_shard_bytes=args.max_shard_size,
+        overwrite=args.overwrite,
+        config_overrides=parse_overrides(args.set),
+    )
+    print(f"wrote {out}")
+
+
+def cmd_init(args) -> None:
+    """Init weights of the next stage: a checkpoint is exported; an export is re-checked/copied."""
+    overrides = parse_overrides(args.set)
+    if holds_checkpoint(args.source):
+        out = export_checkpoint(
+            args.source,
+            args.out,
+            weights=args.weights,
+            dtype=parse_dtype(args.dtype),
+            max_shard_bytes=args.max_shard_size,
+            overwrite=args.overwrite,
+            config_overrides=overrides,
+        )
+        print(f"wrote {out}")
+        return
+    cfg = read_model_config(args.source)
+    cfg = parse_model_config({**cfg.to_dict(), **overrides}, "--set overrides")
+    with SafetensorsReader(args.source) as reader:
+        plan = [KeyRule(k, (k,)) for k in reader]
+        shapes = check_plan(
+            plan,
+            reader.shapes(),
+            expected_shapes(cfg),
+            source_name=f"export {args.source}",
+            target_name="the LCT model",
+        )
+        with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+            write_plan(
+                plan,
+                reader,
+                tmp,
+                WEIGHTS_BASE,
+                target_shapes=shapes,
+                dtype=parse_dtype(args.dtype),
+                max_shard_bytes=args.max_shard_size,
+            )
+            write_json(tmp / CONFIG_FILE, cfg.to_dict())
+    print(f"wrote {args.out}")
+
+
+def cmd_import_diffusers(args) -> None:
+    cfg = import_diffusers(
+        args.source,
+        args.out,
+        dtype=parse_dtype(args.dtype),
+        base=_load_base_config(args.base_config),
+        max_shard_bytes=args.max_shard_size,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.out} (text_rope={cfg.text_rope})")
+
+
+def cmd_export_diffusers(args) -> None:
+    export_diffusers(
+        args.source,
+        args.out,
+        dtype=parse_dtype(args.dtype),
+        max_shard_bytes=args.max_shard_size,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.out}")
+
+
+def cmd_verify(args) -> None:
+    report = verify(
+        args.path, args.reference, device=args.device, dtype=parse_dtype(args.dtype), rtol=args.rtol
+    )
+    print("\n".join(report.lines()))
+    if args.json:
+        print(json.dumps(report.__dict__ | {"ok": report.ok}, indent=2))
+    if not report.ok:
+        raise ConversionError(f"verification of {args.path} failed")
+
+
+def _add_output_args(parser: argparse.ArgumentParser, weights: bool = False) -> None:
+    parser.add_argument("out", help="output directory (written atomically)")
+    parser.add_argument("--dtype", help="cast floating-point tensors: bf16, fp16 or fp32")
+    parser.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        default=DEFAULT_MAX_SHARD_BYTES,
+        help="largest safetensors shard, e.g. 5GB (default 5GiB)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    if weights:
+        parser.add_argument("--weights", choices=WEIGHT_SETS, default="ema", help="DCP weight set")
+        parser.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a ModelConfig field of the output, e.g. text_rope=true",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lct-convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="DCP training checkpoint -> consolidated safetensors")
+    p.add_argument("checkpoint", help="step directory, or a run / checkpoints dir (latest step)")
+    _add_output_args(p, weights=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("init", help="initial weights of a run from an export or a checkpoint")
+    p.add_argument("source", help="LCT export directory / safetensors, or a DCP checkpoint")
+    _add_output_args(p, weights=True)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("import-diffusers", help="diffusers HunyuanVideo transformer -> LCT export")
+    p.add_argument("source", help="diffusers transformer directory (or pipeline directory)")
+    _add_output_args(p)
+    p.add_argument(
+        "--base-config", help="ModelConfig YAML/JSON for non-diffusers fields (dummy_grid)"
+    )
+    p.set_defaults(func=cmd_import_diffusers)
+
+    p = sub.add_parser("export-diffusers", help="LCT export -> diffusers HunyuanVideo transformer")
+    p.add_argument("source", help="LCT export directory (config.json + model*.safetensors)")
+    _add_output_args(p)
+    p.set_defaults(func=cmd_export_diffusers)
+
+    p = sub.add_parser("verify", help="check a converted checkpoint (and compare to a reference)")
+    p.add_argument("path", help="LCT export or diffusers transformer directory")
+    p.add_argument("--reference", help="LCT export or diffusers directory to compare outputs with")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", help="compute dtype of the output comparison")
+    p.add_argument("--rtol", type=float, help="max |out - ref| / max |ref| (default per dtype)")
+    p.add_argument("--json", action="store_true", help="also print the report as JSON")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConversionError as err:
+        print(f"lct-convert {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

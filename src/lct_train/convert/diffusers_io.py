@@ -1,0 +1,175 @@
+"""`import-diffusers` / `export-diffusers`: HunyuanVideo transformer directories <-> LCT exports.
+
+A diffusers transformer directory holds `config.json` (with `_class_name`) and
+`diffusion_pytorch_model.safetensors` or shards plus their index; a pipeline directory holds it
+under `transformer/`. An LCT export holds `config.json` (a `ModelConfig`) and
+`model.safetensors` or shards. Both directions check the whole key map on shapes before writing
+and stream one shard at a time into a directory renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from lct_train.convert.errors import ConversionError, check_keys_and_shapes
+from lct_train.convert.hunyuan_config import (
+    DIFFUSERS_CLASS,
+    config_from_diffusers,
+    config_to_diffusers,
+)
+from lct_train.convert.hunyuan_keymap import HunyuanVideoStateDictAdapter
+from lct_train.convert.key_plan import check_plan, write_plan
+from lct_train.convert.model_spec import (
+    CONFIG_FILE,
+    WEIGHTS_BASE,
+    expected_shapes,
+    read_model_config,
+)
+from lct_train.convert.safetensors_io import (
+    DEFAULT_MAX_SHARD_BYTES,
+    SafetensorsReader,
+    atomic_output_dir,
+    write_json,
+)
+from lct_train.model.config import ModelConfig
+
+DIFFUSERS_WEIGHTS_BASE = "diffusion_pytorch_model"
+PIPELINE_SUBFOLDER = "transformer"
+EXPORT_INFO_FILE = "lct_export.json"
+
+
+def diffusers_transformer_dir(path: str | os.PathLike) -> Path:
+    """The transformer directory of a diffusers transformer or pipeline directory."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() and (path / PIPELINE_SUBFOLDER / CONFIG_FILE).is_file():
+        path = path / PIPELINE_SUBFOLDER
+    if not (path / CONFIG_FILE).is_file():
+        raise ConversionError(f"{path} is not a diffusers model directory (no {CONFIG_FILE})")
+    return path
+
+
+def read_diffusers_config(path: str | os.PathLike) -> dict:
+    file = diffusers_transformer_dir(path) / CONFIG_FILE
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{file} is not valid JSON: {err}") from err
+    class_name = config.get("_class_name")
+    if class_name != DIFFUSERS_CLASS:
+        raise ConversionError(
+            f"{file}: _class_name is {class_name!r}; only diffusers {DIFFUSERS_CLASS} is supported"
+        )
+    return config
+
+
+def diffusers_expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of diffusers' own model for `cfg` (built on the meta device)."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3DModel(**config_to_diffusers(cfg))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def import_diffusers(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    base: ModelConfig | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+) -> ModelConfig:
+    """diffusers HunyuanVideo transformer -> LCT export in `out`; returns its `ModelConfig`.
+
+    `base` supplies the fields diffusers has no notion of (dummy grid, attention backend);
+    text RoPE is off in the result (turn it on for LCT training with `lct-convert init`).
+    """
+    src_dir = diffusers_transformer_dir(src)
+    cfg = config_from_diffusers(read_diffusers_config(src_dir), base)
+    with SafetensorsReader(src_dir) as reader:
+        check_keys_and_shapes(  # in diffusers' own terms first: what diffusers would load
+            reader.shapes(),
+            diffusers_expected_shapes(cfg),
+            what=f"diffusers checkpoint {src_dir}",
+            missing_title=f"keys {DIFFUSERS_CLASS} needs but the checkpoint lacks",
+            unexpected_title=f"keys {DIFFUSERS_CLASS} does not have",
+        )
+        plan = HunyuanVideoStateDictAdapter(cfg).from_diffusers(reader.keys())
+        targets = check_plan(
+            plan,
+            reader.shapes(),
+            expected_shapes(cfg),
+            source_name=f"diffusers checkpoint {src_dir}",
+            target_name="the LCT model",
+        )
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            write_plan(
+                plan,
+                reader,
+                tmp,
+                WEIGHTS_BASE,
+                target_shapes=targets,
+                dtype=dtype,
+                max_shard_bytes=max_shard_bytes,
+            )
+            write_json(tmp / CONFIG_FILE, cfg.to_dict())
+            info = {"source": str(src_dir.resolve()), "format": f"diffusers {DIFFUSERS_CLASS}"}
+            write_json(tmp / EXPORT_INFO_FILE, info)
+    return cfg
+
+
+def export_diffusers(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+) -> dict:
+    """LCT export (`config.json` + `model*.safetensors`) -> diffusers transformer directory.
+
+    Returns the diffusers config written. Warns when the model uses text RoPE: diffusers has
+    none, so its output then differs from the LCT model's on a one-shot scene.
+    """
+    src = Path(src)
+    cfg = read_model_config(src)
+    if cfg.text_rope:
+        warnings.warn(
+            f"{src} was trained with text RoPE; diffusers {DIFFUSERS_CLASS} applies none to "
+            "text tokens, so the exported model is not output-equivalent",
+            stacklevel=2,
+        )
+    import diffusers
+
+    dconfig = {
+        "_class_name": DIFFUSERS_CLASS,
+        "_diffusers_version": diffusers.__version__,
+        **config_to_diffusers(cfg),
+    }
+    with SafetensorsReader(src) as reader:
+        plan = HunyuanVideoStateDictAdapter(cfg).to_diffusers(reader.keys())
+        targets = check_plan(
+            plan,
+            reader.shapes(),
+            diffusers_expected_shapes(cfg),
+            source_name=f"LCT export {src}",
+            target_name=f"diffusers {DIFFUSERS_CLASS}",
+        )
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            write_plan(
+                plan,
+                reader,
+                tmp,
+                DIFFUSERS_WEIGHTS_BASE,
+                target_shapes=targets,
+                dtype=dtype,
+                max_shard_bytes=max_shard_bytes,
+            )
+            write_json(tmp / CONFIG_FILE, dconfig)
+    return dconfig

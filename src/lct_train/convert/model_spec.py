@@ -1,0 +1,83 @@
+"""What a converted checkpoint must contain: a `ModelConfig`'s parameter names and shapes.
+
+The model is built on the meta device, so asking for the shapes of a 13B model costs no memory.
+Also reads and writes the `config.json` of a consolidated export (design.md §6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from lct_train.convert.errors import ConversionError
+from lct_train.model.config import ModelConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_BASE = "model"  # model.safetensors / model-0000i-of-0000N.safetensors
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+    from lct_train.model.mmdit import LCTModel
+
+    with torch.device(device):
+        return LCTModel(cfg)
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter (and persistent buffer) name -> shape of `LCTModel(cfg)`."""
+    model = build_model(cfg, device="meta")
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def parse_model_config(data: dict, source: str) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"{source}: not a valid ModelConfig: {err}") from err
+
+
+def read_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` of an export directory (its `config.json`) or of a `config.json` file."""
+    path = Path(path)
+    file = path / CONFIG_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ConversionError(f"no model config at {file} (an export holds {CONFIG_FILE})")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{file} is not valid JSON: {err}") from err
+    if "_class_name" in data:
+        raise ConversionError(
+            f"{file} is a diffusers config ({data['_class_name']}), not an lct-train ModelConfig; "
+            "convert it with `lct-convert import-diffusers` first"
+        )
+    return parse_model_config(data, str(file))
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """`bf16`/`fp16`/`fp32` (or torch names) -> dtype; None keeps the stored dtype."""
+    if name is None:
+        return None
+    aliases = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
+    if name not in aliases:
+        raise ConversionError(f"unknown dtype {name!r}; choose one of {sorted(aliases)}")
+    return aliases[name]
+
+
+def cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """Cast floating-point tensors only; integer buffers keep their dtype."""
+    if dtype is None or not tensor.is_floating_point():
+        return tensor
+    return tensor.to(dtype)

@@ -1,0 +1,184 @@
+"""`verify`: check a converted checkpoint against its config, and optionally against a reference.
+
+Works on an LCT export (`config.json` = `ModelConfig`) or a diffusers HunyuanVideo transformer
+directory. Checks every key and shape, counts non-finite values, reports the parameter count
+and a SHA-256 over (name, dtype, shape, bytes) of every tensor in name order. With a reference
+(another LCT export or a diffusers directory) it runs both models on the same fixed small
+single-shot input and compares the outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lct_train.convert.diffusers_io import (
+    diffusers_expected_shapes,
+    diffusers_transformer_dir,
+    read_diffusers_config,
+)
+from lct_train.convert.errors import ConversionError, check_keys_and_shapes
+from lct_train.convert.hunyuan_config import DIFFUSERS_TIMESTEP_SCALE, config_from_diffusers
+from lct_train.convert.model_spec import (
+    CONFIG_FILE,
+    build_model,
+    expected_shapes,
+    read_model_config,
+)
+from lct_train.convert.reference import fixed_input, run_diffusers, run_lct
+from lct_train.convert.safetensors_io import SafetensorsReader
+from lct_train.model.config import ModelConfig
+
+# max |a - b| / max(|b|) allowed between two models on the reference input, per compute dtype
+RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    kind: str  # "lct" or "diffusers"
+    num_tensors: int
+    num_params: int
+    dtypes: dict[str, int]  # dtype -> number of tensors
+    checksum: str
+    nonfinite: dict[str, int] = field(default_factory=dict)  # key -> count of inf/nan
+    max_abs_diff: float | None = None
+    rel_diff: float | None = None
+    tolerance: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        within = self.rel_diff is None or self.rel_diff <= self.tolerance
+        return not self.nonfinite and within
+
+    def lines(self) -> list[str]:
+        out = [
+            f"checkpoint:  {self.path} ({self.kind})",
+            f"tensors:     {self.num_tensors}  dtypes: {self.dtypes}",
+            f"parameters:  {self.num_params:,}",
+            f"sha256:      {self.checksum}",
+        ]
+        if self.nonfinite:
+            out.append(f"NON-FINITE values in: {sorted(self.nonfinite)}")
+        if self.rel_diff is not None:
+            verdict = "OK" if self.rel_diff <= self.tolerance else "MISMATCH"
+            out.append(
+                f"reference:   max|diff|={self.max_abs_diff:.3e} relative={self.rel_diff:.3e} "
+                f"(tolerance {self.tolerance:.0e}) {verdict}"
+            )
+        return out
+
+
+def _kind_and_config(path: Path) -> tuple[str, ModelConfig, Path]:
+    """("lct" | "diffusers", the ModelConfig, the weights directory or file)."""
+    config_dir = path if path.is_dir() else path.parent
+    config_file = config_dir / CONFIG_FILE
+    if not config_file.is_file():
+        raise ConversionError(f"{path}: no {CONFIG_FILE} next to the weights")
+    if "_class_name" in json.loads(config_file.read_text()):
+        weights = diffusers_transformer_dir(config_dir)
+        return "diffusers", config_from_diffusers(read_diffusers_config(weights)), weights
+    return "lct", read_model_config(config_file), path
+
+
+def _checksum(reader: SafetensorsReader) -> tuple[str, dict[str, int]]:
+    digest, nonfinite = hashlib.sha256(), {}
+    for key in sorted(reader):
+        tensor = reader.get(key).contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                nonfinite[key] = bad
+    return digest.hexdigest(), nonfinite
+
+
+def load_lct_model(path: str | os.PathLike, device: str = "cpu", dtype=torch.float32):
+    """An `LCTModel` with the weights of an LCT export, in eval mode; returns (model, cfg)."""
+    cfg = read_model_config(path)
+    model = build_model(cfg, device="meta")
+    with SafetensorsReader(path) as reader:
+        check_keys_and_shapes(reader.shapes(), expected_shapes(cfg), what=f"LCT export {path}")
+        state = {k: v.to(device, dtype) for k, v in reader.load_all().items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval(), cfg
+
+
+def load_diffusers_model(path: str | os.PathLike, device: str = "cpu", dtype=torch.float32):
+    """diffusers' `HunyuanVideoTransformer3DModel` from a local directory (never the hub).
+
+    Built on the meta device and filled with `load_state_dict(strict=True, assign=True)`, so the
+    weights are held once (no `accelerate` needed for a large model).
+    """
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    weights_dir = diffusers_transformer_dir(path)
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3DModel.from_config(read_diffusers_config(weights_dir))
+    with SafetensorsReader(weights_dir) as reader:
+        state = {k: v.to(device, dtype) for k, v in reader.load_all().items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def _outputs(kind: str, path: Path, device: str, dtype, inp_cfg: ModelConfig) -> torch.Tensor:
+    inp = fixed_input(inp_cfg).to(device, dtype)
+    if kind == "diffusers":
+        return run_diffusers(
+            load_diffusers_model(path, device, dtype), inp, DIFFUSERS_TIMESTEP_SCALE
+        )
+    model, cfg = load_lct_model(path, device, dtype)
+    return run_lct(model, cfg, inp)
+
+
+def verify(
+    path: str | os.PathLike,
+    reference: str | os.PathLike | None = None,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    rtol: float | None = None,
+) -> VerifyReport:
+    """Check `path` (and compare it with `reference` when given); see the module docstring.
+
+    `rtol` bounds max|out - ref| / max|ref| (default per `dtype`, `RELATIVE_TOLERANCE`).
+    """
+    path = Path(path)
+    kind, cfg, weights = _kind_and_config(path)
+    expected = expected_shapes(cfg) if kind == "lct" else diffusers_expected_shapes(cfg)
+    with SafetensorsReader(weights) as reader:
+        check_keys_and_shapes(reader.shapes(), expected, what=f"{kind} checkpoint {path}")
+        checksum, nonfinite = _checksum(reader)
+        dtypes: dict[str, int] = {}
+        for key in reader:
+            name = str(reader.dtype(key)).removeprefix("torch.")
+            dtypes[name] = dtypes.get(name, 0) + 1
+        num_params = sum(torch.Size(s).numel() for s in reader.shapes().values())
+        report = VerifyReport(str(path), kind, len(reader), num_params, dtypes, checksum)
+    report.nonfinite = nonfinite
+    if reference is None:
+        return report
+    reference = Path(reference)
+    ref_kind, ref_cfg, _ = _kind_and_config(reference)
+    rope = {k: c.text_rope for k, c in ((kind, cfg), (ref_kind, ref_cfg)) if k == "lct"}
+    if "diffusers" in (kind, ref_kind) and any(rope.values()):
+        raise ConversionError(
+            "the LCT model uses text RoPE and diffusers has none: outputs cannot match "
+            "(compare a config with text_rope=false)"
+        )
+    if kind == ref_kind == "lct" and cfg.text_rope != ref_cfg.text_rope:
+        raise ConversionError(f"{path} and {reference} differ in text_rope; outputs cannot match")
+    got = _outputs(kind, path, device, dtype, cfg).float()
+    want = _outputs(ref_kind, reference, device, dtype, cfg).float()
+    if got.shape != want.shape:
+        raise ConversionError(f"output shapes differ: {tuple(got.shape)} vs {tuple(want.shape)}")
+    report.max_abs_diff = float((got - want).abs().max())
+    report.rel_diff = report.max_abs_diff / max(float(want.abs().max()), torch.finfo().tiny)
+    report.tolerance = rtol if rtol is not None else RELATIVE_TOLERANCE[dtype]
+    return report

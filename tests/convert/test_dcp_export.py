@@ -1,0 +1,176 @@
+"""DCP training checkpoint -> consolidated safetensors -> one process: equal weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from dcp_worker import STEP, TINY
+from safetensors.torch import load_file
+
+from lct_train.convert.cli import main
+from lct_train.convert.errors import ConversionError
+from lct_train.convert.init_weights import load_init_weights, read_init_config
+from lct_train.convert.model_spec import build_model
+from lct_train.convert.safetensors_io import SafetensorsReader
+from lct_train.model.config import ModelConfig
+
+WORKER = Path(__file__).with_name("dcp_worker.py")
+NUM_RANKS = 2
+WORKER_TIMEOUT_S = 120
+SMALL_SHARD = "20KB"  # several shards for the tiny model
+MAX_SHOTS = 9
+
+
+def _save_single_process_checkpoint(root: Path) -> tuple[Path, dict, dict]:
+    """A checkpoint in the trainer's layout, written by one process (no process group)."""
+    cfg = ModelConfig(**TINY)
+    model = build_model(cfg)
+    raw = model.state_dict()
+    ema = {k: v + 1.0 for k, v in raw.items()}
+    ckpt = root / "checkpoints" / f"step-{STEP:08d}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(
+            {"model": raw, "ema": ema, "train_state": {"step": STEP}},
+            checkpoint_id=str(ckpt),
+            no_dist=True,
+        )
+    config = {"model": cfg.to_dict(), "data": {"max_shots": MAX_SHOTS}}
+    meta = {"config": config, "step": STEP, "mask": "causal"}
+    (ckpt / "lct_meta.json").write_text(json.dumps(meta))
+    return ckpt, raw, ema
+
+
+def _assert_equal(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+
+
+def test_export_ema_sharded_and_raw_bf16(tmp_path):
+    ckpt, raw, ema = _save_single_process_checkpoint(tmp_path / "run")
+    out = tmp_path / "export"
+    assert main(["export", str(tmp_path / "run"), str(out), "--max-shard-size", SMALL_SHARD]) == 0
+    assert (out / "model.safetensors.index.json").is_file()
+    with SafetensorsReader(out) as reader:
+        _assert_equal(reader.load_all(), ema)
+    assert read_init_config(out) == ModelConfig(**TINY)
+    info = json.loads((out / "lct_export.json").read_text())
+    assert (info["step"], info["weights"]) == (STEP, "ema")
+    assert (info["mask"], info["max_shots"]) == ("causal", MAX_SHOTS)  # read by the sampler
+
+    out_bf16 = tmp_path / "export-bf16"
+    assert main(["export", str(ckpt), str(out_bf16), "--weights", "model", "--dtype", "bf16"]) == 0
+    _assert_equal(
+        load_file(out_bf16 / "model.safetensors"), {k: v.bfloat16() for k, v in raw.items()}
+    )
+
+
+def test_causal_ft_init_from_checkpoint(tmp_path):
+    ckpt, _, ema = _save_single_process_checkpoint(tmp_path / "run")
+    cfg = ModelConfig(**TINY)
+    _assert_equal(load_init_weights(ckpt, build_model(cfg, "meta")), ema)
+    init = tmp_path / "init"
+    assert main(["init", str(ckpt), str(init), "--set", "text_rope=false"]) == 0
+    assert read_init_config(init).text_rope is False
+    _assert_equal(load_init_weights(init, cfg), ema)
+
+
+def test_not_a_checkpoint_and_wrong_weight_set(tmp_path, capsys):
+    ckpt, _, _ = _save_single_process_checkpoint(tmp_path / "run")
+    assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 1
+    assert "not a training checkpoint" in capsys.readouterr().err
+    (ckpt / "lct_meta.json").write_text(
+        json.dumps({"config": {"model": {**TINY, "head_dim": 4, "rope_axes_dim": [0, 2, 2]}}})
+    )
+    assert main(["export", str(ckpt), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "shape mismatches" in err
+    assert "transformer_blocks.0.attn.norm_q.weight: got (8,), expected (4,)" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConversionError, match="weights must be one of"):
+        load_init_weights(ckpt, ModelConfig(**TINY), weights="model_typo")
+
+
+def test_checkpoint_without_ema(tmp_path):
+    ckpt, raw, _ = _save_single_process_checkpoint(tmp_path / "run")
+    meta = (ckpt / "lct_meta.json").read_text()
+    other = tmp_path / "other" / "step-00000001"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": raw, "optimizer": {}}, checkpoint_id=str(other), no_dist=True)
+    (other / "lct_meta.json").write_text(meta)
+    with pytest.raises(
+        ConversionError, match=r"holds no `ema` weights; its top-level keys are \['model'\]"
+    ):
+        load_init_weights(other, ModelConfig(**TINY))
+    _assert_equal(load_init_weights(tmp_path / "other", ModelConfig(**TINY), weights="model"), raw)
+
+
+def test_truncated_shard(tmp_path, capsys):
+    ckpt, _, _ = _save_single_process_checkpoint(tmp_path / "run")
+    shard = next(ckpt.glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    assert main(["export", str(ckpt), str(tmp_path / "out")]) == 1
+    assert "cannot load" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrapper_prefixes_are_dropped(tmp_path):
+    """Keys saved through torch.compile / activation-checkpoint wrappers map to bare FQNs."""
+    cfg = ModelConfig(**TINY)
+    raw = build_model(cfg).state_dict()
+    wrapped = {
+        k.replace(
+            "transformer_blocks.0.", "transformer_blocks.0._checkpoint_wrapped_module."
+        ).replace("proj_out.", "_orig_mod.proj_out."): v
+        for k, v in raw.items()
+    }
+    assert wrapped.keys() != raw.keys()
+    ckpt = tmp_path / f"step-{STEP:08d}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"ema": wrapped}, checkpoint_id=str(ckpt), no_dist=True)
+    (ckpt / "lct_meta.json").write_text(json.dumps({"model": cfg.to_dict()}))
+    _assert_equal(load_init_weights(tmp_path, cfg), raw)
+
+
+@pytest.mark.slow
+def test_two_rank_fsdp_checkpoint_exports_full_weights(tmp_path):
+    """FSDP2 on 2 gloo ranks writes the checkpoint; one process consolidates it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={NUM_RANKS}", str(WORKER), str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ckpt = tmp_path / "checkpoints" / f"step-{STEP:08d}"
+    assert len(list(ckpt.glob("*.distcp"))) == NUM_RANKS
+    for weights in ("ema", "model"):
+        out = tmp_path / f"export-{weights}"
+        assert (
+            main(
+                [
+                    "export",
+                    str(tmp_path),
+                    str(out),
+                    "--weights",
+                    weights,
+                    "--max-shard-size",
+                    SMALL_SHARD,
+                ]
+            )
+            == 0
+        )
+        want = load_file(tmp_path / f"reference_{weights}.safetensors")
+        with SafetensorsReader(out) as reader:
+            _assert_equal(reader.load_all(), want)
+        model = build_model(read_init_config(out))
+        model.load_state_dict(load_init_weights(out, model), strict=True)
