@@ -1,0 +1,170 @@
+"""Auto-regressive sampling of n = 2..9 shots: KV cache vs full recompute (CPU).
+
+For each n, one scene of n equal shots is generated shot by shot (context = all earlier
+shots) with a context-causal random model, once recomputing the whole
+context at every step (mode ``ar``) and once with the per-branch KV caches (mode ``ar-kv``).
+Printed per n: wall time of both, speedup, the exact (mask-respecting) joint-attention FLOPs
+and total model FLOPs of both paths and their ratios, the max |difference| of the generated
+latents, and whether speedup >= GOAL_FRACTION x the attention-FLOP ratio.
+
+    python bench/kv_cache_sampling.py [--steps 8] [--min-shots 2] [--max-shots 9] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import torch
+
+from lct_train.model.config import ModelConfig
+from lct_train.model.mmdit import LCTModel
+from lct_train.sample.inputs import PromptEmbedding
+from lct_train.sample.modes import AR, AR_KV, PlannedShot, generate_scene
+from lct_train.sample.sampler import Sampler, SamplingSettings
+
+GOAL_FRACTION = 0.8
+SEED = 0
+TEXT_TOKENS = 16  # per prompt (global and shots)
+SHOT_LATENT = (4, 4, 16, 16)  # [C, F, H, W] -> 4 x 8 x 8 = 256 video tokens with patch (1, 2, 2)
+BENCH_MODEL = dict(  # attention-heavy for its size, like long scenes are
+    latent_channels=4,
+    num_heads=4,
+    head_dim=32,
+    num_dual_blocks=2,
+    num_single_blocks=2,
+    mlp_ratio=2.0,
+    text_dim=32,
+    pooled_dim=16,
+    num_refiner_blocks=1,
+    rope_axes_dim=(8, 12, 12),
+    dummy_grid=(1, 2, 2),
+    attn_backend="reference",
+)
+FLOPS_PER_MAC = 2
+ATTN_MATMULS = 2  # Q K^T and P V
+
+
+def _prompt(gen: torch.Generator, cfg: ModelConfig) -> PromptEmbedding:
+    return PromptEmbedding(
+        torch.randn(TEXT_TOKENS, cfg.text_dim, generator=gen),
+        torch.randn(cfg.pooled_dim, generator=gen),
+    )
+
+
+def _group_tokens(cfg: ModelConfig) -> tuple[int, int]:
+    """Joint tokens of the global group and of one shot."""
+    pt, ph, pw = cfg.patch_size
+    _c, f, h, w = SHOT_LATENT
+    return TEXT_TOKENS + cfg.num_dummy_tokens, TEXT_TOKENS + (f // pt) * (h // ph) * (w // pw)
+
+
+def _pairs(prefix: int, groups: list[int]) -> int:
+    """Query-key pairs of context-causal attention for ``groups`` after ``prefix`` keys."""
+    total, end = 0, prefix
+    for g in groups:
+        end += g
+        total += g * end
+    return total
+
+
+def flop_counts(cfg: ModelConfig, n: int, steps: int, branches: int, block_params: int):
+    """(attention FLOPs, total FLOPs) of recompute and of the KV cache for n AR shots."""
+    glob, shot = _group_tokens(cfg)
+    per_pair = FLOPS_PER_MAC * ATTN_MATMULS * cfg.hidden_size
+    layers = cfg.num_dual_blocks + cfg.num_single_blocks
+    per_token = FLOPS_PER_MAC * block_params
+    rec_attn = rec_tok = kv_attn = kv_tok = 0
+    for k in range(n):  # shot k after k history shots
+        groups = [glob] + [shot] * (k + 1)
+        rec_attn += steps * _pairs(0, groups)
+        rec_tok += steps * sum(groups)
+        appended = [glob] if k == 0 else [shot]  # cache grows by the latest shot
+        cached = glob + shot * (k - 1) if k else 0
+        kv_attn += _pairs(cached, appended) + steps * _pairs(glob + shot * k, [shot])
+        kv_tok += sum(appended) + steps * shot
+    scale = branches * per_pair * layers
+    return (
+        (rec_attn * scale, rec_attn * scale + branches * rec_tok * per_token),
+        (kv_attn * scale, kv_attn * scale + branches * kv_tok * per_token),
+    )
+
+
+def run(n: int, sampler: Sampler, cfg: ModelConfig, mode: str):
+    gen = torch.Generator().manual_seed(SEED)
+    global_prompt = _prompt(gen, cfg)
+    shots = [PlannedShot(f"shot {i}", _prompt(gen, cfg), SEED + i, SHOT_LATENT) for i in range(n)]
+    start = time.perf_counter()
+    out = generate_scene(sampler, global_prompt, shots, mode)
+    return time.perf_counter() - start, torch.stack([s.latent for s in out])
+
+
+def best_of(repeat: int, n: int, sampler: Sampler, cfg: ModelConfig):
+    """Best wall time of each mode over ``repeat`` interleaved runs (the CPUs are shared)."""
+    times: dict[str, list[float]] = {AR: [], AR_KV: []}
+    latents = {}
+    for _ in range(repeat):
+        for mode in (AR, AR_KV):
+            seconds, latents[mode] = run(n, sampler, cfg, mode)
+            times[mode].append(seconds)
+    return min(times[AR]), min(times[AR_KV]), latents[AR], latents[AR_KV]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--min-shots", type=int, default=2)
+    parser.add_argument("--max-shots", type=int, default=9)
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="CFG scale (> 1: two branches, two caches; same ratios, 2x time)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="best of R runs (shared CPUs)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = dataclasses.replace(ModelConfig(), **BENCH_MODEL)
+    torch.manual_seed(SEED)
+    model = LCTModel(cfg).eval()
+    block_params = sum(
+        p.numel()
+        for m in (model.transformer_blocks, model.single_transformer_blocks)
+        for p in m.parameters()
+    )
+    settings = SamplingSettings(steps=args.steps, guidance=args.guidance, t_c=0.3)
+    sampler = Sampler(
+        model,
+        cfg,
+        PromptEmbedding(torch.zeros(1, cfg.text_dim), torch.zeros(cfg.pooled_dim)),
+        mask="causal",
+        window=args.max_shots,
+        settings=settings,
+    )
+    run(2, sampler, cfg, AR_KV)  # warm-up
+    glob, shot = _group_tokens(cfg)
+    print(
+        f"kv_cache_sampling: hidden={cfg.hidden_size} layers="
+        f"{cfg.num_dual_blocks}+{cfg.num_single_blocks} shot={shot} tokens global={glob} "
+        f"steps={args.steps} branches={len(sampler.branches)} threads={args.threads} "
+        f"backend={cfg.attn_backend}"
+    )
+    print(
+        f"{'n':>2} {'recompute s':>11} {'kv s':>7} {'speedup':>7} {'attn GF rec':>11} "
+        f"{'attn GF kv':>10} {'attn ratio':>10} {'total ratio':>11} {'max|diff|':>9} "
+        f"goal(>={GOAL_FRACTION}x attn)"
+    )
+    for n in range(args.min_shots, args.max_shots + 1):
+        t_rec, t_kv, z_rec, z_kv = best_of(args.repeat, n, sampler, cfg)
+        (a_rec, f_rec), (a_kv, f_kv) = flop_counts(
+            cfg, n, args.steps, len(sampler.branches), block_params
+        )
+        speedup, ratio = t_rec / t_kv, a_rec / a_kv
+        ok = "PASS" if speedup >= GOAL_FRACTION * ratio else "FAIL"
+        print(
+            f"{n:>2} {t_rec:>11.2f} {t_kv:>7.2f} {speedup:>7.2f} {a_rec / 1e9:>11.2f} "
+            f"{a_kv / 1e9:>10.2f} {ratio:>10.2f} {f_rec / f_kv:>11.2f} "
+            f"{(z_rec - z_kv).abs().max().item():>9.1e} {ok}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""``lct-sample``: generate a scene from a scene file, or direct one shot at a time.
+
+Commands::
+
+    lct-sample scene SCENE.yaml --ckpt CKPT --codec pixel --text-encoder minilm --out DIR
+        all modes (joint / conditioned / ar / ar-kv, set in the scene file). DIR gets per-shot
+        latents + mp4s, scene.mp4, contact_sheet.png, and is a history pool (pool.json), so
+        the interactive commands below can continue it.
+    lct-sample init --pool DIR --global-prompt TEXT --ckpt CKPT --codec ... --text-encoder ...
+        [--size F,H,W] [--steps N] [--guidance G] [--t-c T] ...   start an empty pool; the
+        model, codec, encoder and sampling settings are stored and reused by later calls.
+    lct-sample add --pool DIR --condition FILE --prompt TEXT     accept a given shot (image =
+        1-frame shot for compositional generation, video, or .safetensors latent)
+    lct-sample shot --pool DIR --prompt TEXT [--context 0,2] [--seed N] [--size F,H,W]
+        [--no-cut] [--mode ar|ar-kv]     generate the next shot from the chosen earlier shots
+        (default: the latest window-1) -> DIR/pending.mp4 and contact_sheet.png (not accepted)
+    lct-sample regenerate --pool DIR [--seed N] [--prompt TEXT] [--context ...]
+        redo the pending shot (default: same prompt and context, seed + 1)
+    lct-sample accept --pool DIR      the pending shot joins the pool (index = len(pool))
+    lct-sample show --pool DIR        list the pool
+
+``--no-cut`` writes the prompt without the "[SHOT CUT] " marker: shot extension. Any model
+option given to a pool command overrides the stored one for that call only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from lct_train.sample import scene_file
+from lct_train.sample.checkpoint_io import WEIGHT_SETS, CheckpointError, load_model
+from lct_train.sample.history_pool import HistoryPool, PoolError
+from lct_train.sample.interactive import add_given, full_prompt, propose_shot
+from lct_train.sample.media import MediaError
+from lct_train.sample.modes import AR, AR_KV
+from lct_train.sample.pipeline import Toolkit, caption, render_pool, run_scene
+from lct_train.sample.prompts import PromptEncoder
+from lct_train.sample.sampler import SamplingError, SamplingSettings
+from lct_train.sample.scene_file import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    DEFAULT_T_C,
+    SceneFileError,
+    ShotSize,
+    load_scene_file,
+)
+from lct_train.sample.writers import DEFAULT_FPS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "codec", "text_encoder", "device", "dtype",
+                 "fps")
+SAMPLING_OPTIONS = ("steps", "guidance", "embedded_guidance", "t_c", "shift")
+SAMPLING_DEFAULTS = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "t_c": DEFAULT_T_C}
+MODEL_DEFAULTS = {"weights": "ema", "device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS}
+ERRORS = (SceneFileError, SamplingError, PoolError, CheckpointError, MediaError)
+
+
+def _size(text: str) -> ShotSize:
+    try:
+        frames, height, width = (int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"size must be F,H,W (pixels), got {text!r}") from exc
+    return ShotSize(frames, height, width)
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"context must be indices like 0,2, got {text!r}") from exc
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (stored in the pool by init/scene)")
+    g.add_argument("--ckpt", help="model.safetensors (+config.json) or a DCP step-N directory")
+    g.add_argument("--weights", choices=WEIGHT_SETS, help="DCP weights to load (default ema)")
+    g.add_argument("--mask", choices=("bidirectional", "causal"),
+                   help="attention mask the model was trained with (DCP: read from lct_meta)")
+    g.add_argument("--window", type=int, help="most shots per forward (default: checkpoint/9)")
+    g.add_argument("--codec", help="pixel[:F] | tiny-hunyuan | hunyuan:PATH")
+    g.add_argument("--text-encoder", dest="text_encoder", help="minilm | tiny | hf:PATH")
+    g.add_argument("--device", help="cpu | cuda (default cpu)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), help="model dtype (default float32)")
+    g.add_argument("--fps", type=int, help=f"mp4 frame rate (default {DEFAULT_FPS})")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s = p.add_argument_group("sampling (override the scene file / the pool)")
+    s.add_argument("--steps", type=int)
+    s.add_argument("--guidance", type=float, help="CFG scale on the text (1 = off)")
+    s.add_argument("--embedded-guidance", dest="embedded_guidance", type=float,
+                   help="value of the guidance embedding (models that have one)")
+    s.add_argument("--t-c", dest="t_c", type=float, help="conditioning timestep in [0, 1)")
+    s.add_argument("--shift", type=float, help="timestep shift (default: resolution rule)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lct-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("scene", help="generate a whole scene file (format: scene --help)",
+                       description=scene_file.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scene_file")
+    p.add_argument("--out", required=True, help="output folder (also a history pool)")
+    p.add_argument("--mode", choices=("joint", "ar", "ar-kv"), help="override the scene's mode")
+    _model_args(p)
+    p = sub.add_parser("init", help="start an empty history pool")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--global-prompt", dest="global_prompt", default="")
+    p.add_argument("--size", type=_size, help="default shot size F,H,W in pixels")
+    _model_args(p)
+    p = sub.add_parser("add", help="accept a given shot (image / video / latent)")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--condition", required=True)
+    _shot_args(p, prompt_required=True)
+    p = sub.add_parser("shot", help="generate the next shot (pending until accepted)")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--context", type=_indices, help="earlier shot indices, e.g. 0,2")
+    p.add_argument("--mode", choices=(AR, AR_KV), help="default ar-kv for causal models, else ar")
+    _shot_args(p, prompt_required=True)
+    p = sub.add_parser("regenerate", help="redo the pending shot with another seed / prompt")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--context", type=_indices)
+    p.add_argument("--mode", choices=(AR, AR_KV))
+    _shot_args(p, prompt_required=False)
+    p = sub.add_parser("accept", help="accept the pending shot")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--no-render", action="store_true", help="skip rewriting videos")
+    _model_args(p)
+    p = sub.add_parser("show", help="list the pool")
+    p.add_argument("--pool", required=True)
+    return parser
+
+
+def _shot_args(p: argparse.ArgumentParser, prompt_required: bool) -> None:
+    p.add_argument("--prompt", required=prompt_required, help="the shot's event prompt")
+    p.add_argument("--no-cut", action="store_true", help="no [SHOT CUT] marker (extension)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--size", type=_size, help="shot size F,H,W in pixels")
+    _model_args(p)
+
+
+def _options(args: argparse.Namespace, stored: dict, names, defaults: dict) -> dict:
+    out = {k: stored.get(k, defaults.get(k)) for k in names}
+    out.update({k: getattr(args, k) for k in names if getattr(args, k, None) is not None})
+    return out
+
+
+def _toolkit(opts: dict, progress: bool) -> Toolkit:
+    from lct_train.data.codecs import build_codec
+    from lct_train.data.text_encoders import build_text_encoder
+
+    missing = [f"--{k.replace('_', '-')}" for k in ("ckpt", "codec", "text_encoder") if not opts[k]]
+    if missing:
+        raise SamplingError(f"missing {', '.join(missing)} (give it, or init the pool with it)")
+    loaded = load_model(opts["ckpt"], weights=opts["weights"], mask=opts["mask"],
+                        window=opts["window"], device=opts["device"], dtype=DTYPES[opts["dtype"]])
+    prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
+    return Toolkit(loaded, build_codec(opts["codec"]), prompts, progress=progress,
+                   fps=int(opts["fps"]))
+
+
+def _sampling(opts: dict) -> SamplingSettings:
+    return SamplingSettings(**opts)
+
+
+def _cmd_scene(args) -> None:
+    request = load_scene_file(args.scene_file)
+    overrides = {k: getattr(args, k) for k in (*SAMPLING_OPTIONS, "mode")
+                 if getattr(args, k, None) is not None}
+    request = replace(request, **overrides)
+    model_opts = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
+    kit = _toolkit(model_opts, not args.no_progress)
+    settings = dict(model_opts, **{k: getattr(request, k) for k in SAMPLING_OPTIONS})
+    sizes = [s.size for s in request.shots if s.size is not None]
+    if sizes:
+        settings["size"] = [sizes[-1].frames, sizes[-1].height, sizes[-1].width]
+    run_scene(request, kit, args.out, settings=settings)
+    print(f"wrote {len(request.shots)} shots to {args.out}")
+
+
+def _cmd_init(args) -> None:
+    if HistoryPool.exists(args.pool):
+        raise PoolError(f"{args.pool} already holds a pool")
+    settings = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
+    settings.update(_options(args, {}, SAMPLING_OPTIONS, SAMPLING_DEFAULTS))
+    if args.size is not None:
+        settings["size"] = [args.size.frames, args.size.height, args.size.width]
+    HistoryPool(global_prompt=args.global_prompt, settings=settings).save(args.pool)
+    print(f"initialised pool {args.pool}")
+
+
+def _load(args) -> tuple[HistoryPool, dict]:
+    pool = HistoryPool.load(args.pool)
+    opts = _options(args, pool.settings, MODEL_OPTIONS, MODEL_DEFAULTS)
+    return pool, opts
+
+
+def _shot_size(args, pool: HistoryPool, fallback: ShotSize | None = None) -> ShotSize | None:
+    if args.size is not None:
+        return args.size
+    if fallback is not None:
+        return fallback
+    stored = pool.settings.get("size")
+    return ShotSize(*stored) if stored else None
+
+
+def _cmd_add(args) -> None:
+    pool, opts = _load(args)
+    kit = _toolkit(opts, not args.no_progress)
+    seed = args.seed if args.seed is not None else len(pool)
+    index = add_given(pool, kit, condition=args.condition, seed=seed,
+                      prompt=full_prompt(args.prompt, not args.no_cut),
+                      size=_shot_size(args, pool))
+    pool.save(args.pool)
+    render_pool(pool, kit, args.pool)
+    print(f"added given shot #{index} from {args.condition}")
+
+
+def _cmd_shot(args, regenerate: bool = False) -> None:
+    pool, opts = _load(args)
+    previous = pool.pending
+    if regenerate and previous is None:
+        raise PoolError(f"{args.pool} has no pending shot to regenerate")
+    kit = _toolkit(opts, not args.no_progress)
+    prompt = full_prompt(args.prompt, not args.no_cut) if args.prompt is not None else None
+    fallback = None
+    if regenerate:
+        prompt = prompt or previous.prompt
+        seed = args.seed if args.seed is not None else previous.seed + 1
+        context = args.context if args.context is not None else previous.context
+        mode = args.mode or previous.mode
+        fallback = _size_of_latent(kit, previous.latent.shape)
+    else:
+        seed = args.seed if args.seed is not None else len(pool)
+        context = args.context
+        mode = args.mode or (AR_KV if kit.loaded.mask == "causal" else AR)
+    size = _shot_size(args, pool, fallback)
+    if size is None:
+        raise SamplingError("no shot size: pass --size F,H,W or init the pool with --size")
+    settings = _sampling(_options(args, pool.settings, SAMPLING_OPTIONS, SAMPLING_DEFAULTS))
+    shot = propose_shot(pool, kit, settings, prompt=prompt, seed=seed, size=size,
+                        context=context, mode=mode)
+    pool.save(args.pool)
+    render_pool(pool, kit, args.pool)
+    print(f"pending: {caption('pending', shot)} -> {Path(args.pool) / 'pending.mp4'}")
+
+
+def _size_of_latent(kit: Toolkit, shape) -> ShotSize:
+    """Pixel size of a latent (inverse of ``media.latent_shape``)."""
+    codec = kit.codec
+    _, f, h, w = shape
+    frames = (f - 1) * codec.temporal_factor + 1 if codec.image_frame == "first" else f * codec.temporal_factor
+    return ShotSize(frames, h * codec.spatial_factor, w * codec.spatial_factor)
+
+
+def _cmd_accept(args) -> None:
+    pool, opts = _load(args)
+    index = pool.accept()
+    pool.save(args.pool)
+    if not args.no_render:
+        render_pool(pool, _toolkit(opts, False), args.pool)
+    print(f"accepted shot #{index}")
+
+
+def _cmd_show(args) -> None:
+    pool = HistoryPool.load(args.pool)
+    print(f"global: {pool.global_prompt}")
+    for i, shot in enumerate(pool.shots):
+        print(caption(i, shot), tuple(shot.latent.shape))
+    if pool.pending is not None:
+        print(caption("pending", pool.pending), tuple(pool.pending.latent.shape))
+
+
+COMMANDS = {
+    "scene": _cmd_scene, "init": _cmd_init, "add": _cmd_add, "shot": _cmd_shot,
+    "regenerate": lambda a: _cmd_shot(a, regenerate=True), "accept": _cmd_accept,
+    "show": _cmd_show,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except ERRORS as exc:
+        print(f"lct-sample {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""What the sampler consumes: encoded prompts, shots to generate, shots given as conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PromptEmbedding:
+    """One encoded prompt: valid text tokens ``[L, text_dim]`` and the pooled vector."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor  # [pooled_dim]
+
+    def __post_init__(self) -> None:
+        if self.tokens.dim() != 2 or self.pooled.dim() != 1:
+            raise ValueError(f"PromptEmbedding: tokens must be [L, D] and pooled [D'], got "
+                             f"{tuple(self.tokens.shape)} and {tuple(self.pooled.shape)}")
+
+
+@dataclass(frozen=True)
+class TargetShot:
+    """A shot to generate: its prompt, clean-latent shape ``(C, F, H, W)`` and seed."""
+
+    prompt: PromptEmbedding
+    latent_shape: tuple[int, int, int, int]
+    seed: int
+
+
+@dataclass(frozen=True)
+class ConditionShot:
+    """A shot held at ``t_c``: a given clip/image or an accepted history shot.
+
+    It is noised once to ``t_c`` with the second draw of its own seed (``schedule.shot_noise``).
+    """
+
+    prompt: PromptEmbedding
+    latent: torch.Tensor  # clean [C, F, H, W]
+    seed: int
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.latent.shape)  # type: ignore[return-value]
+
+
+Shot = TargetShot | ConditionShot

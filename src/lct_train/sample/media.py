@@ -1,0 +1,97 @@
+"""Pixels <-> latents for sampling: shot sizes to latent shapes, condition media to latents.
+
+Uses the data package's codecs (``lct_train.data.codecs``: frames ``[T, 3, H, W]`` in
+``[-1, 1]``, latents ``[C, F, h, w]`` already scaled). A condition may be an image (a 1-frame
+shot: compositional generation), a video, or a ``.safetensors`` latent (key ``latent`` or its
+only tensor).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+from lct_train.data.codecs import frames_to_tensor
+from lct_train.sample.scene_file import ShotSize
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+LATENT_SUFFIX = ".safetensors"
+
+
+class MediaError(ValueError):
+    """A condition file or shot size the codec / model cannot take; names the file or size."""
+
+
+def latent_shape(codec, size: ShotSize, patch: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """``(C, F, h, w)`` of a shot of pixel ``size`` (after the codec), checked against the patch."""
+    frames = codec.valid_frames(size.frames)
+    if frames != size.frames:
+        raise MediaError(f"{size.frames} frames is not a length the codec takes (nearest below: "
+                         f"{frames})")
+    sf, tf = codec.spatial_factor, codec.temporal_factor
+    if size.height % sf or size.width % sf:
+        raise MediaError(f"size {size.height}x{size.width} is not a multiple of the codec's "
+                         f"spatial factor {sf}")
+    lat_f = (frames - 1) // tf + 1 if codec.image_frame == "first" else frames // tf
+    shape = (codec.latent_channels, lat_f, size.height // sf, size.width // sf)
+    bad = [d for d, p in zip(shape[1:], patch) if d % p]
+    if bad:
+        raise MediaError(f"size {size} gives latent {shape}, not divisible by the patch {patch}")
+    return shape
+
+
+def read_frames(path: str | os.PathLike) -> torch.Tensor:
+    """An image or video file -> ``[T, 3, H, W]`` in ``[-1, 1]``."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        return frames_to_tensor(torch.from_numpy(rgb.copy()).unsqueeze(0))
+    try:
+        with av.open(str(path)) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.FFmpegError, IndexError) as exc:
+        raise MediaError(f"condition {path}: cannot decode as video or image: {exc}") from exc
+    if not frames:
+        raise MediaError(f"condition {path}: no video frames")
+    return frames_to_tensor(torch.from_numpy(np.stack(frames)))
+
+
+def fit_frames(frames: torch.Tensor, codec, size: ShotSize | None) -> torch.Tensor:
+    """Resizes to ``size`` (or rounds the native size down to the codec's multiples) and keeps
+    the longest frame count the codec takes, at most ``size.frames``."""
+    sf = codec.spatial_factor
+    if size is None:
+        height, width = frames.shape[2] // sf * sf, frames.shape[3] // sf * sf
+        count = frames.shape[0]
+    else:
+        height, width, count = size.height, size.width, min(size.frames, frames.shape[0])
+    if height < sf or width < sf:
+        raise MediaError(f"frames of {frames.shape[2]}x{frames.shape[3]} are smaller than the "
+                         f"codec's factor {sf}")
+    frames = frames[: codec.valid_frames(count)]
+    if tuple(frames.shape[2:]) != (height, width):
+        frames = F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True,
+                               align_corners=False)
+    return frames
+
+
+def encode_condition(path: str | os.PathLike, codec, size: ShotSize | None) -> torch.Tensor:
+    """A condition file -> clean latent ``[C, F, h, w]``."""
+    path = Path(path)
+    if path.suffix == LATENT_SUFFIX:
+        tensors = load_file(str(path))
+        latent = tensors.get("latent", next(iter(tensors.values())) if len(tensors) == 1 else None)
+        if latent is None:
+            raise MediaError(f"condition {path}: no 'latent' tensor among {sorted(tensors)}")
+        if latent.dim() != 4:
+            raise MediaError(f"condition {path}: latent must be [C, F, H, W], got "
+                             f"{tuple(latent.shape)}")
+        return latent.float()
+    return codec.encode(fit_frames(read_frames(path), codec, size)).float()

@@ -1,0 +1,152 @@
+"""From a scene request to an output folder: encode prompts and conditions, run the mode,
+write latents / mp4s / contact sheet. The output folder is also a history pool, so a scene can
+be continued shot by shot with the interactive commands.
+
+Output folder::
+
+    pool.json, shot_000.safetensors ...   the history pool (per-shot latents, key "latent")
+    shot_000.mp4 ...                      each shot decoded
+    scene.mp4                             all shots in order
+    contact_sheet.png                     one captioned row of frames per shot
+    pending.safetensors / pending.mp4     interactive: the shot awaiting acceptance
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lct_train.sample.checkpoint_io import LoadedModel
+from lct_train.sample.history_pool import HistoryPool, PoolShot
+from lct_train.sample.inputs import PromptEmbedding
+from lct_train.sample.media import encode_condition, latent_shape
+from lct_train.sample.modes import AR, AR_KV, PlannedShot, generate_scene
+from lct_train.sample.prompts import PromptEncoder
+from lct_train.sample.sampler import Sampler, SamplingError, SamplingSettings
+from lct_train.sample.scene_file import SceneRequest
+from lct_train.sample.writers import (
+    DEFAULT_FPS,
+    scene_frames,
+    to_uint8_frames,
+    write_contact_sheet,
+    write_mp4,
+)
+
+SCENE_VIDEO = "scene.mp4"
+CONTACT_SHEET = "contact_sheet.png"
+PENDING_VIDEO = "pending.mp4"
+
+
+@dataclass
+class Toolkit:
+    """Everything a sampling call needs besides the request."""
+
+    loaded: LoadedModel
+    codec: object
+    prompts: PromptEncoder
+    progress: bool = True
+    fps: int = DEFAULT_FPS
+
+    def sampler(self, settings: SamplingSettings) -> Sampler:
+        return Sampler(self.loaded.model, self.loaded.config, self.prompts.empty,
+                       mask=self.loaded.mask, window=self.loaded.window, settings=settings,
+                       progress=self.progress)
+
+
+def settings_of(request: SceneRequest) -> SamplingSettings:
+    return SamplingSettings(steps=request.steps, guidance=request.guidance,
+                            embedded_guidance=request.embedded_guidance, t_c=request.t_c,
+                            shift=request.shift)
+
+
+def check_request(request: SceneRequest, loaded: LoadedModel) -> None:
+    """Window and mode errors before any work (the scene file is already validated)."""
+    if request.mode == AR_KV and loaded.mask != "causal":
+        raise SamplingError(
+            f"scene {request.source}: mode 'ar-kv' needs a context-causal checkpoint, but "
+            f"{loaded.source} uses mask={loaded.mask!r}; use mode 'ar' (or pass --mask causal "
+            "for a causal-FT export)")
+    window = loaded.window
+    if request.mode not in (AR, AR_KV) and any(s.context is not None for s in request.shots):
+        raise SamplingError(f"scene {request.source}: shot contexts are only used by the ar / "
+                            f"ar-kv modes, not {request.mode!r}")
+    if request.mode not in (AR, AR_KV) and len(request.shots) > window:
+        raise SamplingError(f"scene {request.source}: {len(request.shots)} shots in mode "
+                            f"{request.mode!r} exceed the model's window of {window} shots")
+    for i, shot in enumerate(request.shots):
+        if shot.context is not None and len(shot.context) + 1 > window:
+            raise SamplingError(f"scene {request.source}: shots[{i}].context has "
+                                f"{len(shot.context)} shots; with the new shot that exceeds the "
+                                f"window of {window}")
+
+
+def plan_scene(request: SceneRequest, kit: Toolkit) -> tuple[PromptEmbedding, list[PlannedShot]]:
+    """Encodes the prompts and condition media of ``request``."""
+    texts = [s.full_prompt for s in request.shots]
+    embedded = kit.prompts([request.global_prompt, *texts])
+    patch = kit.loaded.config.patch_size
+    shots = []
+    for i, (shot, text, prompt) in enumerate(zip(request.shots, texts, embedded[1:])):
+        try:
+            if shot.condition is not None:
+                latent = encode_condition(shot.condition, kit.codec, shot.size)
+                shape, source = tuple(latent.shape), str(shot.condition)
+            else:
+                latent, source = None, None
+                shape = latent_shape(kit.codec, shot.size, patch)
+        except ValueError as exc:
+            raise SamplingError(f"scene {request.source}: shots[{i}]: {exc}") from exc
+        shots.append(PlannedShot(text=text, prompt=prompt, seed=shot.seed, latent_shape=shape,
+                                 condition=latent, context=shot.context, source=source))
+    return embedded[0], shots
+
+
+def run_scene(
+    request: SceneRequest, kit: Toolkit, out_dir: str | os.PathLike, settings: dict | None = None
+) -> HistoryPool:
+    """Generates the scene and writes the output folder; returns the pool it saved.
+    ``settings`` are stored in the pool for the interactive commands."""
+    check_request(request, kit.loaded)
+    global_prompt, shots = plan_scene(request, kit)
+    results = generate_scene(kit.sampler(settings_of(request)), global_prompt, shots,
+                             request.mode)
+    pool = HistoryPool(global_prompt=request.global_prompt, shots=results,
+                       settings=dict(settings or {}))
+    pool.save(out_dir)
+    render_pool(pool, kit, out_dir)
+    return pool
+
+
+def caption(index: int | str, shot: PoolShot) -> str:
+    ctx = f" ctx={list(shot.context)}" if shot.context else ""
+    return f"#{index} {shot.mode}{ctx} seed={shot.seed}: {shot.prompt}"
+
+
+def decode(kit: Toolkit, shot: PoolShot):
+    return to_uint8_frames(kit.codec.decode(shot.latent.float()))
+
+
+def render_pool(pool: HistoryPool, kit: Toolkit, out_dir: str | os.PathLike) -> None:
+    """Per-shot mp4s (written once), the scene mp4 and the contact sheet (accepted shots, then
+    the pending one if any)."""
+    out = Path(out_dir)
+    frames, captions = [], []
+    for i, shot in enumerate(pool.shots):
+        video = decode(kit, shot)
+        path = out / f"shot_{i:03d}.mp4"
+        if not path.exists():
+            write_mp4(path, video, kit.fps)
+        frames.append(video)
+        captions.append(caption(i, shot))
+    if frames:
+        write_mp4(out / SCENE_VIDEO, scene_frames(frames, kit.fps), kit.fps)
+    if pool.pending is not None:
+        video = decode(kit, pool.pending)
+        write_mp4(out / PENDING_VIDEO, video, kit.fps)
+        frames.append(video)
+        captions.append(caption("pending", pool.pending))
+    elif (out / PENDING_VIDEO).exists():
+        (out / PENDING_VIDEO).unlink()
+    if frames:
+        write_contact_sheet(out / CONTACT_SHEET, frames, captions)

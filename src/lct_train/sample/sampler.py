@@ -1,0 +1,239 @@
+"""The rectified-flow ODE sampler for one scene (B = 1 in the packed format, design §5).
+
+Euler steps on the shifted grid of ``schedule.py``; classifier-free guidance on the text:
+
+* cond branch: every group keeps its prompt;
+* uncond branch: *every* group's prompt (global, targets and conditions alike) is replaced by
+  the empty-prompt embedding, the dropout that training applies per group (SPEC §5), so the
+  guidance direction is "all text" vs "no text" while the visual context is the same;
+* ``v = v_uncond + guidance * (v_cond - v_uncond)``; ``guidance == 1`` runs the cond branch
+  only. A model with a guidance embedding gets ``embedded_guidance`` in both branches.
+
+Group timesteps: global group 0, condition shots ``t_c`` (noised once, outputs discarded),
+generated shots the current ODE time. Each branch is its own forward (and, with a KV cache,
+its own cache): one scene per forward keeps cache and recompute paths identical.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from lct_train.model.config import ModelConfig
+from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta, patchify, unpatchify
+from lct_train.sample.inputs import ConditionShot, PromptEmbedding, Shot, TargetShot
+from lct_train.sample.schedule import resolution_shift, sampling_timesteps, shot_noise
+from lct_train.train.flow import euler_step, noise_latents
+
+COND, UNCOND = "cond", "uncond"
+GLOBAL_TIMESTEP = 0.0
+
+
+class SamplingError(ValueError):
+    """A sampling request the model cannot serve (window, mask, shapes)."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    steps: int = 30
+    guidance: float = 5.0
+    embedded_guidance: float | None = None
+    t_c: float = 0.3
+    shift: float | None = None  # None: schedule.resolution_shift of the generated shot
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise SamplingError(f"SamplingSettings.steps must be >= 1, got {self.steps}")
+        if self.guidance < 1.0:
+            raise SamplingError(f"SamplingSettings.guidance must be >= 1, got {self.guidance}")
+        if not 0.0 <= self.t_c < 1.0:
+            raise SamplingError(f"SamplingSettings.t_c must be in [0, 1), got {self.t_c}")
+
+
+@dataclass(eq=False)
+class Group:
+    """One group of the scene being sampled: prompt, current video tokens, grid, timestep."""
+
+    prompt: PromptEmbedding
+    tokens: torch.Tensor  # [V, patch_dim]
+    grid: tuple[int, int, int]
+    t: float
+    is_global: bool = False
+
+
+class Sampler:
+    """Holds the model and the settings; generates shots of one scene at a time.
+
+    ``mask`` is the attention mask the checkpoint was trained with ("bidirectional" after LCT,
+    "causal" after causal fine-tuning); ``window`` the most shots one forward may hold.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: ModelConfig,
+        empty_prompt: PromptEmbedding,
+        *,
+        mask: str,
+        window: int,
+        settings: SamplingSettings,
+        progress: bool = False,
+    ) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.mask = mask
+        self.window = window
+        self.settings = settings
+        self.progress = progress
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        # the ODE state and the timesteps stay in >= fp32 whatever the model's dtype
+        self.state_dtype = torch.promote_types(self.dtype, torch.float32)
+        self.empty_prompt = self._to_device(empty_prompt)
+
+    # ---- building blocks -------------------------------------------------------------------
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        return (COND,) if self.settings.guidance == 1.0 else (COND, UNCOND)
+
+    def grid_of(self, latent_shape: Sequence[int]) -> tuple[int, int, int]:
+        """Patch grid of a ``[C, F, H, W]`` latent (``SamplingError`` if it does not fit)."""
+        c, *fhw = latent_shape
+        if c != self.config.latent_channels:
+            raise SamplingError(f"latent has {c} channels, the model takes "
+                                f"{self.config.latent_channels}")
+        bad = [d for d, p in zip(fhw, self.config.patch_size) if d % p]
+        if bad or len(fhw) != 3:
+            raise SamplingError(f"latent (F, H, W)={tuple(fhw)} is not divisible by the patch "
+                                f"size {self.config.patch_size}")
+        return tuple(d // p for d, p in zip(fhw, self.config.patch_size))  # type: ignore[return-value]
+
+    def global_group(self, prompt: PromptEmbedding) -> Group:
+        dummy = torch.zeros(self.config.num_dummy_tokens, self.config.patch_dim,
+                            device=self.device, dtype=self.state_dtype)
+        return Group(self._to_device(prompt), dummy, self.config.dummy_grid, GLOBAL_TIMESTEP, True)
+
+    def condition_group(self, shot: ConditionShot) -> Group:
+        """A condition shot noised to ``t_c`` with its own seed (second draw)."""
+        grid = self.grid_of(shot.latent_shape)
+        dtype = self.state_dtype
+        noise = shot_noise(shot.seed, shot.latent_shape, dtype).condition.to(self.device)
+        z0 = shot.latent.to(self.device, dtype)
+        t_c = torch.tensor(self.settings.t_c, dtype=dtype, device=self.device)
+        z_c = noise_latents(z0, noise, t_c)
+        return Group(self._to_device(shot.prompt), self._patchify(z_c), grid, self.settings.t_c)
+
+    def target_group(self, shot: TargetShot) -> Group:
+        """A shot to generate, at pure noise (first draw of its seed)."""
+        grid = self.grid_of(shot.latent_shape)
+        noise = shot_noise(shot.seed, shot.latent_shape, self.state_dtype).initial.to(self.device)
+        return Group(self._to_device(shot.prompt), self._patchify(noise), grid, 1.0)
+
+    def timesteps_for(self, targets: Sequence[Group]) -> list[float]:
+        shift = self.settings.shift
+        if shift is None:
+            shift = resolution_shift(max(g.tokens.shape[0] for g in targets))
+        return sampling_timesteps(self.settings.steps, shift)
+
+    @torch.no_grad()
+    def velocity(self, groups: Sequence[Group], branch: str, kv_cache=None) -> torch.Tensor:
+        """One forward of ``groups`` (after the cached groups, if any): video-stream velocity."""
+        prompts = [g.prompt if branch == COND else self.empty_prompt for g in groups]
+        spec = SceneSpec(tuple(GroupSpec(p.tokens.shape[0], g.grid, g.is_global)
+                               for p, g in zip(prompts, groups)))
+        meta = build_packed_meta([spec], mask=self.mask, text_rope=self.config.text_rope,
+                                 cached=None if kv_cache is None else kv_cache.spec,
+                                 device=self.device)
+        timesteps = torch.tensor([g.t for g in groups], device=self.device,
+                                 dtype=self.state_dtype)
+        guidance = None
+        if self.config.guidance_embeds:
+            value = self.settings.embedded_guidance
+            if value is None:
+                raise SamplingError("the model has a guidance embedding: set embedded_guidance")
+            guidance = torch.full_like(timesteps, value)
+        velocity = self.model(
+            torch.cat([g.tokens for g in groups]).to(self.dtype),
+            torch.cat([p.tokens for p in prompts]),
+            torch.stack([p.pooled for p in prompts]),
+            timesteps, meta, guidance=guidance, kv_cache=kv_cache,
+        )
+        return velocity.to(self.state_dtype)
+
+    def guided_velocity(self, groups: Sequence[Group], caches: dict | None = None) -> torch.Tensor:
+        """CFG-combined velocity of ``groups`` (each branch with its own cache, if given)."""
+        out = {b: self.velocity(groups, b, None if caches is None else caches[b])
+               for b in self.branches}
+        if len(out) == 1:
+            return out[COND]
+        return out[UNCOND] + self.settings.guidance * (out[COND] - out[UNCOND])
+
+    # ---- generation ----------------------------------------------------------------------
+
+    def generate(self, global_prompt: PromptEmbedding, shots: Sequence[Shot]) -> list[torch.Tensor]:
+        """Joint / visual-conditioned generation of one scene: every ``TargetShot`` is denoised
+        together, every ``ConditionShot`` is held at ``t_c``. Returns clean latents for all
+        shots in order (conditions returned as given). With one target and the history as
+        conditions this is also auto-regressive generation with full recompute."""
+        self.check_window(len(shots))
+        groups = [self.global_group(global_prompt)]
+        groups += [self.target_group(s) if isinstance(s, TargetShot) else self.condition_group(s)
+                   for s in shots]
+        targets = [i + 1 for i, s in enumerate(shots) if isinstance(s, TargetShot)]
+        if not targets:
+            raise SamplingError("nothing to generate: every shot is a condition")
+        offsets = _video_offsets(groups)
+        ts = self.timesteps_for([groups[i] for i in targets])
+        for t, t_next in self._steps(ts):
+            for i in targets:
+                groups[i].t = t
+            v = self.guided_velocity(groups)
+            for i in targets:
+                g = groups[i]
+                g.tokens = euler_step(g.tokens, v[offsets[i]:offsets[i + 1]], t, t_next)
+        return [self._unpatchify(g.tokens, s.latent_shape) if isinstance(s, TargetShot)
+                else s.latent for g, s in zip(groups[1:], shots)]
+
+    def generate_cached(self, caches: dict, target: TargetShot) -> torch.Tensor:
+        """Denoises ``target`` after the context held in ``caches`` (one KV cache per branch,
+        see ``kv_context.ContextCache``); only the target's tokens run through the model."""
+        group = self.target_group(target)
+        for t, t_next in self._steps(self.timesteps_for([group])):
+            group.t = t
+            group.tokens = euler_step(group.tokens, self.guided_velocity([group], caches),
+                                      t, t_next)
+        return self._unpatchify(group.tokens, target.latent_shape)
+
+    def check_window(self, num_shots: int) -> None:
+        if num_shots > self.window:
+            raise SamplingError(f"{num_shots} shots in one forward exceed the model's context "
+                                f"window of {self.window} shots")
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _steps(self, ts: list[float]):
+        pairs = list(itertools.pairwise(ts))
+        return tqdm(pairs, desc="steps", leave=False, disable=not self.progress)
+
+    def _patchify(self, latent: torch.Tensor) -> torch.Tensor:
+        return patchify(latent.to(self.device, self.state_dtype), self.config.patch_size)
+
+    def _unpatchify(self, tokens: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        return unpatchify(tokens, self.grid_of(shape), self.config.patch_size,
+                          self.config.latent_channels)
+
+    def _to_device(self, prompt: PromptEmbedding) -> PromptEmbedding:
+        return PromptEmbedding(prompt.tokens.to(self.device, self.dtype),
+                               prompt.pooled.to(self.device, self.dtype))
+
+
+def _video_offsets(groups: Sequence[Group]) -> list[int]:
+    offsets = [0]
+    for g in groups:
+        offsets.append(offsets[-1] + g.tokens.shape[0])
+    return offsets

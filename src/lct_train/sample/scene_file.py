@@ -1,0 +1,229 @@
+"""The scene file of ``lct-sample``: YAML or JSON, parsed and validated into a ``SceneRequest``.
+
+Format (keys not listed are an error, so typos never pass silently)::
+
+    global_prompt: "Character 1: ...; [Environment] ...; [Story] ..."
+    mode: joint            # joint | conditioned | ar | ar-kv   (SPEC §7)
+    steps: 30              # Euler steps per generated shot
+    guidance: 5.0          # classifier-free guidance scale on the text (1 = no uncond branch)
+    embedded_guidance: 6.0 # value fed to a guidance embedding (models that have one)
+    t_c: 0.3               # conditioning timestep of given / history shots, in [0, 1)
+    shift: null            # timestep shift; null = resolution rule (schedule.py)
+    seed: 0                # base seed: shot i uses seed + i unless it sets its own
+    size: {frames: 9, height: 64, width: 64}   # default pixel size of generated shots
+    shots:
+      - prompt: "Character 1 opens the door."
+        cut: true          # false = shot extension: no "[SHOT CUT] " marker
+        seed: 7
+        size: {frames: 1, height: 64, width: 64}
+        condition: ref/char.png   # given shot: image / video / .safetensors latent (relative
+                                  # paths are relative to the scene file); held at t_c
+      - prompt: "..."
+        context: [0]       # ar / ar-kv: earlier shots (indices) this shot sees; default all
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SHOT_CUT_MARKER = "[SHOT CUT] "
+MODES = ("joint", "ar", "ar-kv")
+MODE_ALIASES = {"conditioned": "joint", "visual-conditioned": "joint", "autoregressive": "ar"}
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 5.0
+DEFAULT_T_C = 0.3  # inside the paper's 0.1..0.5 range (§4.2)
+DEFAULT_SEED = 0
+
+_SCENE_KEYS = {
+    "global_prompt", "mode", "steps", "guidance", "embedded_guidance", "t_c", "shift", "seed",
+    "size", "shots",
+}
+_SHOT_KEYS = {"prompt", "cut", "seed", "size", "condition", "context"}
+_SIZE_KEYS = ("frames", "height", "width")
+
+
+class SceneFileError(ValueError):
+    """A malformed scene file; the message names the file and the offending key."""
+
+
+@dataclass(frozen=True)
+class ShotSize:
+    """Pixel size of a shot: ``frames`` (1 = an image), ``height``, ``width``."""
+
+    frames: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class ShotRequest:
+    """One shot of a scene file: prompt, cut flag, seed, size, optional condition media."""
+
+    prompt: str
+    cut: bool = True
+    seed: int = DEFAULT_SEED
+    size: ShotSize | None = None
+    condition: Path | None = None
+    context: tuple[int, ...] | None = None
+
+    @property
+    def full_prompt(self) -> str:
+        """The prompt as the model saw it in training (SPEC §1 marker for a cut)."""
+        return SHOT_CUT_MARKER + self.prompt if self.cut else self.prompt
+
+    @property
+    def is_condition(self) -> bool:
+        return self.condition is not None
+
+
+@dataclass(frozen=True)
+class SceneRequest:
+    """A validated scene file."""
+
+    global_prompt: str
+    shots: tuple[ShotRequest, ...]
+    mode: str = "joint"
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    embedded_guidance: float | None = None
+    t_c: float = DEFAULT_T_C
+    shift: float | None = None
+    seed: int = DEFAULT_SEED
+    source: str = field(default="<dict>", compare=False)
+
+    @property
+    def target_indices(self) -> list[int]:
+        return [i for i, s in enumerate(self.shots) if not s.is_condition]
+
+
+def load_scene_file(path: str | os.PathLike) -> SceneRequest:
+    """Reads and validates a ``.yaml``/``.yml``/``.json`` scene file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SceneFileError(f"scene file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SceneFileError(f"scene file {path}: cannot parse: {exc}") from exc
+    return parse_scene(data, source=str(path), base_dir=path.parent)
+
+
+def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = None) -> SceneRequest:
+    """Validates a parsed scene mapping; every error names ``source`` and the key."""
+
+    def fail(msg: str) -> SceneFileError:
+        return SceneFileError(f"scene file {source}: {msg}")
+
+    if not isinstance(data, dict):
+        raise fail(f"top level must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - _SCENE_KEYS)
+    if unknown:
+        raise fail(f"unknown key(s) {unknown}; allowed: {sorted(_SCENE_KEYS)}")
+    mode = str(data.get("mode", "joint"))
+    mode = MODE_ALIASES.get(mode, mode)
+    if mode not in MODES:
+        raise fail(f"mode {mode!r} is not one of {MODES} (aliases: {sorted(MODE_ALIASES)})")
+    steps = _int(data.get("steps", DEFAULT_STEPS), "steps", fail, minimum=1)
+    guidance = _float(data.get("guidance", DEFAULT_GUIDANCE), "guidance", fail)
+    if guidance < 1.0:
+        raise fail(f"guidance must be >= 1 (1 = no guidance), got {guidance}")
+    emb = data.get("embedded_guidance")
+    embedded_guidance = None if emb is None else _float(emb, "embedded_guidance", fail)
+    t_c = _float(data.get("t_c", DEFAULT_T_C), "t_c", fail)
+    if not 0.0 <= t_c < 1.0:
+        raise fail(f"t_c must be in [0, 1), got {t_c}")
+    shift = data.get("shift")
+    if shift is not None:
+        shift = _float(shift, "shift", fail)
+        if shift <= 0:
+            raise fail(f"shift must be > 0, got {shift}")
+    seed = _int(data.get("seed", DEFAULT_SEED), "seed", fail)
+    default_size = _size(data["size"], "size", fail) if "size" in data else None
+    global_prompt = data.get("global_prompt", "")
+    if not isinstance(global_prompt, str):
+        raise fail("global_prompt must be a string")
+    raw_shots = data.get("shots")
+    if not isinstance(raw_shots, list) or not raw_shots:
+        raise fail("'shots' must be a non-empty list")
+    shots = tuple(
+        _shot(raw, i, seed, default_size, mode, fail, base_dir) for i, raw in enumerate(raw_shots)
+    )
+    if all(s.is_condition for s in shots):
+        raise fail("every shot has a condition: nothing to generate")
+    return SceneRequest(
+        global_prompt=global_prompt, shots=shots, mode=mode, steps=steps, guidance=guidance,
+        embedded_guidance=embedded_guidance, t_c=t_c, shift=shift, seed=seed, source=source,
+    )
+
+
+def _shot(raw, index, base_seed, default_size, mode, fail, base_dir) -> ShotRequest:
+    where = f"shots[{index}]"
+    if not isinstance(raw, dict):
+        raise fail(f"{where} must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - _SHOT_KEYS)
+    if unknown:
+        raise fail(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_SHOT_KEYS)}")
+    prompt = raw.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise fail(f"{where}.prompt must be a string")
+    cut = raw.get("cut", True)
+    if not isinstance(cut, bool):
+        raise fail(f"{where}.cut must be true or false")
+    if prompt.startswith(SHOT_CUT_MARKER.strip()):
+        if not cut:
+            raise fail(f"{where}: prompt starts with {SHOT_CUT_MARKER.strip()!r} but cut is false")
+        prompt = prompt[len(SHOT_CUT_MARKER.strip()):].lstrip()
+    seed = _int(raw.get("seed", base_seed + index), f"{where}.seed", fail)
+    size = _size(raw["size"], f"{where}.size", fail) if "size" in raw else default_size
+    condition = raw.get("condition")
+    if condition is not None:
+        if not isinstance(condition, str):
+            raise fail(f"{where}.condition must be a file path")
+        condition = Path(condition)
+        if not condition.is_absolute() and base_dir is not None:
+            condition = base_dir / condition
+        if not condition.exists():
+            raise fail(f"{where}.condition {condition} does not exist")
+    elif size is None:
+        raise fail(f"{where} has neither a size nor a scene-level default size")
+    context = raw.get("context")
+    if context is not None:
+        if mode == "joint":
+            raise fail(f"{where}.context is only used by the ar / ar-kv modes, not {mode!r}")
+        if not isinstance(context, list) or not all(isinstance(c, int) for c in context):
+            raise fail(f"{where}.context must be a list of shot indices")
+        bad = [c for c in context if not 0 <= c < index]
+        if bad:
+            raise fail(f"{where}.context {bad} must name earlier shots (0..{index - 1})")
+        if len(set(context)) != len(context):
+            raise fail(f"{where}.context {context} repeats a shot")
+        context = tuple(context)
+    return ShotRequest(prompt=prompt, cut=cut, seed=seed, size=size, condition=condition,
+                       context=context)
+
+
+def _size(raw, where, fail) -> ShotSize:
+    if not isinstance(raw, dict) or set(raw) != set(_SIZE_KEYS):
+        raise fail(f"{where} must be a mapping with exactly the keys {list(_SIZE_KEYS)}")
+    return ShotSize(*(_int(raw[k], f"{where}.{k}", fail, minimum=1) for k in _SIZE_KEYS))
+
+
+def _int(value, where, fail, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail(f"{where} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise fail(f"{where} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(value, where, fail) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(f"{where} must be a number, got {value!r}")
+    return float(value)

@@ -1,0 +1,146 @@
+"""``lct-sample`` end to end on a tiny random checkpoint: a scene file to mp4s + contact sheet,
+the interactive pool commands, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lct_train.sample.cli import main
+from lct_train.sample.history_pool import HistoryPool
+
+from .tiny import tiny_model, write_consolidated
+
+SIZE = {"frames": 2, "height": 16, "width": 16}
+TOOLS = ["--codec", "pixel:2", "--text-encoder", "tiny", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, config):
+    folder = tmp_path_factory.mktemp("ckpt")
+    return str(write_consolidated(folder, config, tiny_model(config, torch.float32)))
+
+
+def _image(path, value):
+    Image.fromarray(np.full((16, 16, 3), value, dtype=np.uint8)).save(path)
+    return path
+
+
+def _scene(tmp_path, **changes):
+    _image(tmp_path / "character.png", 200)
+    scene = {
+        "global_prompt": "Character 1: a red fox. [Environment] a snowy forest.",
+        "mode": "joint", "steps": 2, "guidance": 2.0, "t_c": 0.3, "seed": 1, "size": SIZE,
+        "shots": [
+            {"prompt": "Character 1 portrait.", "condition": "character.png",
+             "size": {"frames": 1, "height": 16, "width": 16}},
+            {"prompt": "Character 1 walks in."},
+            {"prompt": "Character 1 keeps walking.", "cut": False},
+        ],
+        **changes,
+    }
+    path = tmp_path / "scene.yaml"
+    path.write_text(json.dumps(scene))
+    return path
+
+
+def _frames(path):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("mode", ["joint", "ar-kv"])
+def test_scene_command_writes_latents_videos_and_contact_sheet(tmp_path, ckpt, mode):
+    out = tmp_path / "out"
+    mask = ["--mask", "causal"] if mode == "ar-kv" else []
+    rc = main(["scene", str(_scene(tmp_path)), "--ckpt", ckpt, "--out", str(out), "--mode",
+               mode, *mask, *TOOLS])
+    assert rc == 0
+    latents = [load_file(str(out / f"shot_{i:03d}.safetensors"))["latent"] for i in range(3)]
+    assert [tuple(z.shape) for z in latents] == [(12, 1, 8, 8), (12, 2, 8, 8), (12, 2, 8, 8)]
+    given = _frames(out / "shot_000.mp4")
+    assert len(given) == 1
+    assert abs(int(given[0][8, 8, 0]) - 200) <= 4
+    assert [len(_frames(out / f"shot_{i:03d}.mp4")) for i in (1, 2)] == [2, 2]
+    assert len(_frames(out / "scene.mp4")) == 24 + 2 + 2  # the image held one second
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.height > 3 * 96
+    pool = HistoryPool.load(out)
+    assert [s.mode for s in pool.shots] == ["given", mode, mode]
+    assert pool.shots[2].prompt == "Character 1 keeps walking."  # extension: no marker
+    assert pool.shots[1].prompt.startswith("[SHOT CUT] ")
+
+
+def test_interactive_direction_on_a_pool(tmp_path, ckpt):
+    pool_dir = str(tmp_path / "pool")
+    base = ["--pool", pool_dir]
+    assert main(["init", *base, "--global-prompt", "Character 1: a fox.", "--ckpt", ckpt,
+                 "--mask", "causal", "--size", "2,16,16", "--steps", "2", *TOOLS]) == 0
+    char = _image(tmp_path / "c.png", 50)
+    assert main(["add", *base, "--condition", str(char), "--prompt", "Character 1.",
+                 "--no-progress"]) == 0
+    assert main(["shot", *base, "--prompt", "Character 1 runs.", "--seed", "5",
+                 "--no-progress"]) == 0
+    first = HistoryPool.load(pool_dir).pending
+    assert first.mode == "ar-kv"
+    assert first.context == (0,)
+    assert first.seed == 5
+    assert (tmp_path / "pool" / "pending.mp4").is_file()
+    assert main(["regenerate", *base, "--no-progress"]) == 0  # seed + 1
+    second = HistoryPool.load(pool_dir).pending
+    assert second.seed == 6
+    assert not torch.equal(second.latent, first.latent)
+    assert main(["regenerate", *base, "--seed", "5", "--mode", "ar", "--no-progress"]) == 0
+    again = HistoryPool.load(pool_dir).pending  # recompute reproduces the KV-cache shot
+    torch.testing.assert_close(again.latent, first.latent, rtol=1e-4, atol=1e-4)
+    assert main(["accept", *base]) == 0
+    assert main(["shot", *base, "--prompt", "Character 1 rests.", "--context", "1",
+                 "--no-cut", "--no-progress"]) == 0
+    assert main(["accept", *base]) == 0
+    pool = HistoryPool.load(pool_dir)
+    assert [s.context for s in pool.shots] == [(), (0,), (1,)]
+    assert pool.shots[2].prompt == "Character 1 rests."
+    assert pool.pending is None
+    assert not (tmp_path / "pool" / "pending.mp4").exists()
+    assert len(_frames(tmp_path / "pool" / "scene.mp4")) == 24 + 2 + 2
+    assert main(["show", *base]) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "ar-kv"], "mode 'ar-kv' needs a context-causal checkpoint"),
+        (["--window", "2"], "3 shots in mode 'joint' exceed the model's window of 2"),
+    ],
+)
+def test_scene_command_errors(tmp_path, ckpt, capsys, args, message):
+    rc = main(["scene", str(_scene(tmp_path)), "--ckpt", ckpt, "--out", str(tmp_path / "o"),
+               *args, *TOOLS])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_malformed_scene_file_is_reported(tmp_path, ckpt, capsys):
+    path = _scene(tmp_path, shots=[{"prompt": "x", "context": [0]}], mode="ar")
+    rc = main(["scene", str(path), "--ckpt", ckpt, "--out", str(tmp_path / "o"), *TOOLS])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "scene.yaml" in err
+    assert "shots[0].context [0] must name earlier shots" in err
+
+
+def test_pool_commands_report_their_errors(tmp_path, ckpt, capsys):
+    assert main(["accept", "--pool", str(tmp_path / "none")]) == 2
+    assert "is not a history pool" in capsys.readouterr().err
+    pool = ["--pool", str(tmp_path / "p")]
+    main(["init", *pool, "--ckpt", ckpt, "--size", "2,16,16", *TOOLS])
+    assert main(["shot", *pool, "--prompt", "x", "--context", "0", "--no-progress"]) == 2
+    assert "indices [0] are not in the pool" in capsys.readouterr().err
+    assert main(["shot", *pool, "--prompt", "x", "--mode", "ar-kv", "--no-progress"]) == 2
+    assert "needs a context-causal model" in capsys.readouterr().err

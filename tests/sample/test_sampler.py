@@ -1,0 +1,109 @@
+"""The sampler's arithmetic against an oracle model whose velocity is exact for known latents:
+Euler on straight rectified-flow paths must land on them, whatever the shift and guidance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lct_train.model.layout import patchify
+from lct_train.sample.inputs import ConditionShot, PromptEmbedding, TargetShot
+from lct_train.sample.sampler import Sampler, SamplingError, SamplingSettings
+
+from .tiny import LATENT_CHANNELS
+
+
+class FlowOracle(torch.nn.Module):
+    """Returns ``(z_t - z_0) / t`` per video row (= ``eps - z_0`` on the straight path) for the
+    given clean video stream ``z0``; records the group timesteps it was called with."""
+
+    def __init__(self, z0: torch.Tensor):
+        super().__init__()
+        self.z0 = z0
+        self.anchor = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.calls: list[torch.Tensor] = []
+
+    def forward(self, video, text, pooled, timesteps, meta, guidance=None, kv_cache=None):
+        self.calls.append(timesteps.clone())
+        t = timesteps[meta.video_group].clamp_min(1e-12)[:, None]
+        return (video - self.z0) / t
+
+
+def _shot_latents(config, shapes):
+    gen = torch.Generator().manual_seed(5)
+    return [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+
+
+@pytest.mark.parametrize(("guidance", "shift"), [(1.0, 1.0), (4.0, 3.0)])
+def test_euler_lands_on_the_oracle_latents(config, prompts, guidance, shift):
+    shapes = [(LATENT_CHANNELS, 2, 4, 4), (LATENT_CHANNELS, 1, 4, 6), (LATENT_CHANNELS, 2, 2, 4)]
+    clean = _shot_latents(config, shapes)
+    dummy = torch.zeros(config.num_dummy_tokens, config.patch_dim, dtype=torch.float64)
+    stream = torch.cat([dummy] + [patchify(z, config.patch_size) for z in clean])
+    oracle = FlowOracle(stream)
+    t_c = 0.4
+    sampler = Sampler(oracle, config, prompts.empty, mask="bidirectional", window=9,
+                      settings=SamplingSettings(steps=5, guidance=guidance, t_c=t_c, shift=shift))
+    p = prompts.one("a shot")
+    shots = [TargetShot(p, shapes[0], seed=1), ConditionShot(p, clean[1], seed=2),
+             TargetShot(p, shapes[2], seed=3)]
+    out = sampler.generate(prompts.one("global"), shots)
+    torch.testing.assert_close(out[0], clean[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(out[2], clean[2], rtol=0, atol=1e-10)
+    assert out[1] is clean[1]  # the condition comes back untouched
+    branches = 1 if guidance == 1.0 else 2
+    assert len(oracle.calls) == 5 * branches
+    first, last = oracle.calls[0], oracle.calls[-1]
+    # groups: global (0), target, condition (t_c), target
+    assert first.tolist() == pytest.approx([0.0, 1.0, t_c, 1.0])
+    assert last[0] == 0
+    assert last[2] == pytest.approx(t_c)
+    assert 0 < last[1] < 1
+
+
+def test_a_condition_is_noised_once_to_t_c_with_its_seed(config, prompts, model):
+    sampler = Sampler(model, config, prompts.empty, mask="causal", window=9,
+                      settings=SamplingSettings(steps=2, t_c=0.25))
+    clean = _shot_latents(config, [(LATENT_CHANNELS, 1, 4, 4)])[0]
+    shot = ConditionShot(prompts.one("x"), clean, seed=9)
+    a, b = sampler.condition_group(shot), sampler.condition_group(shot)
+    torch.testing.assert_close(a.tokens, b.tokens, rtol=0, atol=0)
+    assert a.t == 0.25
+    other = sampler.condition_group(ConditionShot(shot.prompt, clean, seed=10))
+    assert not torch.allclose(a.tokens, other.tokens)
+
+
+def test_shape_errors_name_the_problem(config, prompts, model):
+    sampler = Sampler(model, config, prompts.empty, mask="causal", window=2,
+                      settings=SamplingSettings(steps=1))
+    p = prompts.one("x")
+    with pytest.raises(SamplingError, match="channels"):
+        sampler.generate(p, [TargetShot(p, (3, 1, 4, 4), 0)])
+    with pytest.raises(SamplingError, match="not divisible by the patch"):
+        sampler.generate(p, [TargetShot(p, (LATENT_CHANNELS, 1, 5, 4), 0)])
+    with pytest.raises(SamplingError, match="window of 2"):
+        sampler.generate(p, [TargetShot(p, (LATENT_CHANNELS, 1, 4, 4), i) for i in range(3)])
+
+
+def test_settings_are_validated():
+    with pytest.raises(SamplingError, match="t_c"):
+        SamplingSettings(t_c=1.0)
+    with pytest.raises(SamplingError, match="guidance"):
+        SamplingSettings(guidance=0.5)
+
+
+def test_prompt_embedding_checks_its_shapes():
+    with pytest.raises(ValueError, match="tokens must be"):
+        PromptEmbedding(torch.zeros(3), torch.zeros(2))
+
+
+def test_a_bfloat16_model_integrates_in_float32(config, prompts):
+    from .tiny import tiny_model
+
+    model = tiny_model(config, torch.bfloat16)
+    sampler = Sampler(model, config, prompts.empty, mask="causal", window=9,
+                      settings=SamplingSettings(steps=2, guidance=2.0))
+    p = prompts.one("x")
+    (out,) = sampler.generate(p, [TargetShot(p, (LATENT_CHANNELS, 1, 4, 4), 0)])
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
