@@ -1,1 +1,7 @@
-"""Structured configs registered with Hydra, and their validation."""
+"""Structured training configs (Hydra schema, composition, validation)."""
+
+from lct_train.config.schema import TrainConfig
+from lct_train.config.store import compose_config, one_line_error
+from lct_train.config.validate import ConfigError
+
+__all__ = ["ConfigError", "TrainConfig", "compose_config", "one_line_error"]

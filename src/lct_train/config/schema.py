@@ -1,0 +1,183 @@
+"""The training config schema: one dataclass per Hydra group, plus the top-level ``TrainConfig``.
+
+Every key a run can take is declared here with its type and default; Hydra merges the YAML
+tree of ``conf/`` into these dataclasses, so a key that is not declared is rejected when the
+config is composed. Range and choice checks live in ``lct_train.config.validate``.
+
+``model`` and ``data`` are the model and data packages' own dataclasses (``ModelConfig``,
+``DataConfig``): Hydra checks their keys and types when composing; their ``__post_init__``
+checks run at start (``lct_train.config.build``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from lct_train.data.config import DataConfig
+from lct_train.model.config import ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, the learning-rate schedule, gradient clipping and the EMA of the weights."""
+
+    lr: float = 1.0e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1.0e-8
+    weight_decay: float = 0.0
+    # 1-D parameters (biases, norm scales) get no weight decay.
+    no_decay_1d: bool = True
+    # "auto": fused AdamW on CUDA, foreach otherwise.
+    implementation: str = "auto"
+    warmup_steps: int = 0
+    # "constant" (after warm-up) or "cosine" (down to lr * min_lr_ratio at the last step).
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.0
+    # Clip the global gradient norm to this value; <= 0 computes the norm without clipping.
+    grad_clip: float = 1.0
+    # Micro-batches per optimizer step on every data-parallel rank.
+    grad_accum: int = 1
+    # EMA of the weights (kept sharded like the parameters); decay 0 disables it.
+    ema_decay: float = 0.0
+    ema_every: int = 1
+
+
+@dataclass
+class ParallelConfig:
+    """Process groups, FSDP2 / HSDP, mixed precision, activation checkpointing, compile."""
+
+    # "auto": nccl on CUDA, gloo on CPU.
+    backend: str = "auto"
+    # "auto": cuda when available, else cpu.
+    device: str = "auto"
+    # HSDP: replicate groups x shard groups; -1 = world_size / dp_replicate.
+    dp_replicate: int = 1
+    dp_shard: int = -1
+    # FSDP2 mixed precision: parameter (compute) dtype and gradient reduce dtype.
+    param_dtype: str = "bfloat16"
+    reduce_dtype: str = "float32"
+    # Re-shard parameters after forward (saves memory, costs an all-gather in backward).
+    reshard_after_forward: bool = True
+    # Activation checkpointing of every block: "none" | "full".
+    activation_checkpoint: str = "none"
+    # torch.compile of every block (applied after AC, before FSDP).
+    compile: bool = False
+    # Collective timeouts: long while starting (loading, first step), short afterwards.
+    init_timeout_s: int = 600
+    train_timeout_s: int = 300
+
+
+@dataclass
+class CheckpointConfig:
+    """DCP checkpoints: cadence, retention, resume policy."""
+
+    enabled: bool = True
+    # Save every N steps (and at the last step); 0 = only at the last step.
+    every: int = 500
+    # Keep the newest K checkpoints, plus every one whose step is a multiple of keep_every.
+    keep_last: int = 3
+    keep_every: int = 0
+    # Resuming on another data-parallel size: the loader's per-rank state cannot be mapped;
+    # true restarts the loader streams (weights, optimizer, step are still restored),
+    # false refuses to resume.
+    skip_loader_state_on_world_change: bool = False
+    # Also save at the last step.
+    save_last: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    """Console, TensorBoard, JSONL metrics, MFU."""
+
+    every: int = 10
+    tensorboard: bool = True
+    # Append one JSON record per logged step to <run_dir>/metrics.jsonl.
+    jsonl: bool = True
+    console: bool = True
+    # Loss by timestep bucket: number of equal-width buckets of t in [0, 1].
+    timestep_buckets: int = 4
+    # Peak dense bf16 TFLOP/s of one device for MFU; 0 = auto (known GPUs; n/a on CPU).
+    peak_tflops: float = 0.0
+    progress_bar_width: int = 20
+
+
+@dataclass
+class StageConfig:
+    """Which training stage runs and where its initial weights come from (SPEC §6)."""
+
+    name: str = MISSING
+    # "bidirectional" (LCT, stage 1) or "causal" (context-causal FT, stage 2).
+    mask: str = MISSING
+    # "scratch" | "auto" (newest checkpoint of init_run) | a .safetensors file |
+    # a checkpoint directory (step-N).
+    init_from: str = "scratch"
+    # Run directory of the previous stage, used by init_from=auto.
+    init_run: str = ""
+    # Which weights of a training checkpoint to start from: "model" or "ema".
+    init_weights: str = "model"
+
+
+@dataclass
+class LossConfig:
+    """Per-shot timesteps and loss (SPEC §5)."""
+
+    # Per shot t = sigmoid(N(timestep_mean, timestep_std)); global groups use t = 0.
+    timestep_mean: float = 0.0
+    timestep_std: float = 1.0
+    # Optional SD3-style shift of the sampled t (1 = none).
+    timestep_shift: float = 1.0
+    # Non-finite loss or gradient norm: "skip" the update or "stop" the run.
+    nonfinite: str = "skip"
+    # Stop anyway after this many consecutive skipped steps.
+    max_consecutive_skips: int = 10
+    # Distilled-guidance value fed to models with guidance_embeds (HunyuanVideo); else unused.
+    guidance: float = 1.0
+
+
+@dataclass
+class SyntheticDataConfig:
+    """In-memory random scenes (benchmarks, tests): a pure function of (seed, step, micro)."""
+
+    scenes_per_batch: int = 2
+    max_shots: int = 3
+    # Per-shot latent-patch grid (F, H, W) is drawn from [1, max] per axis.
+    max_grid: tuple[int, int, int] = (2, 4, 4)
+    max_text_len: int = 8
+    with_global: bool = True
+
+
+@dataclass
+class DebugConfig:
+    """Knobs for tests and debugging; leave at defaults for real runs."""
+
+    # Sleep after every step (lets a test kill a running job at a chosen moment).
+    step_delay_s: float = 0.0
+    # Make the loss of this step NaN on every rank (tests of loss.nonfinite); 0 = never.
+    nonfinite_at_step: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """The whole run. ``conf/train.yaml`` composes the groups over these defaults."""
+
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    # Memory preset applied (informational; set by conf/memory/*.yaml).
+    memory: str = "none"
+    # "shards" (the scene loader, ``data`` config) or "synthetic" (``synthetic`` config).
+    data_source: str = "shards"
+    run_dir: str = MISSING
+    steps: int = 1000
+    seed: int = 0
+    # "auto" (newest valid checkpoint of run_dir, else start), "none", or a step-N directory.
+    resume: str = "auto"

@@ -1,0 +1,87 @@
+"""Registers the schema with Hydra, composes ``conf/train.yaml`` with overrides, and turns any
+composition or validation failure into one line that names the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lct_train.config.schema import TrainConfig
+from lct_train.config.validate import ConfigError, validate
+
+SCHEMA_NAME = "train_schema"
+ROOT_CONFIG = "train"
+CONF_DIR_ENV = "LCT_CONF_DIR"
+
+
+def register_schema() -> None:
+    """Stores ``TrainConfig`` as ``train_schema`` (the first entry of conf/train.yaml's defaults)."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
+
+
+def find_conf_dir() -> Path:
+    """``$LCT_CONF_DIR``, else ``./conf`` when it holds train.yaml, else the repository's conf/."""
+    if os.environ.get(CONF_DIR_ENV):
+        return Path(os.environ[CONF_DIR_ENV]).resolve()
+    local = Path.cwd() / "conf"
+    if (local / f"{ROOT_CONFIG}.yaml").is_file():
+        return local.resolve()
+    # src/lct_train/config/store.py -> repository root
+    return Path(__file__).resolve().parents[3] / "conf"
+
+
+def one_line_error(exc: BaseException) -> str:
+    """The most specific message in an exception chain, on one line, key first when known."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for err in chain:
+        if isinstance(err, ConfigError):
+            return str(err)
+    for err in reversed(chain):
+        key = getattr(err, "full_key", None)
+        if isinstance(err, OmegaConfBaseException) and key:
+            msg = str(getattr(err, "msg", "") or err).strip().splitlines()[0]
+            return f"{key}: {msg}"
+    lines = [ln.strip() for err in chain for ln in str(err).splitlines() if ln.strip()]
+    # Hydra appends its config search path to "could not find" errors: not useful here.
+    lines = [ln for ln in lines if not ln.startswith(("Config search path", "provider="))]
+    return " | ".join(dict.fromkeys(lines)) or type(exc).__name__
+
+
+def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> DictConfig:
+    """Composes and validates the run config (raises; callers print ``one_line_error``)."""
+    register_schema()
+    conf_dir = conf_dir or find_conf_dir()
+    if not (conf_dir / f"{ROOT_CONFIG}.yaml").is_file():
+        raise ConfigError("conf", f"no {ROOT_CONFIG}.yaml in {conf_dir} (set ${CONF_DIR_ENV})")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir), version_base="1.3", job_name="lct_train"):
+        cfg = compose(config_name=ROOT_CONFIG, overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    # `+key=value` overrides bypass the struct flag; re-merging into the schema rejects them.
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg))
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], "is required but has no value")
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,123 @@
+"""Start-up validation of a composed ``TrainConfig``: ranges and choices, errors name the key.
+
+Types and unknown keys are already checked by OmegaConf when the config is composed; this
+module checks what types cannot say (a learning rate is positive, a schedule is one of a few
+names, ...). Every failure raises ``ConfigError`` whose message starts with the dotted key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; ``key`` is its dotted path."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+STAGE_MASKS = ("bidirectional", "causal")
+
+
+def _choice(key: str, value: Any, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate_optim(c: Any) -> None:
+    _positive("optim.lr", c.lr, allow_zero=True)
+    for i, beta in enumerate(c.betas):
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"optim.betas[{i}]", f"must be in [0, 1), got {beta}")
+    _positive("optim.eps", c.eps)
+    _positive("optim.weight_decay", c.weight_decay, allow_zero=True)
+    _choice("optim.implementation", c.implementation, ("auto", "fused", "foreach", "for_loop"))
+    _positive("optim.warmup_steps", c.warmup_steps, allow_zero=True)
+    _choice("optim.schedule", c.schedule, ("constant", "cosine"))
+    if not 0.0 <= c.min_lr_ratio <= 1.0:
+        raise ConfigError("optim.min_lr_ratio", f"must be in [0, 1], got {c.min_lr_ratio}")
+    _positive("optim.grad_accum", c.grad_accum)
+    if not 0.0 <= c.ema_decay < 1.0:
+        raise ConfigError("optim.ema_decay", f"must be in [0, 1), got {c.ema_decay}")
+    _positive("optim.ema_every", c.ema_every)
+
+
+def validate_parallel(c: Any) -> None:
+    _choice("parallel.backend", c.backend, ("auto", "nccl", "gloo"))
+    _choice("parallel.device", c.device, ("auto", "cuda", "cpu"))
+    _positive("parallel.dp_replicate", c.dp_replicate)
+    if c.dp_shard != -1 and c.dp_shard < 1:
+        raise ConfigError("parallel.dp_shard", f"must be -1 (auto) or >= 1, got {c.dp_shard}")
+    _choice("parallel.param_dtype", c.param_dtype, DTYPES)
+    _choice("parallel.reduce_dtype", c.reduce_dtype, DTYPES)
+    _choice("parallel.activation_checkpoint", c.activation_checkpoint, ("none", "full"))
+    _positive("parallel.init_timeout_s", c.init_timeout_s)
+    _positive("parallel.train_timeout_s", c.train_timeout_s)
+
+
+def validate_checkpoint(c: Any) -> None:
+    _positive("checkpoint.every", c.every, allow_zero=True)
+    _positive("checkpoint.keep_last", c.keep_last)
+    _positive("checkpoint.keep_every", c.keep_every, allow_zero=True)
+
+
+def validate_logging(c: Any) -> None:
+    _positive("logging.every", c.every)
+    _positive("logging.timestep_buckets", c.timestep_buckets)
+    _positive("logging.peak_tflops", c.peak_tflops, allow_zero=True)
+    _positive("logging.progress_bar_width", c.progress_bar_width, allow_zero=True)
+
+
+def validate_stage(c: Any) -> None:
+    _choice("stage.name", c.name, ("lct", "causal_ft"))
+    _choice("stage.mask", c.mask, STAGE_MASKS)
+    _choice("stage.init_weights", c.init_weights, ("model", "ema"))
+    if not c.init_from:
+        raise ConfigError("stage.init_from", "is empty (use 'scratch', 'auto' or a path)")
+    if c.init_from == "auto" and not c.init_run:
+        raise ConfigError("stage.init_run", "must name the previous stage's run directory "
+                          "when stage.init_from=auto")
+
+
+def validate_loss(c: Any) -> None:
+    _positive("loss.timestep_std", c.timestep_std)
+    _positive("loss.timestep_shift", c.timestep_shift)
+    _choice("loss.nonfinite", c.nonfinite, ("skip", "stop"))
+    _positive("loss.max_consecutive_skips", c.max_consecutive_skips)
+
+
+def validate_synthetic(c: Any) -> None:
+    _positive("synthetic.scenes_per_batch", c.scenes_per_batch)
+    _positive("synthetic.max_shots", c.max_shots)
+    for i, size in enumerate(c.max_grid):
+        _positive(f"synthetic.max_grid[{i}]", size)
+    _positive("synthetic.max_text_len", c.max_text_len)
+
+
+def validate(cfg: Any) -> None:
+    """Checks every group of a composed config; raises ``ConfigError`` naming the key."""
+    validate_optim(cfg.optim)
+    validate_parallel(cfg.parallel)
+    validate_checkpoint(cfg.checkpoint)
+    validate_logging(cfg.logging)
+    validate_stage(cfg.stage)
+    validate_loss(cfg.loss)
+    validate_synthetic(cfg.synthetic)
+    _choice("data_source", cfg.data_source, ("shards", "synthetic"))
+    _positive("steps", cfg.steps)
+    _positive("seed", cfg.seed, allow_zero=True)
+    if not cfg.resume:
+        raise ConfigError("resume", "is empty (use 'auto', 'none' or a checkpoint directory)")
+    _positive("debug.nonfinite_at_step", cfg.debug.nonfinite_at_step, allow_zero=True)
+    if cfg.debug.step_delay_s < 0:
+        raise ConfigError("debug.step_delay_s", f"must be >= 0, got {cfg.debug.step_delay_s}")

@@ -1,0 +1,128 @@
+"""Process groups and the data-parallel device mesh.
+
+``init_distributed`` starts the default process group from torchrun's environment (or a
+one-process group when launched without torchrun), with the long start-up timeout;
+``set_train_timeout`` shortens it once the first step went through (torchtitan practice: a
+hang is then reported in minutes, not the start-up allowance). ``build_mesh`` lays out the
+data-parallel ranks as ``(dp_replicate, dp_shard)``: FSDP over ``dp_shard``, plus replication
+(HSDP) when ``dp_replicate > 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from lct_train.config.validate import ConfigError
+
+MESH_DIMS = ("dp_replicate", "dp_shard")
+LOCALHOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process sits: global rank/size, local rank, device, data-parallel mesh."""
+
+    rank: int
+    size: int
+    local_rank: int
+    device: torch.device
+    mesh: DeviceMesh
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def dp_rank(self) -> int:
+        """Data-parallel rank (every rank reads its own data: there is no TP/CP)."""
+        return self.rank
+
+    @property
+    def dp_size(self) -> int:
+        return self.size
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("parallel.device", "cuda requested but no CUDA device is visible")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def pick_backend(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if name == "nccl" and device.type != "cuda":
+        raise ConfigError("parallel.backend", "nccl needs parallel.device=cuda")
+    return name
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        return sock.getsockname()[1]
+
+
+def _ensure_env() -> None:
+    """Lets ``python -m lct_train.train.main`` run as a one-process job without torchrun."""
+    if "RANK" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", LOCALHOST)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def build_mesh(device: torch.device, world_size: int, dp_replicate: int, dp_shard: int) -> DeviceMesh:
+    if dp_shard == -1:
+        if world_size % dp_replicate:
+            raise ConfigError("parallel.dp_replicate",
+                              f"{dp_replicate} does not divide the world size {world_size}")
+        dp_shard = world_size // dp_replicate
+    if dp_replicate * dp_shard != world_size:
+        raise ConfigError("parallel.dp_shard", f"dp_replicate ({dp_replicate}) x dp_shard "
+                          f"({dp_shard}) must equal the world size ({world_size})")
+    return init_device_mesh(device.type, (dp_replicate, dp_shard), mesh_dim_names=MESH_DIMS)
+
+
+def init_distributed(parallel_cfg) -> World:
+    """Starts the default process group and the data-parallel mesh (all ranks)."""
+    _ensure_env()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = pick_device(parallel_cfg.device, local_rank)
+    backend = pick_backend(parallel_cfg.backend, device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            timeout=timedelta(seconds=parallel_cfg.init_timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    mesh = build_mesh(device, dist.get_world_size(), parallel_cfg.dp_replicate,
+                      parallel_cfg.dp_shard)
+    return World(dist.get_rank(), dist.get_world_size(), local_rank, device, mesh)
+
+
+def set_train_timeout(world: World, seconds: int) -> None:
+    """Shortens the collective timeout of every group (call on all ranks after step 1)."""
+    dist.barrier()
+    if world.device.type == "cuda":
+        torch.cuda.synchronize()
+    timeout = timedelta(seconds=seconds)
+    groups = [world.mesh.get_group(d) for d in range(world.mesh.ndim)]
+    for group in [None, *groups]:
+        dist.distributed_c10d._set_pg_timeout(timeout, group)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,93 @@
+"""Applies activation checkpointing, per-block ``torch.compile`` and FSDP2 to a bare model.
+
+Order (torchtitan): AC wraps each block, compile compiles each (wrapped) block, then
+``fully_shard`` shards each block and finally the root. A *block* is every element of every
+``nn.ModuleList`` whose attribute name ends in ``blocks`` (``transformer_blocks``,
+``single_transformer_blocks``, ``refiner_blocks``): the model declares its sharding units by
+that naming. Parameter FQNs stay those of the bare model (DCP's state-dict helpers drop the
+checkpoint-wrapper prefix; ``Module.compile`` compiles in place).
+
+Gradient reduction: FSDP averages gradients over the data-parallel ranks (its default divide
+factor; a custom factor needs NCCL's PreMulSum, which gloo lacks). The trainer's loss is already
+the mean over the *global* batch, so it multiplies each rank's loss by the data-parallel size
+to cancel that average (``lct_train.train.loss``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+BLOCK_LIST_SUFFIX = "blocks"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Every ``nn.ModuleList`` named ``*blocks`` (in module order)."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1].endswith(BLOCK_LIST_SUFFIX)
+    ]
+
+
+def apply_ac(model: nn.Module, mode: str) -> None:
+    """``full``: recompute every block's forward in backward; ``none``: nothing."""
+    if mode == "none":
+        return
+    if mode != "full":
+        raise ValueError(f"parallel.activation_checkpoint: unknown mode {mode!r}")
+    for _, blocks in block_lists(model):
+        for i, block in enumerate(blocks):
+            blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compiles every block in place (regional compile: one graph per block type)."""
+    for _, blocks in block_lists(model):
+        for block in blocks:
+            block.compile()
+
+
+def mixed_precision(param_dtype: str, reduce_dtype: str) -> MixedPrecisionPolicy:
+    """Blocks cast their (activation) inputs to the compute dtype."""
+    return MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype],
+                                cast_forward_inputs=True)
+
+
+def apply_fsdp(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    mp_policy: MixedPrecisionPolicy,
+    reshard_after_forward: bool = True,
+) -> None:
+    """``fully_shard`` per block, then the root; HSDP when ``mesh`` is 2-D (replicate, shard)."""
+    mesh = mesh if mesh.size(0) > 1 else mesh["dp_shard"]
+    for _, blocks in block_lists(model):
+        for block in blocks:
+            fully_shard(block, mesh=mesh, mp_policy=mp_policy,
+                        reshard_after_forward=reshard_after_forward)
+    # The root does not cast its inputs: the trainer casts video/text/pooled to the compute
+    # dtype itself and keeps the timesteps in fp32 (a bf16 t would be off by up to 0.4 %).
+    root_policy = MixedPrecisionPolicy(param_dtype=mp_policy.param_dtype,
+                                       reduce_dtype=mp_policy.reduce_dtype,
+                                       cast_forward_inputs=False)
+    fully_shard(model, mesh=mesh, mp_policy=root_policy,
+                reshard_after_forward=reshard_after_forward)
+
+
+def parallelize(model: nn.Module, mesh: DeviceMesh, parallel_cfg) -> nn.Module:
+    """AC -> compile -> FSDP, per ``parallel_cfg`` (``lct_train.config.schema.ParallelConfig``)."""
+    apply_ac(model, parallel_cfg.activation_checkpoint)
+    if parallel_cfg.compile:
+        apply_compile(model)
+    apply_fsdp(
+        model,
+        mesh,
+        mixed_precision(parallel_cfg.param_dtype, parallel_cfg.reduce_dtype),
+        parallel_cfg.reshard_after_forward,
+    )
+    return model

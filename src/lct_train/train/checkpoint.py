@@ -1,0 +1,240 @@
+"""DCP training checkpoints (design.md §6): layout, atomic save, retention, resume, init loads.
+
+Layout: ``<run_dir>/checkpoints/step-<NNNNNNNN>/`` holds the DCP files (``.metadata`` +
+``__<rank>_0.distcp``) of the top-level keys ``model``, ``ema`` (when enabled), ``optimizer``,
+``lr_scheduler``, ``train_state``, ``dataloader`` and ``rng``, plus ``lct_meta.json``
+(resolved config incl. ``model``, step, git revision, world size).
+
+Atomicity: all ranks write into ``step-N.tmp-<id>``; rank 0 then writes ``lct_meta.json`` (last,
+fsynced) and renames the directory to ``step-N``. A directory without ``lct_meta.json`` is not a
+checkpoint, so a kill at any moment leaves the newest *valid* checkpoint loadable. Stale
+``*.tmp-*`` directories are removed when the next run starts.
+
+Per-rank state (loader position, RNG) is stored under ``dp_rank_<r>`` keys of its top-level
+entry, next to ``world_size``; it can only be restored on the same data-parallel size (see
+``checkpoint.skip_loader_state_on_world_change``). Model, EMA and optimizer are DTensors and
+reshard freely (save on 2 ranks, load on 1 and the reverse).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+CHECKPOINTS = "checkpoints"
+META_FILE = "lct_meta.json"
+STEP_RE = re.compile(r"^step-(\d{8})$")
+TMP_MARK = ".tmp-"
+FORMAT = "lct-train-checkpoint/1"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def checkpoint_root(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def is_valid(path: Path) -> bool:
+    return STEP_RE.match(path.name) is not None and (path / META_FILE).is_file()
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Valid checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(STEP_RE.match(p.name).group(1)), p) for p in root.iterdir() if is_valid(p)]
+    return sorted(found)
+
+
+def newest_checkpoint(run_or_root: str | os.PathLike) -> Path | None:
+    """Newest valid checkpoint of a run directory (or of its ``checkpoints/`` directory)."""
+    path = Path(run_or_root)
+    root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def resolve_checkpoint(spec: str, what: str) -> Path:
+    """A step directory, or the newest checkpoint of a run directory; ``what`` names the key."""
+    path = Path(spec)
+    if is_valid(path):
+        return path
+    newest = newest_checkpoint(path)
+    if newest is None:
+        raise FileNotFoundError(f"{what}: no valid checkpoint at {spec} (a step-NNNNNNNN "
+                                f"directory with {META_FILE}, or a run directory holding one)")
+    return newest
+
+
+def read_meta(path: Path) -> dict:
+    return json.loads((path / META_FILE).read_text())
+
+
+def retained_steps(steps: list[int], keep_last: int, keep_every: int) -> set[int]:
+    """The newest ``keep_last`` steps plus every multiple of ``keep_every`` (> 0)."""
+    keep = set(sorted(steps)[-keep_last:]) if keep_last > 0 else set()
+    if keep_every > 0:
+        keep |= {s for s in steps if s % keep_every == 0}
+    return keep
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------- Stateful
+class ModelState:
+    """The bare model's FQN -> (sharded) tensor; DCP reshards on load."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_model_state_dict(self.model, state)
+
+
+class OptimizerState:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_optimizer_state_dict(self.model, self.optimizer)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_optimizer_state_dict(self.model, self.optimizer, state)
+
+
+class PerRankState:
+    """Per-data-parallel-rank state (pickled) under ``dp_rank_<r>``, plus ``world_size``."""
+
+    def __init__(self, rank: int, world_size: int, get: Callable[[], Any],
+                 put: Callable[[Any], None]):
+        self.rank, self.world_size, self.get, self.put = rank, world_size, get, put
+
+    @property
+    def key(self) -> str:
+        return f"dp_rank_{self.rank}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {self.key: pickle.dumps(self.get()), "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.world_size:
+            raise RuntimeError(f"per-rank state saved on {state['world_size']} data-parallel "
+                               f"ranks cannot load on {self.world_size}")
+        self.put(pickle.loads(state[self.key]))
+
+
+class DictState:
+    """A plain dict of host values (train_state, lr scheduler)."""
+
+    def __init__(self, get: Callable[[], dict], put: Callable[[dict], None]):
+        self.get, self.put = get, put
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.get()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.put(state)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# --------------------------------------------------------------------------------- manager
+class CheckpointManager:
+    """Saves and loads one run's checkpoints. Every method is called on all ranks."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int, keep_every: int, rank: int):
+        self.root = checkpoint_root(run_dir)
+        self.keep_last, self.keep_every, self.rank = keep_last, keep_every, rank
+        if rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(f"step-*{TMP_MARK}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        dist.barrier()
+
+    def _shared_id(self) -> str:
+        box = [uuid.uuid4().hex[:12] if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def save(self, step: int, states: dict[str, Any], meta: dict[str, Any]) -> Path:
+        final = self.root / step_name(step)
+        tmp = self.root / f"{final.name}{TMP_MARK}{self._shared_id()}"
+        dcp.save(states, checkpoint_id=str(tmp))
+        if self.rank == 0:
+            _write_json(tmp / META_FILE, {"format": FORMAT, "step": step, **meta})
+            _fsync_dir(tmp)
+            if final.exists():  # re-saving a step (e.g. after resuming from an older one)
+                old = final.with_name(f"{final.name}{TMP_MARK}old")
+                final.rename(old)
+                shutil.rmtree(old)
+            tmp.rename(final)
+            _fsync_dir(self.root)
+            self._purge()
+        dist.barrier()
+        return final
+
+    def _purge(self) -> None:
+        found = list_checkpoints(self.root)
+        keep = retained_steps([s for s, _ in found], self.keep_last, self.keep_every)
+        for step, path in found:
+            if step not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def load(path: Path, states: dict[str, Any]) -> None:
+        dcp.load(states, checkpoint_id=str(path))
+
+
+def load_model_weights(model: nn.Module, path: Path, key: str) -> None:
+    """Loads the ``key`` weights (``model`` or ``ema``) of a training checkpoint into ``model``
+    (sharded read through DCP: any saved world size)."""
+    target = get_model_state_dict(model)
+    dcp.load({key: target}, checkpoint_id=str(path))
+    set_model_state_dict(model, target)

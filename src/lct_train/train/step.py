@@ -1,0 +1,119 @@
+"""One optimizer step's forward/backward over its micro-batches, with no host sync.
+
+``forward_backward`` runs the ``grad_accum`` micro-batches of this rank, leaves the gradients
+of the global-mean loss in the parameters (FSDP reduces them on the last micro-batch only), and
+returns device-side sums for the metrics. The caller clips, reduces the metrics (one
+all-reduce) and reads them (the step's one host sync) before deciding to step or skip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lct_train.data.packing import PackedScenes
+from lct_train.model.layout import build_packed_meta
+from lct_train.train.batches import global_micro_index
+from lct_train.train.flops import FlopCounter
+from lct_train.train.loss import bucket_sums, micro_generator, noise_batch, shot_losses
+
+# Layout of the per-step metric vector (then the timestep-bucket sums and counts).
+METRIC_FIELDS = ("loss_sum", "shots", "tokens", "scenes", "packing_sum", "micro_batches",
+                 "bad_samples", "flops")
+
+
+@dataclass
+class StepInputs:
+    """What the step needs besides the model: settings fixed for the run."""
+
+    device: torch.device
+    compute_dtype: torch.dtype
+    mask: str
+    text_rope: bool
+    seed: int
+    dp_rank: int
+    dp_size: int
+    grad_accum: int
+    t_mean: float
+    t_std: float
+    t_shift: float
+    guidance: float | None
+    buckets: int
+    nonfinite_at_step: int = 0  # debug: poison this step's loss
+
+
+def _local_shots(micro: list[PackedScenes]) -> int:
+    return sum(spec.num_shots for mb in micro for spec in mb.specs)
+
+
+def _bad_samples(mb: PackedScenes) -> float:
+    stats = mb.stats
+    return stats.get("loader/bad", 0.0) + stats.get("loader/skipped_over_budget", 0.0)
+
+
+def forward_backward(
+    model: nn.Module,
+    micro: list[PackedScenes],
+    step: int,
+    inp: StepInputs,
+    flops: FlopCounter,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(metric vector [len(METRIC_FIELDS) + 2B] float64, per-micro loss sums)``.
+
+    Both are local to this rank; the metric vector is meant to be all-reduced (SUM).
+    """
+    dev = inp.device
+    # Global shot count: known on the host per rank, summed on the device (no sync).
+    global_shots = torch.tensor(float(_local_shots(micro)), device=dev)
+    dist.all_reduce(global_shots)
+    # FSDP averages gradients over the dp ranks; the loss is a global mean: cancel the average.
+    scale = inp.dp_size / global_shots
+    loss_sum = torch.zeros((), device=dev)
+    per_micro = torch.zeros(len(micro), device=dev)
+    buckets = torch.zeros(2, inp.buckets, device=dev)
+    train_flops = 0
+    for m, mb in enumerate(micro):
+        model.set_requires_gradient_sync(m == len(micro) - 1)
+        meta = build_packed_meta(mb.specs, mask=inp.mask, text_rope=inp.text_rope, device=dev)
+        video = mb.video.to(dev, non_blocking=True).float()
+        gen = micro_generator(dev, inp.seed, step, global_micro_index(inp.dp_rank,
+                                                                      inp.grad_accum, m))
+        noised = noise_batch(video, meta, gen, mean=inp.t_mean, std=inp.t_std, shift=inp.t_shift)
+        guidance = None
+        if inp.guidance is not None:
+            guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)
+        pred = model(
+            noised.z_t.to(inp.compute_dtype),
+            mb.text.to(dev, non_blocking=True).to(inp.compute_dtype),
+            mb.pooled.to(dev, non_blocking=True).to(inp.compute_dtype),
+            noised.t_group,
+            meta,
+            guidance=guidance,
+        )
+        losses = shot_losses(pred, noised.target, meta)
+        if step == inp.nonfinite_at_step:
+            losses = losses * float("nan")
+        (losses.sum() * scale).backward()
+        micro_sum = losses.detach().sum()
+        per_micro[m] = micro_sum
+        loss_sum += micro_sum
+        buckets += bucket_sums(losses, noised.t_shot, inp.buckets)
+        train_flops += flops.train_flops(meta)
+    host = [
+        float(_local_shots(micro)),
+        sum(mb.stats.get("tokens", float(mb.num_tokens)) for mb in micro),
+        sum(mb.stats.get("scenes", float(len(mb.specs))) for mb in micro),
+        sum(mb.stats.get("packing_efficiency", 0.0) for mb in micro),
+        float(len(micro)),
+        _bad_samples(micro[-1]),  # cumulative loader counters: the last batch has the latest
+        float(train_flops),
+    ]
+    vector = torch.cat([
+        loss_sum.double().view(1),
+        torch.tensor(host, dtype=torch.float64).to(dev, non_blocking=True),
+        buckets.double().flatten(),
+    ])
+    return vector, per_micro

@@ -1,0 +1,65 @@
+"""Config composition, presets, validation and the one-line error of a bad key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lct_train.config.build import data_config, model_config
+from lct_train.config.store import compose_config, one_line_error
+
+
+@pytest.mark.parametrize(("stage", "mask", "init"), [("lct", "bidirectional", "scratch"),
+                                                     ("causal_ft", "causal", "auto")])
+def test_stages_compose(stage, mask, init):
+    cfg = compose_config([f"stage={stage}", "model=tiny"])
+    assert cfg.stage.name == stage
+    assert cfg.stage.mask == mask
+    assert cfg.stage.init_from == init
+    assert cfg.run_dir == f"outputs/{stage}"
+    data = data_config(cfg)
+    assert data.patch_size == model_config(cfg).patch_size  # geometry follows the model
+
+
+@pytest.mark.parametrize("preset", ["lct-3b", "hunyuan-video"])
+@pytest.mark.parametrize(("memory", "tokens"), [("80gb", 32768), ("141gb", 65536)])
+def test_memory_presets(preset, memory, tokens):
+    cfg = compose_config([f"model={preset}", f"memory={memory}"])
+    assert cfg.data.max_tokens == tokens
+    assert cfg.parallel.activation_checkpoint == "full"
+    # an explicit override still wins over the preset
+    cfg = compose_config([f"model={preset}", f"memory={memory}", "data.max_tokens=8192"])
+    assert cfg.data.max_tokens == 8192
+
+
+def build_all(overrides):
+    cfg = compose_config(overrides)
+    return model_config(cfg), data_config(cfg)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("optim.lrr=1", "optim.lrr"),
+    ("+optim.zz=1", "optim.zz"),
+    ("model.depthh=3", "model.depthh"),
+    ("optim.lr=-1", "optim.lr"),
+    ("optim.schedule=linear", "optim.schedule"),
+    ("parallel.activation_checkpoint=some", "parallel.activation_checkpoint"),
+    ("data.p_image=2", "data.p_image"),
+    ("model.num_heads=oops", "model.num_heads"),
+    ("model.head_dim=30", "model.rope_axes_dim"),
+])
+def test_errors_name_the_key(override, key):
+    with pytest.raises(Exception) as info:
+        build_all(["model=tiny", override])
+    message = one_line_error(info.value)
+    assert message.startswith(key), message
+    assert "\n" not in message
+
+
+def test_cli_bad_key_is_one_line_and_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "lct_train.train.main", "optim.lrr=1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "optim.lrr" in lines[0]

@@ -1,0 +1,109 @@
+"""Real multi-process runs (torchrun, gloo, CPU): FSDP equivalence, resharded resume, stage
+hand-off (SPEC §8.7). Each run trains a tiny model for a few steps on synthetic scenes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from tests.train.torchrun import SYNTHETIC, env, losses, run, torchrun_cmd
+
+pytestmark = pytest.mark.slow
+STEPS = 4
+TOL = dict(rel=1e-5, abs=1e-6)
+COMMON = [*SYNTHETIC, f"steps={STEPS}", "checkpoint.every=2"]
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    """1 rank x 2 micro-batches per step."""
+    run_dir = tmp_path_factory.mktemp("one_rank")
+    run(1, [*COMMON, f"run_dir={run_dir}", "optim.grad_accum=2"])
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """2 ranks x 1 micro-batch per step: the same global batch."""
+    run_dir = tmp_path_factory.mktemp("two_ranks")
+    run(2, [*COMMON, f"run_dir={run_dir}"])
+    return run_dir
+
+
+def assert_same_losses(got: dict, want: dict, steps) -> None:
+    for step in steps:
+        assert got[step] == pytest.approx(want[step], **TOL), (step, got, want)
+
+
+def model_weights(ckpt, tmp_path, key="model") -> dict[str, torch.Tensor]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / f"{ckpt.parent.parent.name}-{ckpt.name}.pt"
+    dcp_to_torch_save(ckpt, out)
+    return torch.load(out, weights_only=False)[key]
+
+
+def test_fsdp_two_ranks_equal_one_rank(one_rank, two_ranks):
+    want = losses(one_rank)
+    assert sorted(want) == list(range(1, STEPS + 1))
+    assert_same_losses(losses(two_ranks), want, range(1, STEPS + 1))
+
+
+def test_resume_two_ranks_on_one(one_rank, two_ranks, tmp_path):
+    ckpt = two_ranks / "checkpoints" / "step-00000002"
+    run(1, [*COMMON, f"run_dir={tmp_path}", "optim.grad_accum=2", f"resume={ckpt}"])
+    got = losses(tmp_path)
+    assert sorted(got) == [3, 4]
+    assert_same_losses(got, losses(one_rank), [3, 4])
+    final = f"checkpoints/step-{STEPS:08d}"
+    for key in ("model", "ema"):  # weights and their EMA end where the unbroken run's did
+        want = model_weights(one_rank / final, tmp_path / "want", key)
+        have = model_weights(tmp_path / final, tmp_path / "have", key)
+        for name, value in want.items():
+            torch.testing.assert_close(have[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_one_rank_on_two(one_rank, tmp_path):
+    ckpt = one_rank / "checkpoints" / "step-00000002"
+    run(2, [*COMMON, f"run_dir={tmp_path}", f"resume={ckpt}"])
+    assert_same_losses(losses(tmp_path), losses(one_rank), [3, 4])
+
+
+def test_causal_ft_starts_from_the_newest_stage1_checkpoint(one_rank, tmp_path):
+    ckpts = one_rank / "checkpoints"
+    (ckpts / "step-00000009.tmp-deadbeef").mkdir()  # a save killed half-way
+    (ckpts / "step-00000010").mkdir()  # no lct_meta.json: not a checkpoint
+    run_dir = tmp_path / "causal"
+    run(1, [*SYNTHETIC, "stage=causal_ft", f"stage.init_run={one_rank}", f"run_dir={run_dir}",
+            "steps=1", "optim.lr=0", "optim.ema_decay=0"])
+    stage1 = model_weights(ckpts / f"step-{STEPS:08d}", tmp_path)
+    causal_ckpt = run_dir / "checkpoints" / "step-00000001"
+    causal = model_weights(causal_ckpt, tmp_path)
+    assert stage1.keys() == causal.keys()
+    for key in stage1:  # lr = 0: the weights are exactly the ones loaded
+        torch.testing.assert_close(causal[key], stage1[key], rtol=0, atol=0)
+    meta = json.loads((causal_ckpt / "lct_meta.json").read_text())
+    assert meta["mask"] == "causal"
+    assert meta["config"]["stage"]["name"] == "causal_ft"
+
+
+def test_nonfinite_loss_is_skipped_then_stops(tmp_path):
+    """loss.nonfinite=skip: the step is skipped (weights unchanged) and training goes on;
+    stop: the run fails naming the scenes of the offending batch."""
+    skip_dir = tmp_path / "skip"
+    run(1, [*SYNTHETIC, f"run_dir={skip_dir}", "steps=3", "debug.nonfinite_at_step=2",
+            "checkpoint.enabled=false"])
+    records = [json.loads(x) for x in (skip_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_step"] for r in records] == [False, True, False]
+    assert all(r["loss"] == r["loss"] for r in (records[0], records[2]))  # finite
+
+
+def test_nonfinite_stop_names_the_scenes(tmp_path):
+    proc = subprocess.run(torchrun_cmd(1, [*SYNTHETIC, f"run_dir={tmp_path}", "steps=2",
+                                           "debug.nonfinite_at_step=1", "loss.nonfinite=stop"]),
+                          capture_output=True, text=True, timeout=240, env=env())
+    assert proc.returncode != 0
+    assert "synthetic/1/0/0" in proc.stderr + proc.stdout
