@@ -27,7 +27,7 @@ from data_tools.synth_world import (
     sample_world,
     world_truth,
 )
-from data_tools.video_io import write_video
+from lct_train.sample.writers import write_mp4
 
 SOURCE_MULTISHOT = "synth-multishot"
 SOURCE_SEGMENTS = "synth-segments"
@@ -97,7 +97,7 @@ def _multishot(cfg: SynthConfig, rng, key: str, out: Path) -> tuple[dict, dict]:
         frames = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
         video, truth = render_shot(chars, env, plan, frames, cfg.fps, (cfg.height, cfg.width))
         rel = f"videos/{key}_shot{i}.mp4"
-        write_video(out / rel, video, cfg.fps)
+        write_mp4(out / rel, video, cfg.fps)
         shots.append({"path": rel, "prompt": shot_prompt(plan, chars, cut=True), "cut": True})
         truths.append(_shot_truth(plan, truth, None, None))
     scene = {"key": key, "source": SOURCE_MULTISHOT,
@@ -124,7 +124,7 @@ def _segments(cfg: SynthConfig, rng, key: str, out: Path) -> tuple[dict, dict]:
         nxt = sample_shot(rng, chars, framing=plan.framing)  # new event, same camera, continuous motion
         end_pos = positions(plan, frames / cfg.fps)
         plan = ShotPlan(plan.framing, plan.focus, end_pos, nxt.velocity)
-    write_video(out / rel, np.concatenate(videos), cfg.fps)
+    write_mp4(out / rel, np.concatenate(videos), cfg.fps)
     scene = {"key": key, "source": SOURCE_SEGMENTS,
              "global_prompt": global_prompt(chars, env.describe(), story), "shots": shots}
     return scene, world_truth(chars, env) | {"continuous": True, "shots": truths}

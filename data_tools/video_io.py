@@ -1,8 +1,10 @@
-"""Real video I/O with PyAV: decode a shot at a target fps, read images, write H.264 mp4."""
+"""Real video input with PyAV: decode a shot at a target fps, read images.
+
+Writing mp4 is `lct_train.sample.writers.write_mp4` (the one encoder of the project).
+"""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -11,8 +13,6 @@ import torch
 from PIL import Image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-H264_PIXEL_FORMAT = "yuv420p"
-DEFAULT_CRF = 18
 
 
 def is_image(path: str | Path) -> bool:
@@ -54,22 +54,3 @@ def decode_shot(path: str | Path, fps: float, start: float | None = None, end: f
     if not frames:
         raise ValueError(f"{path}: no frames decoded in [{start}, {end})")
     return torch.from_numpy(np.stack(frames))
-
-
-def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float, crf: int = DEFAULT_CRF) -> None:
-    """Writes ``uint8 [T, H, W, 3]`` (H, W even) as an H.264 mp4."""
-    frames = np.asarray(frames, dtype=np.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    with av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = H264_PIXEL_FORMAT
-        stream.options = {"crf": str(crf)}
-        for arr in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp.replace(path)

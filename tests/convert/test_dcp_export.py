@@ -109,10 +109,16 @@ def test_checkpoint_without_ema(tmp_path):
         dcp.save({"model": raw, "optimizer": {}}, checkpoint_id=str(other), no_dist=True)
     (other / "lct_meta.json").write_text(meta)
     with pytest.raises(
-        ConversionError, match=r"holds no `ema` weights; its top-level keys are \['model'\]"
+        ConversionError,
+        match=r"holds no `ema` weights; its top-level keys are \['model'\] \(pass weights='model'",
     ):
-        load_init_weights(other, ModelConfig(**TINY))
+        load_init_weights(other, ModelConfig(**TINY), weights="ema")
     _assert_equal(load_init_weights(tmp_path / "other", ModelConfig(**TINY), weights="model"), raw)
+    # default: `ema` when stored, else `model` (a run with EMA off)
+    _assert_equal(load_init_weights(tmp_path / "other", ModelConfig(**TINY)), raw)
+    out = tmp_path / "export"
+    assert main(["export", str(other), str(out)]) == 0
+    assert json.loads((out / "lct_export.json").read_text())["weights"] == "model"
 
 
 def test_truncated_shard(tmp_path, capsys):

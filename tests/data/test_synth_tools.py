@@ -11,7 +11,8 @@ from data_tools.consistency import scene_consistency
 from data_tools.manifest import read_manifest
 from data_tools.split import split_video
 from data_tools.synth_world import render_frame, sample_world
-from data_tools.video_io import decode_shot, write_video
+from data_tools.video_io import decode_shot
+from lct_train.sample.writers import write_mp4
 
 from .conftest import TINY_SYNTH
 
@@ -62,7 +63,7 @@ def test_split_detects_cuts(tmp_path):
     fps, rng = 8.0, np.random.default_rng(0)
     frames = [rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8).repeat(16, 0) for _ in range(3)]
     video = tmp_path / "long.mp4"
-    write_video(video, np.concatenate(frames), fps)
+    write_mp4(video, np.concatenate(frames), fps)
     scenes = split_video(video, tmp_path / "m.jsonl", max_shots=2, min_scene_len=4)
     shots = [s for sc in scenes for s in sc["shots"]]
     assert len(scenes) == 2
@@ -70,7 +71,7 @@ def test_split_detects_cuts(tmp_path):
     assert [round(s["start"]) for s in shots] == [0, 2, 4]
     assert read_manifest(tmp_path / "m.jsonl")[0].shots[0].cut
     still = tmp_path / "still.mp4"
-    write_video(still, frames[0], fps)
+    write_mp4(still, frames[0], fps)
     one = split_video(still, tmp_path / "one.jsonl")
     assert [(s["start"], s["end"]) for s in one[0]["shots"]] == [(0.0, 2.0)]
 

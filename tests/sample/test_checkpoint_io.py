@@ -33,8 +33,10 @@ def test_consolidated_export_loads_with_the_given_mask_and_window(tmp_path, conf
 
 def _write_dcp(folder, config, model, ema):
     folder.mkdir(parents=True)
-    state = {"model": model.state_dict(), "ema": ema.state_dict(),
+    state = {"model": model.state_dict(),
              "optimizer": {"state": {"x": torch.zeros(2)}}, "train_state": {"step": 7}}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save(state, checkpoint_id=str(folder), no_dist=True)
@@ -57,6 +59,16 @@ def test_dcp_step_directory_loads_ema_or_model_weights_and_its_mask(tmp_path, co
     assert (loaded.mask, loaded.window) == ("causal", 5)
     assert _same_weights(load_model(step, weights="model").model, model)
     assert load_model(step, mask="bidirectional").mask == "bidirectional"
+    assert _same_weights(load_model(tmp_path / "run").model, ema)  # run dir: newest step
+
+
+def test_dcp_without_ema_loads_model_weights_by_default(tmp_path, config):
+    model = tiny_model(config, torch.float32)
+    step = tmp_path / "run" / "checkpoints" / "step-00000003"
+    _write_dcp(step, config, model, None)
+    assert _same_weights(load_model(step).model, model)
+    with pytest.raises(CheckpointError, match=r"holds no `ema` weights.*--weights model"):
+        load_model(step, weights="ema")
 
 
 def test_checkpoint_errors_name_the_path(tmp_path, config):

@@ -90,6 +90,33 @@ def test_causal_ft_starts_from_the_newest_stage1_checkpoint(one_rank, tmp_path):
     assert meta["config"]["stage"]["name"] == "causal_ft"
 
 
+def test_init_from_a_sharded_safetensors_export(one_rank, tmp_path):
+    """``lct-convert export`` writes shards + index; the trainer starts from that directory
+    (2 ranks: rank 0 reads, broadcasts), and refuses a model it does not fit, naming the key."""
+    from lct_train.convert.cli import main as convert
+
+    stage1 = one_rank / "checkpoints" / f"step-{STEPS:08d}"
+    export = tmp_path / "export"
+    assert convert(["export", str(stage1), str(export), "--weights", "model",
+                    "--max-shard-size", "20KB"]) == 0
+    assert (export / "model.safetensors.index.json").is_file()
+    run_dir = tmp_path / "from_export"
+    run(2, [*SYNTHETIC, f"stage.init_from={export}", f"run_dir={run_dir}", "steps=1",
+            "optim.lr=0", "optim.ema_decay=0"])
+    started = model_weights(run_dir / "checkpoints" / "step-00000001", tmp_path)
+    want = model_weights(stage1, tmp_path)
+    assert started.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(started[key], want[key], rtol=0, atol=0)
+    proc = subprocess.run(torchrun_cmd(1, [*SYNTHETIC, f"stage.init_from={export}",
+                                           f"run_dir={tmp_path / 'bad'}", "steps=1",
+                                           "model.num_single_blocks=2"]),
+                          capture_output=True, text=True, timeout=240, env=env())
+    assert proc.returncode != 0  # the trainer exits 2 (config error), torchrun then 1
+    assert "config error: stage.init_from: initial weights" in proc.stderr, proc.stderr[-3000:]
+    assert "single_transformer_blocks.1." in proc.stderr
+
+
 def test_nonfinite_loss_is_skipped_then_stops(tmp_path):
     """loss.nonfinite=skip: the step is skipped (weights unchanged) and training goes on;
     stop: the run fails naming the scenes of the offending batch."""

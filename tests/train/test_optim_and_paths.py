@@ -5,12 +5,12 @@ import math
 
 import pytest
 
-from lct_train.train.checkpoint import (
+from lct_train.train.checkpoint import retained_steps
+from lct_train.train.checkpoint_layout import (
     META_FILE,
     list_checkpoints,
     newest_checkpoint,
     resolve_checkpoint,
-    retained_steps,
     step_name,
 )
 from lct_train.train.optim import lr_factor

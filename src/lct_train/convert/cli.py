@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from lct_train.convert.dcp_export import WEIGHT_SETS, export_checkpoint, holds_checkpoint
+from lct_train.convert.dcp_export import export_checkpoint
 from lct_train.convert.diffusers_io import export_diffusers, import_diffusers
 from lct_train.convert.errors import ConversionError
-from lct_train.convert.key_plan import KeyRule, check_plan, write_plan
+from lct_train.convert.key_plan import KeyRule, convert_with_plan
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
     WEIGHTS_BASE,
@@ -32,13 +32,9 @@ from lct_train.convert.model_spec import (
     parse_model_config,
     read_model_config,
 )
-from lct_train.convert.safetensors_io import (
-    DEFAULT_MAX_SHARD_BYTES,
-    SafetensorsReader,
-    atomic_output_dir,
-    write_json,
-)
+from lct_train.convert.safetensors_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsReader
 from lct_train.convert.verify import verify
+from lct_train.train.checkpoint_layout import WEIGHT_SETS, holds_checkpoint
 
 SIZE_UNITS = {
     "": 1,
@@ -79,14 +75,25 @@ def _load_base_config(path: str | None):
     return parse_model_config(data, path)
 
 
+def _output_options(args) -> dict:
+    """The options every writing command shares (`_add_output_args`), as keyword arguments."""
+    return {
+        "dtype": parse_dtype(args.dtype),
+        "max_shard_bytes": args.max_shard_size,
+        "overwrite": args.overwrite,
+    }
+
+
 def cmd_export(args) -> None:
+    _export_checkpoint(args, args.checkpoint)
+
+
+def _export_checkpoint(args, source: str) -> None:
     out = export_checkpoint(
-        args.checkpoint,
+        source,
         args.out,
         weights=args.weights,
-        dtype=parse_dtype(args.dtype),
-        max_shard_bytes=args.max_shard_size,
-        overwrite=args.overwrite,
+        **_output_options(args),
         config_overrides=parse_overrides(args.set),
     )
     print(f"wrote {out}")
@@ -94,41 +101,23 @@ def cmd_export(args) -> None:
 
 def cmd_init(args) -> None:
     """Init weights of the next stage: a checkpoint is exported; an export is re-checked/copied."""
-    overrides = parse_overrides(args.set)
     if holds_checkpoint(args.source):
-        out = export_checkpoint(
-            args.source,
-            args.out,
-            weights=args.weights,
-            dtype=parse_dtype(args.dtype),
-            max_shard_bytes=args.max_shard_size,
-            overwrite=args.overwrite,
-            config_overrides=overrides,
-        )
-        print(f"wrote {out}")
+        _export_checkpoint(args, args.source)
         return
     cfg = read_model_config(args.source)
-    cfg = parse_model_config({**cfg.to_dict(), **overrides}, "--set overrides")
+    cfg = parse_model_config({**cfg.to_dict(), **parse_overrides(args.set)}, "--set overrides")
     with SafetensorsReader(args.source) as reader:
-        plan = [KeyRule(k, (k,)) for k in reader]
-        shapes = check_plan(
-            plan,
-            reader.shapes(),
-            expected_shapes(cfg),
+        convert_with_plan(
+            [KeyRule(k, (k,)) for k in reader],
+            reader,
+            args.out,
+            WEIGHTS_BASE,
+            expected=expected_shapes(cfg),
             source_name=f"export {args.source}",
             target_name="the LCT model",
+            json_files={CONFIG_FILE: cfg.to_dict()},
+            **_output_options(args),
         )
-        with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
-            write_plan(
-                plan,
-                reader,
-                tmp,
-                WEIGHTS_BASE,
-                target_shapes=shapes,
-                dtype=parse_dtype(args.dtype),
-                max_shard_bytes=args.max_shard_size,
-            )
-            write_json(tmp / CONFIG_FILE, cfg.to_dict())
     print(f"wrote {args.out}")
 
 
@@ -136,10 +125,8 @@ def cmd_import_diffusers(args) -> None:
     cfg = import_diffusers(
         args.source,
         args.out,
-        dtype=parse_dtype(args.dtype),
         base=_load_base_config(args.base_config),
-        max_shard_bytes=args.max_shard_size,
-        overwrite=args.overwrite,
+        **_output_options(args),
     )
     print(f"wrote {args.out} (text_rope={cfg.text_rope})")
 
@@ -148,9 +135,7 @@ def cmd_export_diffusers(args) -> None:
     export_diffusers(
         args.source,
         args.out,
-        dtype=parse_dtype(args.dtype),
-        max_shard_bytes=args.max_shard_size,
-        overwrite=args.overwrite,
+        **_output_options(args),
     )
     print(f"wrote {args.out}")
 
@@ -177,7 +162,11 @@ def _add_output_args(parser: argparse.ArgumentParser, weights: bool = False) -> 
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     if weights:
-        parser.add_argument("--weights", choices=WEIGHT_SETS, default="ema", help="DCP weight set")
+        parser.add_argument(
+            "--weights",
+            choices=WEIGHT_SETS,
+            help="DCP weight set (default: ema when the checkpoint has it, else model)",
+        )
         parser.add_argument(
             "--set",
             action="append",

@@ -9,7 +9,6 @@ whatever the model size, and no process group is needed.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from lct_train.convert.errors import ConversionError, check_keys_and_shapes, format_keys
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
+    EXPORT_INFO_FILE,
     WEIGHTS_BASE,
     cast,
     expected_shapes,
@@ -39,59 +39,32 @@ from lct_train.convert.safetensors_io import (
     write_sharded,
 )
 from lct_train.model.config import ModelConfig
+from lct_train.train import checkpoint_layout as layout
+from lct_train.train.checkpoint_layout import META_FILE, WEIGHT_SETS, run_settings
 
-META_FILE = "lct_meta.json"
-STEP_PREFIX = "step-"
-WEIGHT_SETS = ("ema", "model")  # the top-level DCP keys that hold model weights
-EXPORT_INFO_FILE = "lct_export.json"
 # module-wrapper path parts that are not part of the bare model's FQNs
 WRAPPER_PARTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module")
 
 
-def is_checkpoint(path: str | os.PathLike) -> bool:
-    return (Path(path) / META_FILE).is_file()
-
-
-def holds_checkpoint(path: str | os.PathLike) -> bool:
-    """True for a step directory, a `checkpoints/` directory or a run directory holding one."""
-    path = Path(path)
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    return is_checkpoint(path) or any(is_checkpoint(p) for p in root.glob(f"{STEP_PREFIX}*"))
-
-
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A step directory as is; a run or `checkpoints/` directory -> its latest complete step."""
-    path = Path(path)
-    if is_checkpoint(path):
-        return path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(
-        (p for p in root.glob(f"{STEP_PREFIX}*") if is_checkpoint(p)),
-        key=lambda p: (
-            int(p.name.removeprefix(STEP_PREFIX)) if p.name[len(STEP_PREFIX) :].isdigit() else -1
-        ),
-    )
-    if not steps:
-        raise ConversionError(
-            f"{path} is not a training checkpoint: no {META_FILE} in it, and no complete "
-            f"{STEP_PREFIX}* directory under {root}"
-        )
-    return steps[-1]
+    try:
+        return layout.resolve_checkpoint(path)
+    except layout.CheckpointLayoutError as err:
+        raise ConversionError(str(err)) from err
 
 
 def read_meta(ckpt: Path) -> dict:
     try:
-        return json.loads((ckpt / META_FILE).read_text())
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{ckpt / META_FILE} is not valid JSON: {err}") from err
+        return layout.read_meta(ckpt)
+    except layout.CheckpointLayoutError as err:
+        raise ConversionError(str(err)) from err
 
 
 def model_config_of(meta: dict, ckpt: Path) -> ModelConfig:
     """The `ModelConfig` in `lct_meta.json`: under `config.model` (resolved run config) or `model`."""
-    config = meta.get("config")
-    data = config.get("model") if isinstance(config, dict) else None
-    data = data if data is not None else meta.get("model")
-    if not isinstance(data, dict):
+    data = layout.model_config_dict(meta)
+    if data is None:
         raise ConversionError(
             f"{ckpt / META_FILE} holds no model config (looked for `config.model` and `model`)"
         )
@@ -110,29 +83,18 @@ def bare_fqn(key: str) -> str:
     return ".".join(part for part in key.split(".") if part not in WRAPPER_PARTS)
 
 
-def run_settings(meta: dict) -> dict:
-    """The stage's attention mask and context window (`data.max_shots`) of `lct_meta.json`.
-
-    Recorded in `lct_export.json` so that the sampler can use an export without its run.
-    """
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    stage, data = config.get("stage") or {}, config.get("data") or {}
-    found = {"mask": meta.get("mask") or stage.get("mask"), "max_shots": data.get("max_shots")}
-    return {k: v for k, v in found.items() if v is not None}
-
-
 def tensor_entries(ckpt: Path, weights: str) -> dict[str, StoredTensor]:
     """Bare FQN -> stored tensor of the top-level key `weights`, in stored order."""
     if weights not in WEIGHT_SETS:
         raise ConversionError(f"weights must be one of {WEIGHT_SETS}, got {weights!r}")
     try:
-        metadata = FileSystemReader(str(ckpt)).read_metadata()
-    except Exception as err:  # DCP raises plain exceptions for missing/corrupt .metadata
-        raise ConversionError(f"cannot read the DCP metadata of {ckpt}: {err}") from err
+        metadata = layout.dcp_metadata(ckpt)
+    except layout.CheckpointLayoutError as err:
+        raise ConversionError(str(err)) from err
     entries: dict[str, StoredTensor] = {}
     tops = set()
     for flat_key, item in metadata.state_dict_metadata.items():
-        path = metadata.planner_data.get(flat_key, tuple(flat_key.split(".", 1)))
+        path = layout.entry_path(metadata, flat_key)
         tops.add(path[0])
         if path[0] != weights:
             continue
@@ -145,10 +107,20 @@ def tensor_entries(ckpt: Path, weights: str) -> dict[str, StoredTensor]:
             raise ConversionError(f"{ckpt}: {path[1]} and {entries[name].key} are both {name}")
         entries[name] = StoredTensor(path[1], tuple(item.size), item.properties.dtype)
     if not entries:
+        others = [w for w in WEIGHT_SETS if w in tops]
+        hint = f" (pass weights={others[0]!r} / --weights {others[0]})" if others else ""
         raise ConversionError(
-            f"{ckpt} holds no `{weights}` weights; its top-level keys are {sorted(tops)}"
+            f"{ckpt} holds no `{weights}` weights; its top-level keys are {sorted(tops)}{hint}"
         )
     return entries
+
+
+def pick_weights(ckpt: Path, weights: str | None) -> str:
+    """`weights` as given; None -> `ema` when the checkpoint stores it, else `model`."""
+    try:
+        return layout.choose_weights(ckpt, weights)
+    except layout.CheckpointLayoutError as err:
+        raise ConversionError(str(err)) from err
 
 
 def _load_subset(
@@ -169,10 +141,14 @@ def _load_subset(
 
 
 def load_dcp_weights(
-    path: str | os.PathLike, weights: str = "ema", dtype: torch.dtype | None = None
+    path: str | os.PathLike, weights: str | None = None, dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
-    """The whole `weights` set of a checkpoint in memory (for small models and init loading)."""
+    """The whole `weights` set of a checkpoint in memory (for small models and init loading).
+
+    `weights=None`: `ema` when the checkpoint stores it, else `model` (EMA was off).
+    """
     ckpt = resolve_checkpoint(path)
+    weights = pick_weights(ckpt, weights)
     entries = tensor_entries(ckpt, weights)
     return {
         k: cast(v, dtype) for k, v in _load_subset(ckpt, weights, entries, list(entries)).items()
@@ -183,7 +159,7 @@ def export_checkpoint(
     path: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    weights: str = "ema",
+    weights: str | None = None,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
@@ -193,9 +169,10 @@ def export_checkpoint(
 
     Keys and shapes are checked against the checkpoint's `ModelConfig` before anything is
     written; `config_overrides` changes non-shape fields of the exported config (e.g.
-    `text_rope`). Returns `out`.
+    `text_rope`). `weights=None` exports `ema` when stored, else `model`. Returns `out`.
     """
     ckpt = resolve_checkpoint(path)
+    weights = pick_weights(ckpt, weights)
     meta = read_meta(ckpt)
     cfg = model_config_of(meta, ckpt)
     if config_overrides:
@@ -223,7 +200,7 @@ def export_checkpoint(
         "dtype": str(dtype or "stored"),
         "step": meta.get("step"),
         "git_revision": meta.get("git_revision"),
-        **run_settings(meta),
+        **run_settings(meta),  # mask and context window, read by the sampler
     }
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         write_sharded(tmp, WEIGHTS_BASE, shards, produce)

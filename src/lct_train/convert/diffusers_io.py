@@ -23,24 +23,19 @@ from lct_train.convert.hunyuan_config import (
     config_to_diffusers,
 )
 from lct_train.convert.hunyuan_keymap import HunyuanVideoStateDictAdapter
-from lct_train.convert.key_plan import check_plan, write_plan
+from lct_train.convert.key_plan import convert_with_plan
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
+    EXPORT_INFO_FILE,
     WEIGHTS_BASE,
     expected_shapes,
     read_model_config,
 )
-from lct_train.convert.safetensors_io import (
-    DEFAULT_MAX_SHARD_BYTES,
-    SafetensorsReader,
-    atomic_output_dir,
-    write_json,
-)
+from lct_train.convert.safetensors_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsReader
 from lct_train.model.config import ModelConfig
 
 DIFFUSERS_WEIGHTS_BASE = "diffusion_pytorch_model"
 PIPELINE_SUBFOLDER = "transformer"
-EXPORT_INFO_FILE = "lct_export.json"
 
 
 def diffusers_transformer_dir(path: str | os.PathLike) -> Path:
@@ -100,27 +95,20 @@ def import_diffusers(
             missing_title=f"keys {DIFFUSERS_CLASS} needs but the checkpoint lacks",
             unexpected_title=f"keys {DIFFUSERS_CLASS} does not have",
         )
-        plan = HunyuanVideoStateDictAdapter(cfg).from_diffusers(reader.keys())
-        targets = check_plan(
-            plan,
-            reader.shapes(),
-            expected_shapes(cfg),
+        info = {"source": str(src_dir.resolve()), "format": f"diffusers {DIFFUSERS_CLASS}"}
+        convert_with_plan(
+            HunyuanVideoStateDictAdapter(cfg).from_diffusers(reader.keys()),
+            reader,
+            out,
+            WEIGHTS_BASE,
+            expected=expected_shapes(cfg),
             source_name=f"diffusers checkpoint {src_dir}",
             target_name="the LCT model",
+            json_files={CONFIG_FILE: cfg.to_dict(), EXPORT_INFO_FILE: info},
+            dtype=dtype,
+            max_shard_bytes=max_shard_bytes,
+            overwrite=overwrite,
         )
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
-            write_plan(
-                plan,
-                reader,
-                tmp,
-                WEIGHTS_BASE,
-                target_shapes=targets,
-                dtype=dtype,
-                max_shard_bytes=max_shard_bytes,
-            )
-            write_json(tmp / CONFIG_FILE, cfg.to_dict())
-            info = {"source": str(src_dir.resolve()), "format": f"diffusers {DIFFUSERS_CLASS}"}
-            write_json(tmp / EXPORT_INFO_FILE, info)
     return cfg
 
 
@@ -153,23 +141,17 @@ def export_diffusers(
         **config_to_diffusers(cfg),
     }
     with SafetensorsReader(src) as reader:
-        plan = HunyuanVideoStateDictAdapter(cfg).to_diffusers(reader.keys())
-        targets = check_plan(
-            plan,
-            reader.shapes(),
-            diffusers_expected_shapes(cfg),
+        convert_with_plan(
+            HunyuanVideoStateDictAdapter(cfg).to_diffusers(reader.keys()),
+            reader,
+            out,
+            DIFFUSERS_WEIGHTS_BASE,
+            expected=diffusers_expected_shapes(cfg),
             source_name=f"LCT export {src}",
             target_name=f"diffusers {DIFFUSERS_CLASS}",
+            json_files={CONFIG_FILE: dconfig},
+            dtype=dtype,
+            max_shard_bytes=max_shard_bytes,
+            overwrite=overwrite,
         )
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
-            write_plan(
-                plan,
-                reader,
-                tmp,
-                DIFFUSERS_WEIGHTS_BASE,
-                target_shapes=targets,
-                dtype=dtype,
-                max_shard_bytes=max_shard_bytes,
-            )
-            write_json(tmp / CONFIG_FILE, dconfig)
     return dconfig

@@ -3,11 +3,13 @@
 A rule says which source tensors make one target tensor and how (rename, reshape, split, join).
 `check_plan` runs every rule on meta tensors, so missing and unused source keys and wrong target
 shapes are all reported before a byte is written; `write_plan` then streams the plan shard by
-shard (one shard of targets in memory).
+shard (one shard of targets in memory). `convert_with_plan` is the whole conversion of the
+safetensors-to-safetensors commands: check, then write shards and JSON files atomically.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,10 @@ from lct_train.convert.errors import ConversionError, check_keys_and_shapes, for
 from lct_train.convert.model_spec import cast
 from lct_train.convert.safetensors_io import (
     SafetensorsReader,
+    atomic_output_dir,
     plan_shards,
     tensor_nbytes,
+    write_json,
     write_sharded,
 )
 
@@ -115,3 +119,36 @@ def write_plan(
         return out
 
     return write_sharded(out_dir, base, plan_shards(sizes, max_shard_bytes), produce)
+
+
+def convert_with_plan(
+    plan: Sequence[KeyRule],
+    reader: SafetensorsReader,
+    out: str | os.PathLike,
+    base: str,
+    *,
+    expected: Mapping[str, Sequence[int]],
+    source_name: str,
+    target_name: str,
+    json_files: Mapping[str, Mapping],
+    dtype: torch.dtype | None,
+    max_shard_bytes: int,
+    overwrite: bool,
+) -> None:
+    """`check_plan`, then write `out/<base>*.safetensors` and `json_files` (name -> object)
+    into a directory renamed to `out` only when everything is written."""
+    targets = check_plan(
+        plan, reader.shapes(), expected, source_name=source_name, target_name=target_name
+    )
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        write_plan(
+            plan,
+            reader,
+            tmp,
+            base,
+            target_shapes=targets,
+            dtype=dtype,
+            max_shard_bytes=max_shard_bytes,
+        )
+        for name, obj in json_files.items():
+            write_json(tmp / name, obj)

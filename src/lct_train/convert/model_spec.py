@@ -16,6 +16,7 @@ from lct_train.convert.errors import ConversionError
 from lct_train.model.config import ModelConfig
 
 CONFIG_FILE = "config.json"
+EXPORT_INFO_FILE = "lct_export.json"  # provenance of an export (source, weights, mask, window)
 WEIGHTS_BASE = "model"  # model.safetensors / model-0000i-of-0000N.safetensors
 
 

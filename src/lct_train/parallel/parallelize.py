@@ -7,6 +7,14 @@ Order (torchtitan): AC wraps each block, compile compiles each (wrapped) block, 
 that naming. Parameter FQNs stay those of the bare model (DCP's state-dict helpers drop the
 checkpoint-wrapper prefix; ``Module.compile`` compiles in place).
 
+Building: the trainer constructs the model under ``torch.device("meta")`` (no memory), calls
+``parallelize`` (FSDP shards the meta parameters), then ``materialize``: ``to_empty`` on the
+device gives every rank storage for its shards only. Scratch values come from
+``init_sharded``: each parameter's full value is drawn on every rank from the same seeded
+generator (peak extra memory: one full parameter) and each rank keeps its shard, so the full
+weights equal ``lct_train.model.init.init_weights`` on one process for any world size or mesh.
+(DTensor's own random ops draw per shard and are CUDA-only, so they are not used.)
+
 Gradient reduction: FSDP averages gradients over the data-parallel ranks (its default divide
 factor; a custom factor needs NCCL's PreMulSum, which gloo lacks). The trainer's loss is already
 the mean over the *global* batch, so it multiplies each rank's loss by the data-parallel size
@@ -20,6 +28,9 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from lct_train.model.init import init_plan
 
 BLOCK_LIST_SUFFIX = "blocks"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,3 +102,29 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, parallel_cfg) -> nn.Module:
         parallel_cfg.reshard_after_forward,
     )
     return model
+
+
+def materialize(model: nn.Module, device: torch.device) -> nn.Module:
+    """Storage on ``device`` for a meta-built (sharded) model; values are uninitialised."""
+    model.to_empty(device=device)
+    for name, buffer in model.named_buffers():
+        if buffer.is_meta:  # no model buffer exists today; refuse to guess one's value
+            raise RuntimeError(f"materialize: buffer {name} is still on the meta device")
+    return model
+
+
+@torch.no_grad()
+def init_sharded(model: nn.Module, seed: int) -> None:
+    """Scratch initialisation of a (sharded) model, independent of the world size (module
+    docstring). Call on every rank with the same ``seed``; the global RNG is not touched."""
+    generators: dict[torch.device, torch.Generator] = {}
+    for _, param, fn in init_plan(model):
+        local = param.to_local() if isinstance(param, DTensor) else param
+        if local.device not in generators:
+            generators[local.device] = torch.Generator(local.device).manual_seed(seed)
+        full = torch.empty(param.shape, dtype=param.dtype, device=local.device)
+        fn(full, generators[local.device])
+        if isinstance(param, DTensor):  # every rank holds ``full``: slice, no communication
+            full = distribute_tensor(full, param.device_mesh, param.placements,
+                                     src_data_rank=None).to_local()
+        local.copy_(full)

@@ -2,8 +2,10 @@
 
 * consolidated (design §6): ``model.safetensors`` (or ``lct-convert``'s shards + index) and
   ``config.json`` (the ``ModelConfig`` dict), given as the file or the directory;
-* DCP: ``<run>/checkpoints/step-N/`` with ``lct_meta.json``; only the ``ema`` or ``model``
-  entries are read, in one process (no process group), then copied into a bare ``LCTModel``.
+* DCP: ``<run>/checkpoints/step-N/`` with ``lct_meta.json`` (or the run directory: its newest
+  valid step); only the ``ema`` or ``model`` entries are read, in one process (no process
+  group, ``lct_train.convert.dcp_export``), then copied into a bare ``LCTModel``. By default
+  ``ema``, or ``model`` when the checkpoint has no EMA.
 
 Besides the weights, sampling needs the attention mask the model was trained with and its
 context window. A DCP checkpoint records both (``lct_meta.json``: ``mask``, ``data.max_shots``);
@@ -16,21 +18,19 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lct_train.convert.model_spec import CONFIG_FILE, EXPORT_INFO_FILE
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import MASKS
+from lct_train.train import checkpoint_layout as layout
+from lct_train.train.checkpoint_layout import META_FILE, WEIGHT_SETS
 
-META_FILE = "lct_meta.json"
-CONFIG_FILE = "config.json"
-WEIGHT_SETS = ("ema", "model")
 DEFAULT_WINDOW = 9  # SPEC §1: N = 9 shots unless the checkpoint says otherwise
 DEFAULT_MASK = "bidirectional"
-EXPORT_INFO_FILE = "lct_export.json"
 
 
 class CheckpointError(ValueError):
@@ -49,25 +49,27 @@ class LoadedModel:
 def load_model(
     path: str | os.PathLike,
     *,
-    weights: str = "ema",
+    weights: str | None = None,
     mask: str | None = None,
     window: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> LoadedModel:
-    """Loads a consolidated export or a DCP step directory (module docstring)."""
+    """Loads a consolidated export or a DCP checkpoint (module docstring); ``weights=None``:
+    ``ema`` when the checkpoint stores it, else ``model``."""
     path = Path(path)
-    if weights not in WEIGHT_SETS:
+    if weights is not None and weights not in WEIGHT_SETS:
         raise CheckpointError(f"weights must be one of {WEIGHT_SETS}, got {weights!r}")
     if mask is not None and mask not in MASKS:
         raise CheckpointError(f"mask must be one of {MASKS}, got {mask!r}")
-    if path.is_dir() and (path / META_FILE).is_file():
-        meta = json.loads((path / META_FILE).read_text())
-        resolved = meta.get("config", {})
-        if "model" not in resolved:
+    if layout.holds_checkpoint(path):
+        path = layout.resolve_checkpoint(path)
+        meta = _read_meta(path)
+        model_dict = layout.model_config_dict(meta)
+        if model_dict is None:
             raise CheckpointError(f"{path / META_FILE} holds no config.model")
-        config = ModelConfig.from_dict(resolved["model"])
-        state = _load_dcp(path, weights, config)
+        config = ModelConfig.from_dict(model_dict)
+        state = _load_dcp(path, weights)
         found_mask, found_window = _recorded_mask_and_window(meta)
     else:
         config, state = _load_consolidated(path)
@@ -101,12 +103,17 @@ def _load_consolidated(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
     return config, state
 
 
+def _read_meta(ckpt: Path) -> dict:
+    try:
+        return layout.read_meta(ckpt)
+    except layout.CheckpointLayoutError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
 def _recorded_mask_and_window(meta: dict) -> tuple[str | None, int | None]:
-    """Mask and window of a DCP ``lct_meta.json`` (top-level ``mask``, else ``stage.mask``;
-    ``data.max_shots``)."""
-    config = meta.get("config", {})
-    mask = meta.get("mask") or config.get("stage", {}).get("mask")
-    window = config.get("data", {}).get("max_shots")
+    """Mask and window of a DCP ``lct_meta.json`` (``checkpoint_layout.run_settings``)."""
+    found = layout.run_settings(meta)
+    mask, window = found.get("mask"), found.get("max_shots")
     return (mask if mask in MASKS else None), (window if isinstance(window, int) else None)
 
 
@@ -119,9 +126,9 @@ def _export_mask_and_window(folder: Path) -> tuple[str | None, int | None]:
     info = json.loads(info_file.read_text())
     if info.get("mask") in MASKS:  # forward compatible: an export that records them
         return info["mask"], info.get("max_shots")
-    meta_file = Path(str(info.get("source", ""))) / META_FILE
-    if info.get("source") and meta_file.is_file():
-        return _recorded_mask_and_window(json.loads(meta_file.read_text()))
+    source = Path(str(info.get("source", "")))
+    if info.get("source") and layout.is_checkpoint(source):
+        return _recorded_mask_and_window(_read_meta(source))
     return None, None
 
 
@@ -136,22 +143,11 @@ def _build(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> 
     return model
 
 
-def _load_dcp(path: Path, weights: str, config: ModelConfig) -> dict[str, torch.Tensor]:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
+def _load_dcp(path: Path, weights: str | None) -> dict[str, torch.Tensor]:
+    from lct_train.convert.dcp_export import load_dcp_weights
+    from lct_train.convert.errors import ConversionError
 
-    from lct_train.model.mmdit import LCTModel
-
-    with torch.device("meta"):
-        template = LCTModel(config).state_dict()
-    state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in template.items()}
-    reader = FileSystemReader(str(path))
-    available = set(reader.read_metadata().state_dict_metadata)
-    missing = [k for k in state if f"{weights}.{k}" not in available]
-    if missing:
-        raise CheckpointError(f"DCP checkpoint {path} has no '{weights}' entries for "
-                              f"{missing[:8]} (try --weights model)")
-    with warnings.catch_warnings():  # one process on purpose: no process group
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({weights: state}, storage_reader=reader, no_dist=True)
-    return state
+    try:
+        return load_dcp_weights(path, weights)
+    except ConversionError as exc:
+        raise CheckpointError(f"DCP checkpoint {path}: {exc}") from exc

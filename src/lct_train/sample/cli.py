@@ -56,7 +56,7 @@ MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "codec", "text_encoder", "
                  "fps")
 SAMPLING_OPTIONS = ("steps", "guidance", "embedded_guidance", "t_c", "shift")
 SAMPLING_DEFAULTS = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "t_c": DEFAULT_T_C}
-MODEL_DEFAULTS = {"weights": "ema", "device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS}
+MODEL_DEFAULTS = {"device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS}
 ERRORS = (SceneFileError, SamplingError, PoolError, CheckpointError, MediaError)
 
 
@@ -77,8 +77,9 @@ def _indices(text: str) -> tuple[int, ...]:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (stored in the pool by init/scene)")
-    g.add_argument("--ckpt", help="model.safetensors (+config.json) or a DCP step-N directory")
-    g.add_argument("--weights", choices=WEIGHT_SETS, help="DCP weights to load (default ema)")
+    g.add_argument("--ckpt", help="model.safetensors (+config.json), a DCP step-N or a run directory")
+    g.add_argument("--weights", choices=WEIGHT_SETS,
+                   help="DCP weights to load (default ema, or model when it has no EMA)")
     g.add_argument("--mask", choices=("bidirectional", "causal"),
                    help="attention mask the model was trained with (DCP: read from lct_meta)")
     g.add_argument("--window", type=int, help="most shots per forward (default: checkpoint/9)")

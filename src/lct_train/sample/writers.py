@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -42,23 +43,39 @@ def write_latents(path: str | os.PathLike, latents: dict[str, torch.Tensor]) -> 
     save_file({k: v.detach().contiguous().cpu() for k, v in latents.items()}, str(path))
 
 
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = DEFAULT_FPS) -> None:
-    """H.264 / yuv420p mp4 of ``[F, H, W, 3]`` uint8 frames; odd sizes are edge-padded to even."""
+def write_mp4(
+    path: str | os.PathLike,
+    frames: np.ndarray | torch.Tensor,
+    fps: float = DEFAULT_FPS,
+    crf: int = CRF,
+) -> None:
+    """H.264 / yuv420p mp4 of ``[F, H, W, 3]`` uint8 frames; odd sizes are edge-padded to even.
+
+    The one mp4 encoder of the project (the sampler's outputs, ``data_tools`` synthetic
+    videos). ``fps`` may be fractional; parent folders are created; the file is written under a
+    temporary name and renamed, so a killed write leaves no truncated ``path``.
+    """
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected [F, H, W, 3] uint8 frames, got {frames.shape} {frames.dtype}")
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(CRF)}
+        stream.options = {"crf": str(crf)}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    tmp.replace(path)
 
 
 def scene_frames(shots: Sequence[np.ndarray], fps: int = DEFAULT_FPS) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""DCP training checkpoints (design.md §6): layout, atomic save, retention, resume, init loads.
+"""DCP training checkpoints (design.md §6): atomic save, retention, resume, init loads.
 
 Layout: ``<run_dir>/checkpoints/step-<NNNNNNNN>/`` holds the DCP files (``.metadata`` +
 ``__<rank>_0.distcp``) of the top-level keys ``model``, ``ema`` (when enabled), ``optimizer``,
@@ -14,6 +14,9 @@ Per-rank state (loader position, RNG) is stored under ``dp_rank_<r>`` keys of it
 entry, next to ``world_size``; it can only be restored on the same data-parallel size (see
 ``checkpoint.skip_loader_state_on_world_change``). Model, EMA and optimizer are DTensors and
 reshard freely (save on 2 ranks, load on 1 and the reverse).
+
+Naming, what counts as a checkpoint, newest-valid resolution and ``lct_meta.json`` reading are
+``lct_train.train.checkpoint_layout`` (shared with convert and sample).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -39,55 +41,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-CHECKPOINTS = "checkpoints"
-META_FILE = "lct_meta.json"
-STEP_RE = re.compile(r"^step-(\d{8})$")
-TMP_MARK = ".tmp-"
-FORMAT = "lct-train-checkpoint/1"
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def checkpoint_root(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / CHECKPOINTS
-
-
-def is_valid(path: Path) -> bool:
-    return STEP_RE.match(path.name) is not None and (path / META_FILE).is_file()
-
-
-def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Valid checkpoints under ``root``, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(STEP_RE.match(p.name).group(1)), p) for p in root.iterdir() if is_valid(p)]
-    return sorted(found)
-
-
-def newest_checkpoint(run_or_root: str | os.PathLike) -> Path | None:
-    """Newest valid checkpoint of a run directory (or of its ``checkpoints/`` directory)."""
-    path = Path(run_or_root)
-    root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-    found = list_checkpoints(root)
-    return found[-1][1] if found else None
-
-
-def resolve_checkpoint(spec: str, what: str) -> Path:
-    """A step directory, or the newest checkpoint of a run directory; ``what`` names the key."""
-    path = Path(spec)
-    if is_valid(path):
-        return path
-    newest = newest_checkpoint(path)
-    if newest is None:
-        raise FileNotFoundError(f"{what}: no valid checkpoint at {spec} (a step-NNNNNNNN "
-                                f"directory with {META_FILE}, or a run directory holding one)")
-    return newest
-
-
-def read_meta(path: Path) -> dict:
-    return json.loads((path / META_FILE).read_text())
+from lct_train.train.checkpoint_layout import (
+    FORMAT,
+    META_FILE,
+    TMP_MARK,
+    checkpoint_root,
+    list_checkpoints,
+    step_name,
+)
 
 
 def retained_steps(steps: list[int], keep_last: int, keep_every: int) -> set[int]:

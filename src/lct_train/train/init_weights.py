@@ -1,13 +1,17 @@
 """A run's starting weights (``stage.init_from``) when it does not resume from its own checkpoint.
 
-- ``scratch``: the model's own initialisation (seeded; the same on every rank).
-- a ``.safetensors`` file (or a directory holding ``model.safetensors``): a consolidated
-  single-shot / exported model (bare ``LCTModel`` FQNs, e.g. from ``lct-convert``). Keys and
-  shapes are checked strictly on every rank from the file header (one error lists every
-  mismatch); rank 0 reads the tensors and broadcasts them into the shards.
-- a training checkpoint directory (``step-N``) or ``auto`` (the newest checkpoint of
-  ``stage.init_run``): its ``model`` or ``ema`` weights (``stage.init_weights``), read sharded
-  through DCP (any saved world size). The checkpoint's model config must match the run's.
+The model reaching here was built on the meta device, sharded and given (uninitialised) storage;
+every path below fills every parameter.
+
+- ``scratch``: ``lct_train.model.init`` (adaLN-zero) drawn from ``seed``, the same full weights
+  for any world size (``lct_train.parallel.parallelize.init_sharded``).
+- a safetensors export: a ``.safetensors`` file or a directory holding one or shards + index
+  (e.g. ``lct-convert export`` / ``import-diffusers``), bare ``LCTModel`` FQNs. Keys and shapes
+  are checked strictly on every rank from the headers (``lct_train.convert``: one error lists
+  every mismatch); rank 0 reads the tensors and broadcasts them into the shards.
+- a training checkpoint (a ``step-N`` directory or a run directory) or ``auto`` (the newest
+  checkpoint of ``stage.init_run``): its ``model`` or ``ema`` weights (``stage.init_weights``),
+  read sharded through DCP (any saved world size). The checkpoint's model config must match.
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -26,60 +28,35 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lct_train.config.validate import ConfigError
+from lct_train.convert.errors import ConversionError, check_keys_and_shapes
+from lct_train.convert.safetensors_io import SafetensorsReader
 from lct_train.model.config import ModelConfig
-from lct_train.train.checkpoint import load_model_weights, read_meta, resolve_checkpoint
+from lct_train.parallel.parallelize import init_sharded
+from lct_train.train import checkpoint_layout as layout
+from lct_train.train.checkpoint import load_model_weights
 
-SAFETENSORS_FILE = "model.safetensors"
-MAX_LISTED = 20
 # Model settings that do not change the parameters (may differ between stages).
 NON_ARCH_FIELDS = ("attn_backend",)
 
 
-def _listing(title: str, keys: list[str]) -> str:
-    shown = ", ".join(keys[:MAX_LISTED])
-    more = f" (+{len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else ""
-    return f"{title} ({len(keys)}): {shown}{more}"
-
-
-def check_keys_and_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],
-                          source: str) -> None:
-    """Raises one ``ValueError`` listing missing, unexpected and mis-shaped keys."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    shapes = sorted(f"{k} {found[k]} != model {expected[k]}"
-                    for k in set(expected) & set(found) if tuple(found[k]) != tuple(expected[k]))
-    problems = [_listing(t, k) for t, k in (("missing", missing), ("unexpected", unexpected),
-                                            ("shape mismatch", shapes)) if k]
-    if problems:
-        raise ValueError(f"initial weights {source} do not fit the model: " + "; ".join(problems))
-
-
-def safetensors_path(spec: str) -> Path | None:
-    path = Path(spec)
-    if path.suffix == ".safetensors":
-        return path
-    if (path / SAFETENSORS_FILE).is_file():
-        return path / SAFETENSORS_FILE
-    return None
-
-
 def load_safetensors(model: nn.Module, path: Path, is_main: bool) -> None:
-    if not path.is_file():
-        raise ConfigError("stage.init_from", f"{path} does not exist")
+    """A consolidated export (file or sharded directory) into the sharded ``model``."""
     target = get_model_state_dict(model)
-    expected = {k: tuple(v.shape) for k, v in target.items()}
-    with safe_open(str(path), framework="pt") as f:
-        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    check_keys_and_shapes(expected, found, str(path))
     full = {}
-    if is_main:
-        full = {k: v.to(target[k].dtype) for k, v in load_file(str(path)).items()}
+    try:
+        with SafetensorsReader(path) as reader:
+            check_keys_and_shapes(reader.shapes(), {k: tuple(v.shape) for k, v in target.items()},
+                                  what=f"initial weights {path}")
+            if is_main:
+                full = {k: reader.get(k).to(target[k].dtype) for k in target}
+    except ConversionError as err:
+        raise ConfigError("stage.init_from", str(err)) from err
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True,
                                                                broadcast_from_rank0=True))
 
 
 def check_same_architecture(ours: ModelConfig, ckpt: Path) -> None:
-    theirs = read_meta(ckpt).get("config", {}).get("model", {})
+    theirs = layout.model_config_dict(layout.read_meta(ckpt)) or {}
     mine = ours.to_dict()
     diffs = [f"{k}: checkpoint {theirs.get(k)!r} != run {v!r}" for k, v in mine.items()
              if k not in NON_ARCH_FIELDS and theirs.get(k) != v]
@@ -87,28 +64,49 @@ def check_same_architecture(ours: ModelConfig, ckpt: Path) -> None:
         raise ConfigError("model", f"does not match the model of {ckpt}: " + "; ".join(diffs))
 
 
-def resolve_init_checkpoint(stage_cfg) -> Path:
+def _checkpoint_source(stage_cfg) -> Path | None:
+    """The checkpoint ``stage.init_from`` names (``auto``: of ``stage.init_run``), or None when
+    it names something else (a safetensors export)."""
     if stage_cfg.init_from == "auto":
-        return resolve_checkpoint(stage_cfg.init_run, "stage.init_run")
-    return resolve_checkpoint(stage_cfg.init_from, "stage.init_from")
+        key, spec = "stage.init_run", stage_cfg.init_run
+    elif layout.holds_checkpoint(stage_cfg.init_from):
+        key, spec = "stage.init_from", stage_cfg.init_from
+    else:
+        return None
+    try:
+        return layout.resolve_checkpoint(spec, key)
+    except layout.CheckpointLayoutError as err:
+        raise ConfigError(key, str(err).removeprefix(f"{key}: ")) from err
 
 
-def init_weights(model: nn.Module, stage_cfg, model_cfg: ModelConfig, is_main: bool) -> str:
-    """Loads ``stage.init_from`` into the (sharded) model; returns a description for the log."""
+def load_checkpoint_weights(model: nn.Module, ckpt: Path, weights: str) -> None:
+    stored = layout.stored_weight_sets(ckpt)
+    if weights not in stored:
+        raise ConfigError("stage.init_weights", f"{ckpt} holds no `{weights}` weights (it has "
+                          f"{stored}); set stage.init_weights={stored[0] if stored else 'model'}")
+    try:
+        load_model_weights(model, ckpt, weights)
+    except Exception as err:  # DCP reports a missing key set with a long traceback
+        raise ConfigError("stage.init_weights", f"cannot load `{weights}` weights from {ckpt}: "
+                          f"{err}") from err
+
+
+def init_weights(model: nn.Module, stage_cfg, model_cfg: ModelConfig, is_main: bool,
+                 seed: int) -> str:
+    """Fills the (sharded) model from ``stage.init_from``; returns a description for the log."""
     spec = stage_cfg.init_from
     if spec == "scratch":
-        return "scratch (seeded initialisation)"
-    st_path = safetensors_path(spec) if spec != "auto" else None
-    if st_path is not None:
-        load_safetensors(model, st_path, is_main)
-        return f"safetensors {st_path}"
-    ckpt = resolve_init_checkpoint(stage_cfg)
+        init_sharded(model, seed)
+        return f"scratch (adaLN-zero init, seed {seed})"
+    ckpt = _checkpoint_source(stage_cfg)
+    if ckpt is None:
+        if not Path(spec).exists():
+            raise ConfigError("stage.init_from", f"{spec} does not exist (expected scratch, auto, "
+                              "a training checkpoint or a safetensors file / export directory)")
+        load_safetensors(model, Path(spec), is_main)
+        return f"safetensors {spec}"
     check_same_architecture(model_cfg, ckpt)
-    try:
-        load_model_weights(model, ckpt, stage_cfg.init_weights)
-    except Exception as err:  # DCP reports a missing key set with a long traceback
-        raise ConfigError("stage.init_weights", f"cannot load `{stage_cfg.init_weights}` "
-                          f"weights from {ckpt}: {err}") from err
+    load_checkpoint_weights(model, ckpt, stage_cfg.init_weights)
     return f"checkpoint {ckpt} ({stage_cfg.init_weights} weights)"
 
 

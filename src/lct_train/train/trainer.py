@@ -1,6 +1,10 @@
 """The training loop: builds model, optimizer, data and checkpointing from a config, resumes,
 trains ``steps`` optimizer steps, saves.
 
+Setup: the model is built on the meta device, parallelized (AC -> compile -> FSDP), given
+storage for its shards only (``parallelize.materialize``), then filled by a resume or by the
+initial weights; optimizer and EMA are built on the filled shards.
+
 Per step (all ranks): fetch ``grad_accum`` micro-batches -> ``forward_backward`` -> clip ->
 ``reduce_step_metrics`` (the one host sync) -> step or skip (non-finite loss / grad norm, per
 ``loss.nonfinite``) -> EMA -> log -> checkpoint. Resume and initial weights are described in
@@ -22,8 +26,9 @@ from lct_train.config.build import data_config, model_config
 from lct_train.config.validate import ConfigError
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import World, set_train_timeout
-from lct_train.parallel.parallelize import DTYPES, parallelize
+from lct_train.parallel.parallelize import DTYPES, materialize, parallelize
 from lct_train.train import checkpoint as ckpt_lib
+from lct_train.train import checkpoint_layout as layout
 from lct_train.train.batches import LoaderBatches, SyntheticBatches
 from lct_train.train.ema import EMA
 from lct_train.train.flops import FlopCounter, peak_flops
@@ -62,10 +67,12 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         self.git_revision = git_revision() if world.is_main else ""
 
-        torch.manual_seed(cfg.seed)  # scratch init: the same full model on every rank
-        model = LCTModel(self.model_cfg)
+        torch.manual_seed(cfg.seed)
+        with torch.device("meta"):  # no rank ever holds the full model
+            model = LCTModel(self.model_cfg)
         self.flops = FlopCounter(model, self.model_cfg)
-        self.model = parallelize(model, world.mesh, cfg.parallel)
+        self.model = materialize(parallelize(model, world.mesh, cfg.parallel), world.device)
+        source = self._fill_weights()
         self.optimizer = build_optimizer(self.model, cfg.optim, world.device)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_every) \
@@ -83,7 +90,7 @@ class Trainer:
             t_shift=cfg.loss.timestep_shift,
             guidance=cfg.loss.guidance if self.model_cfg.guidance_embeds else None,
             buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step)
-        self._start()
+        self._start(source)
 
     # ----------------------------------------------------------------------------- setup
     def _build_batches(self):
@@ -98,18 +105,22 @@ class Trainer:
         if resume == "none":
             return None
         if resume == "auto":
-            return ckpt_lib.newest_checkpoint(self.run_dir)
-        return ckpt_lib.resolve_checkpoint(resume, "resume")
+            return layout.newest_checkpoint(self.run_dir)
+        return layout.resolve_checkpoint(resume, "resume")
 
-    def _start(self) -> None:
-        path = self._resume_path()
-        if path is not None:
-            self.load(path)
-            source = f"resumed from {path} at step {self.state['step']}"
-        else:
-            source = init_weights(self.model, self.cfg.stage, self.model_cfg, self.world.is_main)
-            if self.ema is not None:
-                self.ema = EMA(self.model, self.cfg.optim.ema_decay, self.cfg.optim.ema_every)
+    def _fill_weights(self) -> str | None:
+        """Initial weights into the materialised model, unless the run resumes (then the
+        checkpoint fills model, optimizer and EMA in ``_start``). Returns the log description."""
+        self.resume_from = self._resume_path()
+        if self.resume_from is not None:
+            return None
+        return init_weights(self.model, self.cfg.stage, self.model_cfg, self.world.is_main,
+                            self.cfg.seed)
+
+    def _start(self, source: str | None) -> None:
+        if self.resume_from is not None:
+            self.load(self.resume_from)
+            source = f"resumed from {self.resume_from} at step {self.state['step']}"
         fingerprint = model_fingerprint(self.model, self.world.device,
                                         self.cfg.parallel.dp_replicate)
         self.metrics.text(f"lct-train: stage {self.cfg.stage.name} ({self.cfg.stage.mask}), "
@@ -146,7 +157,7 @@ class Trainer:
         self.metrics.text(f"lct-train: saved {path}")
 
     def load(self, path: Path) -> None:
-        meta = ckpt_lib.read_meta(path)
+        meta = layout.read_meta(path)
         check_same_architecture(self.model_cfg, path)
         same_world = meta["dp_world_size"] == self.world.dp_size
         loader = self.batches.stateful
@@ -154,10 +165,12 @@ class Trainer:
             loader = self._loader_policy_on_world_change(meta["dp_world_size"])
         states = self._states(per_rank=same_world, loader=loader and same_world)
         saved = set(meta["keys"])
-        if "ema" in states and "ema" not in saved:
-            del states["ema"]  # EMA switched on at resume: start it from the weights
-            self.ema = EMA(self.model, self.cfg.optim.ema_decay, self.cfg.optim.ema_every)
+        fresh_ema = "ema" in states and "ema" not in saved
+        if fresh_ema:
+            del states["ema"]
         self.ckpt.load(path, states)
+        if fresh_ema:  # EMA switched on at resume: start it from the loaded weights
+            self.ema = EMA(self.model, self.cfg.optim.ema_decay, self.cfg.optim.ema_every)
         if loader and not same_world:
             # The loader decides (data.resume_policy): reshuffle, or refuse. Rank 0's entry
             # tells it how far the old run got.
