@@ -5,6 +5,10 @@ useful attention-FLOP ratio (n+1)/(2n) of n equal shots (no global group, so the
 for the attention part; the block's GEMMs do not shrink, so the block ratio lies above it).
 On CPU, `flex` has no backward: it is timed forward only (eager, unfused) and marked so.
 
+A second table times the attention kernel alone with *compiled* FlexAttention (block-sparse
+BlockMask built from the intervals): forward on CPU, forward+backward on CUDA. This is the number
+that shows whether the block-causal sparsity turns into time.
+
     python bench/attention_block.py [--device cuda] [--max-shots 9] [--repeats 3]
 """
 
@@ -15,8 +19,10 @@ import time
 import warnings
 
 import torch
+from torch.nn.attention.flex_attention import flex_attention
 
 from lct_train.model.attention import get_backend
+from lct_train.model.attention.flex import block_mask_from_intervals
 from lct_train.model.blocks import BlockContext, DualStreamBlock
 from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
 from lct_train.model.rope import rope_cos_sin
@@ -34,6 +40,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument(
+        "--kernel-grid", type=int, nargs=3, default=(2, 16, 16),
+        help="video patch grid per shot of the compiled-flex kernel table",
+    )
+    p.add_argument("--skip-block", action="store_true", help="only the compiled-flex kernel table")
     return p.parse_args()
 
 
@@ -69,6 +80,48 @@ def time_block(block, inputs, meta, backend_name, backward, args, device) -> flo
     return min(times)  # best of: robust to other load on a shared machine
 
 
+def time_flex_kernel(q, k, v, block_mask, backward, args, device) -> float:
+    kernel = torch.compile(flex_attention, dynamic=True)
+    times = []
+    for i in range(args.warmup + args.repeats):
+        sync(device)
+        start = time.perf_counter()
+        with torch.set_grad_enabled(backward):
+            out = kernel(q, k, v, block_mask=block_mask)
+            if backward:
+                out.sum().backward()
+        sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def kernel_table(args, device: torch.device, dtype: torch.dtype) -> None:
+    """Compiled FlexAttention alone: bidirectional vs block-causal BlockMasks of one scene."""
+    backward = device.type == "cuda"
+    print(f"\ncompiled flex_attention alone ({'fwd+bwd' if backward else 'fwd'}), shot = "
+          f"{args.text_len} text + {tuple(args.kernel_grid)} video tokens")
+    print(f"{'n':>3}{'tokens':>8}{'bidir ms':>11}{'causal ms':>11}{'ratio':>8}"
+          f"{'tile ratio':>12}{'(n+1)/2n':>10}")
+    for n in range(1, args.max_shots + 1):
+        spec = SceneSpec(tuple(GroupSpec(args.text_len, tuple(args.kernel_grid))
+                               for _ in range(n)))
+        results, tiles = {}, {}
+        for mask in ("bidirectional", "causal"):
+            meta = build_packed_meta([spec], mask=mask).to(device)
+            block_mask = block_mask_from_intervals(meta.attn)
+            tiles[mask] = int(block_mask.kv_num_blocks.sum()) + int(
+                block_mask.full_kv_num_blocks.sum() if block_mask.full_kv_num_blocks is not None
+                else 0)
+            q, k, v = (torch.randn(1, args.heads, meta.num_joint, args.head_dim, device=device,
+                                   dtype=dtype, requires_grad=backward) for _ in range(3))
+            results[mask] = time_flex_kernel(q, k, v, block_mask, backward, args, device)
+        print(f"{n:>3}{spec.num_tokens:>8}{1e3 * results['bidirectional']:>11.2f}"
+              f"{1e3 * results['causal']:>11.2f}"
+              f"{results['causal'] / results['bidirectional']:>8.3f}"
+              f"{tiles['causal'] / tiles['bidirectional']:>12.3f}{(n + 1) / (2 * n):>10.3f}")
+
+
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
@@ -84,6 +137,13 @@ def main() -> None:
         f"device={device} dtype={dtype} width={dim} heads={args.heads} shot={args.text_len} text + "
         f"{args.grid} video tokens; best of {args.repeats}"
     )
+    if not args.skip_block:
+        block_table(args, device, dtype, block)
+    kernel_table(args, device, dtype)
+
+
+def block_table(args, device: torch.device, dtype: torch.dtype, block: DualStreamBlock) -> None:
+    dim = args.heads * args.head_dim
     print(
         f"{'backend':<14}{'pass':<9}{'n':>3}{'tokens':>8}{'bidir ms':>11}{'causal ms':>11}{'ratio':>8}{'(n+1)/2n':>10}"
     )
