@@ -83,6 +83,7 @@ def load_model(
 
 def _load_consolidated(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     from lct_train.convert.errors import ConversionError
+    from lct_train.convert.model_spec import read_model_config
     from lct_train.convert.safetensors_io import SafetensorsReader
 
     folder = path if path.is_dir() else path.parent
@@ -93,8 +94,8 @@ def _load_consolidated(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
         raise CheckpointError(
             f"checkpoint {path}: neither a DCP step directory (no {META_FILE}) nor a "
             f"consolidated export ({config_file} is missing)")
-    config = ModelConfig.from_dict(json.loads(config_file.read_text()))
     try:
+        config = read_model_config(config_file)
         reader = SafetensorsReader(path)
         state = reader.load_all()
         reader.close()
@@ -135,8 +136,9 @@ def _export_mask_and_window(folder: Path) -> tuple[str | None, int | None]:
 def _build(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
     from lct_train.model.mmdit import LCTModel
 
-    model = LCTModel(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    with torch.device("meta"):  # no throw-away initialisation of a possibly 13B model
+        model = LCTModel(config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {source} does not match its config: missing "
                               f"{sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
