@@ -15,7 +15,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SHOT_CUT = "[SHOT CUT] "
+from lct_train.data.schema import SHOT_CUT
+
 KEY_FORMAT = "scene-{:08d}"
 
 

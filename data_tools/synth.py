@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.manifest import SHOT_CUT, write_manifest
+from data_tools.manifest import write_manifest
 from data_tools.synth_world import (
     Character,
     ShotPlan,
@@ -27,6 +27,7 @@ from data_tools.synth_world import (
     sample_world,
     world_truth,
 )
+from lct_train.data.schema import SHOT_CUT
 from lct_train.sample.writers import write_mp4
 
 SOURCE_MULTISHOT = "synth-multishot"

@@ -27,8 +27,8 @@ import yaml
 from safetensors.torch import load_file
 
 from data_tools.consistency import scene_consistency
-from data_tools.manifest import SHOT_CUT
 from lct_train.data.codecs import build_codec, tensor_to_frames
+from lct_train.data.schema import SHOT_CUT
 
 DEFAULT_OUT = "demo_out"
 NUM_SCENES = 32

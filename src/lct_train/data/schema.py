@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load, save
 
 FORMAT_VERSION = 1
+# SPEC §1: an authentic cut is this literal prefix on the shot prompt.
+SHOT_CUT = "[SHOT CUT] "
 LATENTS_EXT = "latents.safetensors"
 TEXT_EXT = "text.safetensors"
 META_EXT = "json"

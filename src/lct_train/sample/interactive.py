@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from lct_train.data.schema import SHOT_CUT
 from lct_train.sample.history_pool import HistoryPool, PoolShot
 from lct_train.sample.inputs import ConditionShot, TargetShot
 from lct_train.sample.kv_context import ContextCache
@@ -12,11 +13,11 @@ from lct_train.sample.media import encode_condition, latent_shape
 from lct_train.sample.modes import AR, AR_KV, GIVEN, next_shot
 from lct_train.sample.pipeline import Toolkit
 from lct_train.sample.sampler import SamplingError, SamplingSettings
-from lct_train.sample.scene_file import SHOT_CUT_MARKER, ShotSize
+from lct_train.sample.scene_file import ShotSize
 
 
 def full_prompt(prompt: str, cut: bool) -> str:
-    return SHOT_CUT_MARKER + prompt if cut else prompt
+    return SHOT_CUT + prompt if cut else prompt
 
 
 def propose_shot(

@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-SHOT_CUT_MARKER = "[SHOT CUT] "
+from lct_train.data.schema import SHOT_CUT
+
 MODES = ("joint", "ar", "ar-kv")
 MODE_ALIASES = {"conditioned": "joint", "visual-conditioned": "joint", "autoregressive": "ar"}
 DEFAULT_STEPS = 30
@@ -75,7 +76,7 @@ class ShotRequest:
     @property
     def full_prompt(self) -> str:
         """The prompt as the model saw it in training (SPEC §1 marker for a cut)."""
-        return SHOT_CUT_MARKER + self.prompt if self.cut else self.prompt
+        return SHOT_CUT + self.prompt if self.cut else self.prompt
 
     @property
     def is_condition(self) -> bool:
@@ -176,10 +177,10 @@ def _shot(raw, index, base_seed, default_size, mode, fail, base_dir) -> ShotRequ
     cut = raw.get("cut", True)
     if not isinstance(cut, bool):
         raise fail(f"{where}.cut must be true or false")
-    if prompt.startswith(SHOT_CUT_MARKER.strip()):
+    if prompt.startswith(SHOT_CUT.strip()):
         if not cut:
-            raise fail(f"{where}: prompt starts with {SHOT_CUT_MARKER.strip()!r} but cut is false")
-        prompt = prompt[len(SHOT_CUT_MARKER.strip()):].lstrip()
+            raise fail(f"{where}: prompt starts with {SHOT_CUT.strip()!r} but cut is false")
+        prompt = prompt[len(SHOT_CUT.strip()):].lstrip()
     seed = _int(raw.get("seed", base_seed + index), f"{where}.seed", fail)
     size = _size(raw["size"], f"{where}.size", fail) if "size" in raw else default_size
     condition = raw.get("condition")
