@@ -31,7 +31,7 @@ from data_tools.synth import SynthConfig, write_synth
 from lct_train.data.config import DataConfig
 from lct_train.data.loader import SceneLoader
 from lct_train.data.packing import PackedScenes
-from lct_train.data.schema import DatasetInfo
+from lct_train.data.schema import GEOMETRY_KEYS, DatasetInfo
 from lct_train.model import LCTModel
 from lct_train.model.config import ModelConfig
 from lct_train.model.init import init_weights
@@ -40,7 +40,6 @@ from lct_train.train.loss import micro_generator, noise_batch, shot_losses
 
 WARMUP_BATCHES = 3
 MODEL_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
-GEOMETRY_KEYS = ("latent_channels", "text_dim", "pooled_dim")  # dataset.json -> ModelConfig
 TRAIN_WARMUP_BATCHES = 2
 TRAIN_TIMED_BATCHES = 4
 TRAIN_LR = 1.0e-4  # conf/optim/adamw.yaml

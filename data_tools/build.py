@@ -55,8 +55,7 @@ def _dist() -> tuple[int, int]:
 
 
 def _encoders(cfg: BuildConfig):
-    return build_codec(cfg.vae, **({"device": cfg.device} if cfg.vae.startswith(("hunyuan", "tiny")) else {})), \
-        build_text_encoder(cfg.text_encoder)
+    return build_codec(cfg.vae, device=cfg.device), build_text_encoder(cfg.text_encoder)
 
 
 def write_dataset_info(cfg: BuildConfig, codec, text_encoder) -> DatasetInfo:
@@ -142,13 +141,15 @@ def build(cfg: BuildConfig) -> dict:
         mine[c % slots % workers].append((c, scenes[c * cfg.scenes_per_shard : (c + 1) * cfg.scenes_per_shard]))
     todo = sum(len(s) for w in mine for _, s in w)
     logger.info("rank %d/%d: %d chunks to build, %d already done", rank, world, sum(map(len, mine)), skipped)
+    # rank 0 needs the encoders for dataset.json; a single-process build reuses them
+    encoders = _encoders(cfg) if rank == 0 or workers == 1 else None
     if rank == 0:
-        codec, text_encoder = _encoders(cfg)
-        write_dataset_info(cfg, codec, text_encoder)
-        del codec, text_encoder
+        write_dataset_info(cfg, *encoders)
+        if workers > 1:
+            encoders = None  # the worker processes build their own
     start = time.perf_counter()
     if workers == 1:
-        codec, text_encoder = _encoders(cfg)
+        codec, text_encoder = encoders
         with tqdm(total=todo, unit="scene", desc="build", smoothing=0.1) as bar:
             for chunk, chunk_scenes in mine[0]:
                 build_chunk(cfg, chunk, chunk_scenes, codec, text_encoder, bar.update)

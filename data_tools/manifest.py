@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lct_train.data.schema import SHOT_CUT
+from lct_train.data.schema import shot_prompt
 
 KEY_FORMAT = "scene-{:08d}"
 
@@ -31,8 +31,7 @@ class ShotEntry:
     @property
     def rendered_prompt(self) -> str:
         """The per-shot prompt as trained on: authentic cuts carry the ``[SHOT CUT]`` marker."""
-        text = self.prompt.removeprefix(SHOT_CUT)
-        return SHOT_CUT + text if self.cut else text
+        return shot_prompt(self.prompt, self.cut)
 
 
 @dataclass

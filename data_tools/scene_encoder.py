@@ -8,9 +8,9 @@ import torch
 
 from data_tools.manifest import SceneEntry
 from data_tools.resize import resize_frames, target_size
-from data_tools.video_io import decode_shot
 from lct_train.data.codecs import frames_to_tensor
 from lct_train.data.schema import encode_scene
+from lct_train.data.video_io import decode_shot
 
 
 @dataclass

@@ -27,7 +27,7 @@ from data_tools.synth_world import (
     sample_world,
     world_truth,
 )
-from lct_train.data.schema import SHOT_CUT
+from lct_train.data import schema
 from lct_train.sample.writers import write_mp4
 
 SOURCE_MULTISHOT = "synth-multishot"
@@ -76,7 +76,7 @@ def shot_prompt(plan: ShotPlan, chars: list[Character], cut: bool) -> str:
     subject = f" of Character {plan.focus}" if plan.focus else " of the room"
     moves = ", ".join(f"Character {c.index} moves {_direction(plan.velocity[c.index])}" for c in chars)
     text = f"{plan.framing.capitalize()} shot{subject}. {moves}."
-    return SHOT_CUT + text if cut else text
+    return schema.shot_prompt(text, cut)
 
 
 def _story(chars: list[Character]) -> str:

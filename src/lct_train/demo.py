@@ -27,8 +27,9 @@ import yaml
 from safetensors.torch import load_file
 
 from data_tools.consistency import scene_consistency
+from data_tools.manifest import read_manifest
 from lct_train.data.codecs import build_codec, tensor_to_frames
-from lct_train.data.schema import SHOT_CUT
+from lct_train.data.schema import strip_cut
 
 DEFAULT_OUT = "demo_out"
 NUM_SCENES = 32
@@ -68,14 +69,13 @@ def _train_cmd(stage: str, run_dir: Path, data_dir: Path, extra: list[str]) -> l
 
 def _demo_scene(manifest: Path) -> tuple[str, dict]:
     """(key, scene file) of the first synthetic scene with SAMPLE_SHOTS authentic cuts."""
-    for line in manifest.read_text().splitlines():
-        scene = json.loads(line)
-        if len(scene["shots"]) == SAMPLE_SHOTS and all(s["cut"] for s in scene["shots"]):
+    for scene in read_manifest(manifest):
+        if len(scene.shots) == SAMPLE_SHOTS and all(s.cut for s in scene.shots):
             break
     else:
         raise RuntimeError(f"{manifest}: no scene with {SAMPLE_SHOTS} cut shots")
-    shots = [{"prompt": s["prompt"].removeprefix(SHOT_CUT), "cut": True} for s in scene["shots"]]
-    return scene["key"], {"global_prompt": scene["global_prompt"], **SAMPLE, "shots": shots}
+    shots = [{"prompt": strip_cut(s.prompt), "cut": True} for s in scene.shots]
+    return scene.key, {"global_prompt": scene.global_prompt, **SAMPLE, "shots": shots}
 
 
 def _consistency(sample_dir: Path, truth_file: Path) -> dict:

@@ -1,6 +1,7 @@
 """torchrun worker of the DCP export test: writes a training checkpoint the way the trainer does.
 
-Each rank `fully_shard`s a tiny `LCTModel` (gloo, CPU) and saves the design.md §6 layout:
+Each rank shards the tiny `LCTModel` preset like the trainer (`apply_fsdp`: every block, then
+the root; gloo, CPU) and saves the design.md §6 layout:
 `<out>/checkpoints/step-00000007/` with DCP top-level keys `model`, `ema`, `optimizer`,
 `train_state`, plus `lct_meta.json`; rank 0 also writes the full weights as the reference.
 
@@ -22,31 +23,27 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
 )
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.device_mesh import init_device_mesh
 
 from lct_train.model.config import ModelConfig
 from lct_train.model.mmdit import LCTModel
+from lct_train.parallel.parallelize import apply_fsdp, mixed_precision
 
 STEP = 7
 EMA_OFFSET = 0.5  # makes the EMA weights differ from the raw ones
-TINY = dict(
-    latent_channels=4,
-    num_heads=2,
-    head_dim=8,
-    num_dual_blocks=1,
-    num_single_blocks=1,
-    mlp_ratio=2.0,
-    text_dim=16,
-    pooled_dim=8,
-    num_refiner_blocks=1,
-    rope_axes_dim=(2, 2, 4),
-)
+TINY_PRESET = Path(__file__).resolve().parents[2] / "conf" / "model" / "tiny.yaml"
+
+
+def tiny_config() -> ModelConfig:
+    """The tiny test preset (dual, single and refiner blocks)."""
+    return ModelConfig.from_yaml(TINY_PRESET)
 
 
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    cfg = ModelConfig(**TINY)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("dp_shard",))
+    cfg = tiny_config()
     torch.manual_seed(0)
     model = LCTModel(cfg)
     ema = LCTModel(cfg)
@@ -55,10 +52,8 @@ def main(out: Path) -> None:
             q.copy_(p + EMA_OFFSET)
     full = {k: v.clone() for k, v in model.state_dict().items()}
     full_ema = {k: v.clone() for k, v in ema.state_dict().items()}
-    for m in (model, ema):
-        for block in [*m.transformer_blocks, *m.single_transformer_blocks]:
-            fully_shard(block)
-        fully_shard(m)
+    for m in (model, ema):  # every dual, single and refiner block, then the root
+        apply_fsdp(m, mesh, mixed_precision("float32", "float32"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     state = {
         "model": get_model_state_dict(model),

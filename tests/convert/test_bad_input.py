@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from lct_train.convert.cli import main
 from lct_train.convert.errors import ConversionError
-from lct_train.convert.init_weights import load_init_weights, read_init_config
-from lct_train.convert.model_spec import build_model
+from lct_train.convert.model_spec import read_model_config
+from lct_train.convert.verify import load_lct_model
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRUNCATE_BYTES = 100
@@ -102,18 +102,40 @@ def test_existing_output_is_kept(source, tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_init_weights_strict_against_model(source, tmp_path):
+def test_export_loads_strictly_against_its_config(source, tmp_path):
     out = tmp_path / "lct"
     assert main(["import-diffusers", str(source), str(out)]) == 0
-    cfg = read_init_config(out)
-    other = build_model(type(cfg).from_dict({**cfg.to_dict(), "num_single_blocks": 2}), "meta")
+    cfg = read_model_config(out)
+    other = type(cfg).from_dict({**cfg.to_dict(), "num_single_blocks": 2})
     with pytest.raises(ConversionError) as info:
-        load_init_weights(out, other)
+        load_lct_model(out, cfg=other)
     assert "single_transformer_blocks.1.proj_out.weight" in str(info.value)
     assert "missing keys (14)" in str(info.value)
-    wider = build_model(type(cfg).from_dict({**cfg.to_dict(), "text_dim": 24}), "meta")
+    wider = type(cfg).from_dict({**cfg.to_dict(), "text_dim": 24})
     with pytest.raises(ConversionError, match=r"context_embedder.proj_in.weight: got \(16, 16\)"):
-        load_init_weights(out, wider)
+        load_lct_model(out, cfg=wider)
+
+
+def test_failure_mid_write_leaves_nothing(source, tmp_path, monkeypatch, capsys):
+    """The 2nd shard fails to write: neither the output nor its temporary directory remains."""
+    import lct_train.convert.safetensors_io as safetensors_io
+
+    written = []
+    save_file_ = safetensors_io.save_file
+
+    def fail_on_second_shard(tensors, filename, metadata=None):
+        if written:
+            raise OSError(f"disk full writing {filename}")
+        written.append(filename)
+        save_file_(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors_io, "save_file", fail_on_second_shard)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        main(["import-diffusers", str(source), str(out), "--max-shard-size", "4KB"])
+    assert len(written) == 1  # the failure came after a shard was on disk
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
 def test_key_map_names_unmapped_keys(tiny_diffusers):

@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from dcp_worker import STEP, TINY
+from dcp_worker import STEP, tiny_config
 from safetensors.torch import load_file
 
 from lct_train.convert.cli import main
+from lct_train.convert.dcp_export import load_dcp_weights
 from lct_train.convert.errors import ConversionError
-from lct_train.convert.init_weights import load_init_weights, read_init_config
-from lct_train.convert.model_spec import build_model
+from lct_train.convert.model_spec import build_model, read_model_config
 from lct_train.convert.safetensors_io import SafetensorsReader
-from lct_train.model.config import ModelConfig
+from lct_train.convert.verify import load_lct_model
+from lct_train.sample.checkpoint_io import load_model
 
 WORKER = Path(__file__).with_name("dcp_worker.py")
 NUM_RANKS = 2
@@ -31,7 +32,7 @@ MAX_SHOTS = 9
 
 def _save_single_process_checkpoint(root: Path) -> tuple[Path, dict, dict]:
     """A checkpoint in the trainer's layout, written by one process (no process group)."""
-    cfg = ModelConfig(**TINY)
+    cfg = tiny_config()
     model = build_model(cfg)
     raw = model.state_dict()
     ema = {k: v + 1.0 for k, v in raw.items()}
@@ -62,7 +63,7 @@ def test_export_ema_sharded_and_raw_bf16(tmp_path):
     assert (out / "model.safetensors.index.json").is_file()
     with SafetensorsReader(out) as reader:
         _assert_equal(reader.load_all(), ema)
-    assert read_init_config(out) == ModelConfig(**TINY)
+    assert read_model_config(out) == tiny_config()
     info = json.loads((out / "lct_export.json").read_text())
     assert (info["step"], info["weights"]) == (STEP, "ema")
     assert (info["mask"], info["max_shots"]) == ("causal", MAX_SHOTS)  # read by the sampler
@@ -74,30 +75,59 @@ def test_export_ema_sharded_and_raw_bf16(tmp_path):
     )
 
 
+def _export_weights(path) -> dict:
+    """The weights of an export, as `lct-convert verify` loads them (checked on its config)."""
+    model, _ = load_lct_model(path)
+    return model.state_dict()
+
+
 def test_causal_ft_init_from_checkpoint(tmp_path):
     ckpt, _, ema = _save_single_process_checkpoint(tmp_path / "run")
-    cfg = ModelConfig(**TINY)
-    _assert_equal(load_init_weights(ckpt, build_model(cfg, "meta")), ema)
+    _assert_equal(load_dcp_weights(ckpt), ema)
     init = tmp_path / "init"
     assert main(["init", str(ckpt), str(init), "--set", "text_rope=false"]) == 0
-    assert read_init_config(init).text_rope is False
-    _assert_equal(load_init_weights(init, cfg), ema)
+    assert read_model_config(init).text_rope is False
+    _assert_equal(_export_weights(init), ema)
+
+
+def test_init_from_an_export_weights_file_keeps_its_provenance(tmp_path, capsys):
+    _, _, ema = _save_single_process_checkpoint(tmp_path / "run")
+    export = tmp_path / "export"
+    assert main(["export", str(tmp_path / "run"), str(export)]) == 0
+    init = tmp_path / "init"
+    assert main(["init", str(export / "model.safetensors"), str(init), "--dtype", "bf16"]) == 0
+    _assert_equal(_export_weights(init), {k: v.bfloat16().float() for k, v in ema.items()})
+    info = json.loads((init / "lct_export.json").read_text())
+    assert (info["mask"], info["max_shots"]) == ("causal", MAX_SHOTS)
+    assert info["dtype"] == str(torch.bfloat16)
+    loaded = load_model(init)  # the sampler reads the copied mask and window
+    assert (loaded.mask, loaded.window) == ("causal", MAX_SHOTS)
+
+    assert main(["init", str(export), str(tmp_path / "x"), "--weights", "model"]) == 1
+    assert "leave --weights out" in capsys.readouterr().err
+    not_an_export = tmp_path / "loose" / "weights.safetensors"
+    not_an_export.parent.mkdir()
+    not_an_export.write_bytes((export / "model.safetensors").read_bytes())
+    assert main(["init", str(not_an_export), str(tmp_path / "y")]) == 1
+    assert f"{not_an_export.parent / 'config.json'} does not exist" in capsys.readouterr().err
+    assert main(["init", str(tmp_path / "nothing"), str(tmp_path / "z")]) == 1
+    assert "nothing does not exist" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name in ("x", "y", "z")]
 
 
 def test_not_a_checkpoint_and_wrong_weight_set(tmp_path, capsys):
     ckpt, _, _ = _save_single_process_checkpoint(tmp_path / "run")
     assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 1
     assert "not a training checkpoint" in capsys.readouterr().err
-    (ckpt / "lct_meta.json").write_text(
-        json.dumps({"config": {"model": {**TINY, "head_dim": 4, "rope_axes_dim": [0, 2, 2]}}})
-    )
+    narrower = {**tiny_config().to_dict(), "head_dim": 8, "rope_axes_dim": [0, 4, 4]}
+    (ckpt / "lct_meta.json").write_text(json.dumps({"config": {"model": narrower}}))
     assert main(["export", str(ckpt), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "shape mismatches" in err
-    assert "transformer_blocks.0.attn.norm_q.weight: got (8,), expected (4,)" in err
+    assert "transformer_blocks.0.attn.norm_q.weight: got (16,), expected (8,)" in err
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConversionError, match="weights must be one of"):
-        load_init_weights(ckpt, ModelConfig(**TINY), weights="model_typo")
+        load_dcp_weights(ckpt, weights="model_typo")
 
 
 def test_checkpoint_without_ema(tmp_path):
@@ -112,10 +142,10 @@ def test_checkpoint_without_ema(tmp_path):
         ConversionError,
         match=r"holds no `ema` weights; its top-level keys are \['model'\] \(pass weights='model'",
     ):
-        load_init_weights(other, ModelConfig(**TINY), weights="ema")
-    _assert_equal(load_init_weights(tmp_path / "other", ModelConfig(**TINY), weights="model"), raw)
+        load_dcp_weights(other, weights="ema")
+    _assert_equal(load_dcp_weights(tmp_path / "other", weights="model"), raw)
     # default: `ema` when stored, else `model` (a run with EMA off)
-    _assert_equal(load_init_weights(tmp_path / "other", ModelConfig(**TINY)), raw)
+    _assert_equal(load_dcp_weights(tmp_path / "other"), raw)
     out = tmp_path / "export"
     assert main(["export", str(other), str(out)]) == 0
     assert json.loads((out / "lct_export.json").read_text())["weights"] == "model"
@@ -132,7 +162,7 @@ def test_truncated_shard(tmp_path, capsys):
 
 def test_wrapper_prefixes_are_dropped(tmp_path):
     """Keys saved through torch.compile / activation-checkpoint wrappers map to bare FQNs."""
-    cfg = ModelConfig(**TINY)
+    cfg = tiny_config()
     raw = build_model(cfg).state_dict()
     wrapped = {
         k.replace(
@@ -145,8 +175,8 @@ def test_wrapper_prefixes_are_dropped(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.save({"ema": wrapped}, checkpoint_id=str(ckpt), no_dist=True)
-    (ckpt / "lct_meta.json").write_text(json.dumps({"model": cfg.to_dict()}))
-    _assert_equal(load_init_weights(tmp_path, cfg), raw)
+    (ckpt / "lct_meta.json").write_text(json.dumps({"config": {"model": cfg.to_dict()}}))
+    _assert_equal(load_dcp_weights(tmp_path), raw)
 
 
 @pytest.mark.slow
@@ -178,5 +208,4 @@ def test_two_rank_fsdp_checkpoint_exports_full_weights(tmp_path):
         want = load_file(tmp_path / f"reference_{weights}.safetensors")
         with SafetensorsReader(out) as reader:
             _assert_equal(reader.load_all(), want)
-        model = build_model(read_init_config(out))
-        model.load_state_dict(load_init_weights(out, model), strict=True)
+        _assert_equal(_export_weights(out), want)

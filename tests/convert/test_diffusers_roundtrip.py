@@ -9,7 +9,7 @@ import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
 from lct_train.convert.cli import main
-from lct_train.convert.init_weights import read_init_config
+from lct_train.convert.model_spec import read_model_config
 from lct_train.convert.reference import fixed_input, run_diffusers
 from lct_train.convert.safetensors_io import SafetensorsReader
 
@@ -55,7 +55,7 @@ def test_diffusers_output_after_round_trip(round_trip, tiny_diffusers):
     loaded = HunyuanVideoTransformer3DModel.from_pretrained(
         round_trip / "back", local_files_only=True
     )
-    cfg = read_init_config(round_trip / "lct")
+    cfg = read_model_config(round_trip / "lct")
     inp = fixed_input(cfg, text_pad=2)
     want = run_diffusers(tiny_diffusers, inp, DIFFUSERS_TIMESTEP_SCALE)
     got = run_diffusers(loaded.eval(), inp, DIFFUSERS_TIMESTEP_SCALE)
@@ -76,6 +76,6 @@ def test_text_rope_model_export_warns(round_trip, tmp_path):
     src = round_trip / "lct"
     init = tmp_path / "lct-rope"
     assert main(["init", str(src), str(init), "--set", "text_rope=true"]) == 0
-    assert read_init_config(init).text_rope is True
+    assert read_model_config(init).text_rope is True
     with pytest.warns(UserWarning, match="text RoPE"):
         assert main(["export-diffusers", str(init), str(tmp_path / "back")]) == 0

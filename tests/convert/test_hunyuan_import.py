@@ -10,10 +10,10 @@ from lct_train.convert.cli import main
 from lct_train.convert.diffusers_io import diffusers_expected_shapes
 from lct_train.convert.hunyuan_config import config_from_diffusers, config_to_diffusers
 from lct_train.convert.hunyuan_keymap import HunyuanVideoStateDictAdapter
-from lct_train.convert.init_weights import load_init_weights, read_init_config
 from lct_train.convert.key_plan import check_plan
-from lct_train.convert.model_spec import build_model, expected_shapes
+from lct_train.convert.model_spec import expected_shapes, read_model_config
 from lct_train.convert.reference import fixed_input, run_diffusers, run_lct
+from lct_train.convert.verify import load_lct_model
 
 RTOL = 1e-5  # fp32: max |lct - diffusers| / max |diffusers|
 DIFFUSERS_TIMESTEP_SCALE = 1000.0
@@ -27,10 +27,8 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def imported(tmp_path_factory, tiny_diffusers_dir):
     out = tmp_path_factory.mktemp("import") / "lct"
     assert main(["import-diffusers", str(tiny_diffusers_dir), str(out)]) == 0
-    cfg = read_init_config(out)
-    model = build_model(cfg)
-    model.load_state_dict(load_init_weights(out, model), strict=True)
-    return model.eval(), cfg, out
+    model, cfg = load_lct_model(out)
+    return model, cfg, out
 
 
 def test_config_maps_architecture(imported):
@@ -116,11 +114,9 @@ def test_temporal_patch_output_matches(tmp_path):
     source = make_tiny_diffusers(seed=3, patch_size_t=2)
     source.save_pretrained(tmp_path / "src", safe_serialization=True)
     assert main(["import-diffusers", str(tmp_path / "src"), str(tmp_path / "lct")]) == 0
-    cfg = read_init_config(tmp_path / "lct")
-    model = build_model(cfg)
-    model.load_state_dict(load_init_weights(tmp_path / "lct", model))
+    model, cfg = load_lct_model(tmp_path / "lct")
     inp = fixed_input(cfg, grid=(2, 2, 2))
-    got = run_lct(model.eval(), cfg, inp)
+    got = run_lct(model, cfg, inp)
     assert _relative_error(got, run_diffusers(source, inp, DIFFUSERS_TIMESTEP_SCALE)) < RTOL
 
 
@@ -132,7 +128,7 @@ def test_base_config_supplies_non_diffusers_fields(tmp_path, tiny_diffusers_dir)
         main(["import-diffusers", str(tiny_diffusers_dir), str(out), "--base-config", str(base)])
         == 0
     )
-    cfg = read_init_config(out)
+    cfg = read_model_config(out)
     assert (cfg.dummy_grid, cfg.attn_backend) == ((1, 4, 4), "reference")
     assert cfg.text_rope is False  # always off on import: the source has no text RoPE
     assert cfg.num_heads == TINY_DIFFUSERS_CONFIG["num_attention_heads"]  # from diffusers

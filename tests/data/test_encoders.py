@@ -13,6 +13,7 @@ def test_pixel_codec_is_exactly_invertible():
     codec = PixelCodec(2)
     z = codec.encode(frames_to_tensor(frames))
     assert z.shape == (12, 3, 4, 6)
+    assert codec.latent_frames(3) == codec.pixel_frames(3) == 3
     assert z.abs().max() <= 1.0
     assert torch.equal(tensor_to_frames(codec.decode(z)), frames)
     assert torch.equal(z[::4, :, 0, 0], frames_to_tensor(frames)[:, :, 0, 0].T)  # channels (c, p, q): c-major
@@ -25,6 +26,9 @@ def test_tiny_hunyuan_codec_shapes_and_spec():
     z = codec.encode(torch.rand(5, 3, 32, 32) * 2 - 1)
     assert z.shape == (codec.latent_channels, 2, 4, 4)
     assert codec.decode(z).shape == (5, 3, 32, 32)
+    assert codec.latent_frames(5) == 2
+    assert codec.pixel_frames(2) == 5
+    assert codec.latent_frames(1) == codec.pixel_frames(1) == 1
     assert build_codec(codec.spec()).spec() == codec.spec()
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import itertools
 import math
+import tarfile
 from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load
 
 from lct_train.data.config import DataConfig
 from lct_train.data.loader import SceneLoader
 from lct_train.data.packing import BestFitPacker, patchify_into
-from lct_train.data.schema import load_empty_prompt
+from lct_train.data.schema import LATENTS_EXT, SHARDS_DIR, load_empty_prompt
 from lct_train.model.layout import patchify
 
 
@@ -20,8 +22,33 @@ def take(cfg, n, **kw):
     return list(itertools.islice(iter(SceneLoader(cfg, **kw)), n))
 
 
-def spec_tokens(spec):
-    return sum(g.text_len + math.prod(g.grid) for g in spec.groups)
+def shard_latents(dataset_dir) -> dict[str, list[torch.Tensor]]:
+    """Every scene's ``shot_i`` latents in order, read straight from the shard tars."""
+    out = {}
+    for shard in sorted((dataset_dir / SHARDS_DIR).glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                if ext == LATENTS_EXT:
+                    lat = load(tar.extractfile(member).read())
+                    out[key] = [lat[f"shot_{i}"].float() for i in range(len(lat))]
+    return out
+
+
+def shot_rows(batch):
+    """``(key, [video rows of each shot])`` per scene of ``batch``; dummy rows must be zero."""
+    offset = 0
+    for key, spec in zip(batch.keys, batch.specs):
+        shots = []
+        for g in spec.groups:
+            rows = batch.video[offset : offset + g.video_len]
+            offset += g.video_len
+            if g.is_global:
+                assert not rows.any()
+            else:
+                shots.append(rows)
+        yield key, shots
+    assert offset == batch.video.shape[0]
 
 
 @pytest.mark.parametrize("max_tokens", [700, 2048])
@@ -32,7 +59,7 @@ def test_batches_respect_budget_and_layout(make_cfg, max_tokens):
         text = sum(g.text_len for s in b.specs for g in s.groups)
         assert b.video.shape == (video, 12 * 4)
         assert b.text.shape[0] == text
-        assert b.num_tokens == sum(spec_tokens(s) for s in b.specs) <= max_tokens
+        assert b.num_tokens == sum(s.num_tokens for s in b.specs) <= max_tokens
         assert b.pooled.shape[0] == sum(len(s.groups) for s in b.specs)
         assert b.shot_is_image.numel() == sum(len(s.groups) - 1 for s in b.specs)
         assert all(s.groups[0].is_global and s.groups[0].grid == cfg.dummy_grid for s in b.specs)
@@ -41,15 +68,18 @@ def test_batches_respect_budget_and_layout(make_cfg, max_tokens):
 
 
 def test_video_stream_is_patchified_latents(make_cfg, dataset_dir):
-    b = take(make_cfg(max_tokens=4096), 1)[0]
-    spec = b.specs[0]
-    dummy = math.prod(spec.groups[0].grid)
-    first = spec.groups[1]
-    rows = b.video[dummy : dummy + math.prod(first.grid)]
-    latent = torch.randn(12, first.grid[0], first.grid[1] * 2, first.grid[2] * 2)
-    assert patchify(latent, (1, 2, 2)).shape == rows.shape
-    assert rows.abs().max() <= 1.0 + 1e-6
-    assert rows.std() > 0
+    """Augmentation off: every scene's video rows are its shards' shots, patchified, in order."""
+    original = shard_latents(dataset_dir)
+    cfg = make_cfg(max_tokens=4096)
+    scenes = 0
+    for b in take(cfg, 3):
+        assert b.stats["loader/truncated"] == 0
+        for key, shots in shot_rows(b):
+            assert len(shots) == len(original[key])
+            for rows, latent in zip(shots, original[key]):
+                assert torch.equal(rows, patchify(latent, cfg.patch_size))
+            scenes += 1
+    assert scenes >= 3
 
 
 @pytest.mark.parametrize("patch", [(1, 2, 2), (2, 1, 2)])
@@ -60,12 +90,22 @@ def test_patchify_into_matches_layout_patchify(patch):
     assert torch.equal(out, patchify(latent, patch))
 
 
-def test_over_budget_cut_keeps_global_and_first_shots(make_cfg):
+def test_over_budget_cut_keeps_global_and_first_shots(make_cfg, dataset_dir):
     budget = 800
-    cutter = SceneLoader(make_cfg(max_tokens=budget, packing="cut"))
+    cfg = make_cfg(max_tokens=budget, packing="cut")
+    cutter = SceneLoader(cfg)
     cut = list(itertools.islice(iter(cutter), 10))
     assert cutter.counters()["loader/truncated"] > 0
     assert all(s.groups[0].is_global for b in cut for s in b.specs)
+    original = shard_latents(dataset_dir)
+    shortened = 0
+    for b in cut:  # the trailing shots went: the kept ones are the scene's first k
+        for key, shots in shot_rows(b):
+            assert 1 <= len(shots) <= len(original[key])
+            shortened += len(shots) < len(original[key])
+            for rows, latent in zip(shots, original[key]):
+                assert torch.equal(rows, patchify(latent, cfg.patch_size))
+    assert shortened > 0
     skipper = SceneLoader(make_cfg(max_tokens=budget, packing="skip"))
     skipped = list(itertools.islice(iter(skipper), 10))
     assert skipper.counters()["loader/skipped_over_budget"] > 0

@@ -11,7 +11,7 @@ from data_tools.consistency import scene_consistency
 from data_tools.manifest import read_manifest
 from data_tools.split import split_video
 from data_tools.synth_world import render_frame, sample_world
-from data_tools.video_io import decode_shot
+from lct_train.data.video_io import decode_shot
 from lct_train.sample.writers import write_mp4
 
 from .conftest import TINY_SYNTH
@@ -81,3 +81,14 @@ def test_manifest_errors_name_the_line(tmp_path):
     path.write_text('{"global_prompt": "g", "shots": [{"path": "a.mp4"}]}\n{"global_prompt": "g"}\n')
     with pytest.raises(ValueError, match=r"m.jsonl:2: 'shots'"):
         read_manifest(path)
+
+
+def test_cut_marker_helpers():
+    from lct_train.data.schema import SHOT_CUT, shot_prompt, strip_cut
+
+    assert shot_prompt("A runs.", cut=True) == SHOT_CUT + "A runs."
+    assert shot_prompt("A runs.", cut=False) == "A runs."
+    assert shot_prompt(SHOT_CUT + "A runs.", cut=True) == SHOT_CUT + "A runs."  # not doubled
+    assert shot_prompt("[SHOT CUT]A runs.", cut=False) == "A runs."
+    assert strip_cut(SHOT_CUT + "A runs.") == "A runs."
+    assert strip_cut("A [SHOT CUT] runs.") == "A [SHOT CUT] runs."

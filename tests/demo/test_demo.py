@@ -1,6 +1,8 @@
 """`make demo` wiring: the whole pipeline (synth -> shards -> stage 1 -> causal FT -> KV-cache
 sampling) on a few scenes and steps, through the real command lines."""
 
+import json
+import re
 import subprocess
 import sys
 
@@ -10,26 +12,57 @@ from PIL import Image
 from lct_train.sample.writers import THUMB_HEIGHT
 
 DEMO_TIMEOUT_S = 600
+STEP_LINE = re.compile(r"^step \d+/\d+ ", re.MULTILINE)  # the trainer's console step line
+
+
+def _build_summary(stdout: str) -> dict:
+    """The JSON summary line `lct-shards build` prints."""
+    lines = [line for line in stdout.splitlines() if line.startswith('{"rank"')]
+    assert len(lines) == 1, stdout[-3000:]
+    return json.loads(lines[0])
 
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
-    out = tmp_path / "demo"
+    out = (tmp_path / "demo").resolve()
     cmd = [sys.executable, "-m", "lct_train.demo", "--out", str(out), "--scenes", "4",
            "--stage1-steps", "2", "--causal-steps", "2"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
     sample = out / "sample"
     for name in ("scene.mp4", "contact_sheet.png", "shot_000.mp4", "shot_002.safetensors"):
         assert (sample / name).is_file(), name
     with Image.open(sample / "contact_sheet.png") as sheet:
         assert sheet.height >= 3 * THUMB_HEIGHT  # one row per generated shot
-    # stage 2 started from stage 1's checkpoint and both stages left a final checkpoint
-    assert list((out / "runs" / "stage1" / "checkpoints").glob("step-00000002"))
-    assert list((out / "runs" / "causal_ft" / "checkpoints").glob("step-00000002"))
+    # both stages left a final checkpoint; causal FT started from stage 1's
+    stage1 = out / "runs" / "stage1" / "checkpoints" / "step-00000002"
+    causal = out / "runs" / "causal_ft" / "checkpoints" / "step-00000002"
+    assert stage1.is_dir()
+    assert causal.is_dir()
+    assert "stage causal_ft (causal)" in log
+    assert f"weights: checkpoint {stage1} (" in log
+    assert len(STEP_LINE.findall(result.stderr)) >= 2
     assert "consistency with the scene's ground truth" in result.stdout
     assert str(sample / "contact_sheet.png") in result.stdout
+    first_build = _build_summary(result.stdout)
+    assert first_build["scenes_built"] == 4
+    assert first_build["skipped_done"] == 0
+    stamps = {f: f.stat().st_mtime_ns for ckpt in (stage1, causal)
+              for f in ckpt.rglob("*") if f.is_file()}
 
     # Re-running resumes: finished shards are skipped and training has nothing left to do.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    build = _build_summary(again.stdout)
+    assert build["scenes_built"] == 0
+    assert build["skipped_done"] == first_build["chunks"]
+    assert "=== synthetic scenes" not in again.stdout  # the rendered scenes are kept
+    assert f"resumed from {stage1} at step 2" in log
+    assert f"resumed from {causal} at step 2" in log
+    assert not STEP_LINE.findall(again.stderr)  # no training step ran
+    assert "lct-train: saved" not in log
+    for ckpt in (stage1, causal):
+        assert [p.name for p in ckpt.parent.glob("step-*")] == [ckpt.name]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # checkpoints untouched

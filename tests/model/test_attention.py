@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from model_testutils import random_inputs, scene, tiny_config
+from model_testutils import group_scene, random_inputs, scene, tiny_config
 from torch.nn.attention.flex_attention import create_block_mask
 
 from lct_train.model.attention import attend, get_backend
@@ -36,7 +36,7 @@ def _qkv(num_q, num_k, dtype=torch.float64, device="cpu"):
 
 def _naive(q, k, v, meta):
     """softmax(q k^T / sqrt(d)) v over the SPEC §4 mask written from group ids."""
-    scene_id = meta.group_scene[meta.joint_group]
+    scene_id = group_scene(meta)[meta.joint_group]
     allowed = scene_id[:, None] == scene_id[None, :]
     if meta.mask == "causal":
         allowed &= meta.joint_group[None, :] <= meta.joint_group[:, None]

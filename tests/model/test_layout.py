@@ -1,7 +1,10 @@
 """Packed-batch metadata: RoPE coordinates (SPEC §3), mask intervals (SPEC §4), stream maps."""
 
+import itertools
+
 import pytest
 import torch
+from model_testutils import group_is_global, group_scene, joint_is_text
 
 from lct_train.model.layout import (
     GroupSpec,
@@ -40,7 +43,8 @@ def test_rope_coords_two_shot_example_literal():
 
 def test_rope_coords_without_text_rope_text_occupies_no_positions():
     meta = build_packed_meta([TWO_SHOT], text_rope=False)
-    video = meta.rope_coords[~meta.joint_is_text]
+    is_text = joint_is_text(meta)
+    video = meta.rope_coords[~is_text]
     expected = _rows(
         (0, 0, 0), (0, 0, 1),  # dummy, next p = 2
         (2, 2, 2), (2, 2, 3), (2, 2, 4), (2, 3, 2), (2, 3, 3), (2, 3, 4),
@@ -48,19 +52,19 @@ def test_rope_coords_without_text_rope_text_occupies_no_positions():
         (5, 5, 5), (5, 5, 6), (5, 6, 5), (5, 6, 6),
     )  # fmt: skip
     torch.testing.assert_close(video, expected)
-    assert not meta.rope_rotate[meta.joint_is_text].any()
-    assert meta.rope_rotate[~meta.joint_is_text].all()
+    assert not meta.rope_rotate[is_text].any()
+    assert meta.rope_rotate[~is_text].all()
 
 
 def test_one_shot_scene_without_text_rope_is_the_plain_video_grid():
     meta = build_packed_meta([SceneSpec((GroupSpec(5, (2, 3, 4)),))], text_rope=False)
     grid = torch.stack(torch.meshgrid(*map(torch.arange, (2, 3, 4)), indexing="ij"), -1)
-    torch.testing.assert_close(meta.rope_coords[~meta.joint_is_text], grid.reshape(-1, 3))
+    torch.testing.assert_close(meta.rope_coords[~joint_is_text(meta)], grid.reshape(-1, 3))
 
 
 def _dense_mask_from_definition(meta):
     """SPEC §4 literally: same scene, and (bidirectional or group(b) <= group(a))."""
-    scene = meta.group_scene[meta.joint_group]
+    scene = group_scene(meta)[meta.joint_group]
     same_scene = scene[:, None] == scene[None, :]
     if meta.mask == "bidirectional":
         return same_scene
@@ -84,8 +88,10 @@ def test_intervals_equal_the_spec_mask(mask):
     meta = build_packed_meta(BATCH, mask=mask)
     assert torch.equal(_dense_mask_from_intervals(meta.attn), _dense_mask_from_definition(meta))
     sizes = [s.num_tokens for s in BATCH]
-    assert meta.attn.cu_seqlens.tolist() == [0, *torch.tensor(sizes).cumsum(0).tolist()]
-    assert meta.attn.max_seqlen == max(sizes)
+    bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    scene_bounds = list(itertools.pairwise(bounds))
+    assert [s[:2] for s in meta.attn.scenes] == scene_bounds  # queries
+    assert [s[2:] for s in meta.attn.scenes] == scene_bounds  # keys (no cache)
     assert meta.attn.lo.dtype == torch.int32
     # runs cover every query row exactly once and carry its interval
     covered = torch.zeros(meta.num_joint, dtype=torch.long)
@@ -108,19 +114,17 @@ def test_stream_and_joint_indices_are_consistent():
     joint = streams[meta.joint_from_streams]
     assert torch.equal(joint[meta.text_to_joint], torch.arange(meta.num_text))
     assert torch.equal(joint[meta.video_to_joint], -1 - torch.arange(meta.num_video))
-    assert torch.equal(meta.joint_is_text, joint >= 0)
     assert torch.equal(meta.joint_group[meta.text_to_joint], meta.text_group)
     assert torch.equal(meta.joint_group[meta.video_to_joint], meta.video_group)
     # group order inside each scene: [T_G D_G T_1 V_1 ...]
     assert meta.group_text_len == (2, 3, 1, 4, 1, 0, 2)
-    assert meta.group_is_global.tolist() == [True, False, False, False, True, False, False]
-    assert meta.group_scene.tolist() == [0, 0, 0, 1, 2, 2, 2]
+    assert meta.group_text_count.tolist() == list(meta.group_text_len)
     assert meta.num_shots == 5
     assert meta.shot_group.tolist() == [1, 2, 3, 5, 6]
     assert meta.shot_video_cu.tolist() == [0, 12, 16, 20, 24, 27]
     dummy = meta.video_shot < 0
     assert dummy.sum() == 2 + 1
-    assert meta.group_is_global[meta.video_group[dummy]].all()
+    assert group_is_global(meta)[meta.video_group[dummy]].all()
 
 
 def test_cached_layout_continues_the_full_scene():

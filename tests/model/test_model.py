@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from model_testutils import random_inputs, scene, tiny_config
+from model_testutils import group_scene, random_inputs, scene, tiny_config
 
 from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta, patchify, unpatchify
 from lct_train.model.mmdit import LCTModel
@@ -64,7 +64,7 @@ BATCH = [
 
 def _scene_outputs(out, meta):
     """Split the video-stream output per scene."""
-    scene_of_token = meta.group_scene[meta.video_group]
+    scene_of_token = group_scene(meta)[meta.video_group]
     return [out[scene_of_token == s] for s in range(len(meta.specs))]
 
 

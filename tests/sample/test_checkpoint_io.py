@@ -85,3 +85,11 @@ def test_checkpoint_errors_name_the_path(tmp_path, config):
     config_file.write_text(json.dumps({**config.to_dict(), "num_single_blocks": 2}))
     with pytest.raises(CheckpointError, match="does not match its config"):
         load_model(file)
+
+
+def test_dcp_meta_without_model_config_names_the_file(tmp_path, config):
+    step = tmp_path / "run" / "checkpoints" / "step-00000003"
+    _write_dcp(step, config, tiny_model(config, torch.float32), None)
+    (step / "lct_meta.json").write_text(json.dumps({"step": 3, "mask": "causal"}))
+    with pytest.raises(CheckpointError, match=r"lct_meta\.json holds no model config"):
+        load_model(step)

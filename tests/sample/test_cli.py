@@ -77,6 +77,23 @@ def test_scene_command_writes_latents_videos_and_contact_sheet(tmp_path, ckpt, m
     assert pool.shots[1].prompt.startswith("[SHOT CUT] ")
 
 
+def test_scene_rerun_into_the_same_folder_replaces_every_shot(tmp_path, ckpt):
+    out = tmp_path / "out"
+    args = ["--ckpt", ckpt, "--out", str(out), *TOOLS]
+    assert main(["scene", str(_scene(tmp_path, seed=1)), *args]) == 0
+    first = load_file(str(out / "shot_001.safetensors"))["latent"]
+    first_video = _frames(out / "shot_001.mp4")
+    assert main(["scene", str(_scene(tmp_path, seed=9)), *args]) == 0
+    second = load_file(str(out / "shot_001.safetensors"))["latent"]
+    assert not torch.equal(first, second)
+    assert HistoryPool.load(out).shots[1].seed == second_seed(9)
+    assert not all(np.array_equal(a, b) for a, b in zip(first_video, _frames(out / "shot_001.mp4")))
+
+
+def second_seed(base: int) -> int:
+    return base + 1  # shot i uses seed + i (scene file format)
+
+
 def test_interactive_direction_on_a_pool(tmp_path, ckpt):
     pool_dir = str(tmp_path / "pool")
     base = ["--pool", pool_dir]

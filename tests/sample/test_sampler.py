@@ -107,3 +107,27 @@ def test_a_bfloat16_model_integrates_in_float32(config, prompts):
     (out,) = sampler.generate(p, [TargetShot(p, (LATENT_CHANNELS, 1, 4, 4), 0)])
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
+
+
+def test_packed_metadata_is_built_once_per_branch_and_call(config, prompts, monkeypatch):
+    """Only timesteps and tokens change between steps: the metadata (with its memoised backend
+    plans) is built once per branch, not once per step."""
+    import lct_train.sample.sampler as sampler_module
+
+    calls = []
+    build = sampler_module.build_packed_meta
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(sampler_module, "build_packed_meta", counting)
+    shape = (LATENT_CHANNELS, 1, 2, 2)
+    dummy = torch.zeros(config.num_dummy_tokens, config.patch_dim, dtype=torch.float64)
+    clean = torch.zeros(shape, dtype=torch.float64)
+    oracle = FlowOracle(torch.cat([dummy, patchify(clean, config.patch_size)]))
+    sampler = Sampler(oracle, config, prompts.empty, mask="bidirectional", window=9,
+                      settings=SamplingSettings(steps=4, guidance=3.0))
+    sampler.generate(prompts.one("global"), [TargetShot(prompts.one("a shot"), shape, seed=1)])
+    assert len(oracle.calls) == 4 * 2
+    assert len(calls) == 2

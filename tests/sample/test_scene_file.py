@@ -48,7 +48,7 @@ def test_a_full_scene_parses(tmp_path, name):
     assert third.full_prompt == "Character 1 keeps running."  # extension: no marker
     assert third.context == (1, 0)
     assert third.size == ShotSize(1, 8, 16)
-    assert request.target_indices == [1, 2]
+    assert [s.is_condition for s in request.shots] == [True, False, False]
 
 
 def test_mode_aliases():

@@ -3,8 +3,7 @@ per-step losses as a run that never stopped (SPEC §8.7), through the real scene
 
 from __future__ import annotations
 
-import os
-import signal
+import json
 import time
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from data_tools.build import BuildConfig, build
 from data_tools.synth import SynthConfig, write_synth
 from lct_train.train.checkpoint_layout import is_valid, step_name
-from tests.train.torchrun import losses, run, start
+from tests.train.torchrun import kill_job, losses, run, start
 
 pytestmark = pytest.mark.slow
 STEPS = 6
@@ -56,11 +55,15 @@ def test_sigkill_and_resume_gives_the_same_losses(dataset, tmp_path):
         assert job.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(POLL_S)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
+    kill_job(job)
     assert not is_valid(run_dir / "checkpoints" / step_name(STEPS)), "the job was not killed"
 
+    saved = [s for s in range(1, STEPS + 1) if is_valid(run_dir / "checkpoints" / step_name(s))]
+    metrics = run_dir / "metrics.jsonl"
+    logged_before = len(metrics.read_text().splitlines())
     run(2, [*overrides(dataset, run_dir), "resume=auto"])
+    appended = [json.loads(x)["step"] for x in metrics.read_text().splitlines()[logged_before:]]
+    assert appended == list(range(max(saved) + 1, STEPS + 1))  # resumed after the newest checkpoint
     got = losses(run_dir)
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), (step, got, want)

@@ -68,7 +68,8 @@ def test_noise_batch_per_shot_t_and_global_zero():
     noised = noise_batch(video, meta, micro_generator(torch.device("cpu"), 0, 1, 0),
                          mean=0.0, std=1.0)
     assert noised.t_shot.shape == (meta.num_shots,)
-    assert torch.all(noised.t_group[meta.group_is_global] == 0)
+    is_global = torch.tensor([g.is_global for spec in meta.specs for g in spec.groups])
+    assert torch.all(noised.t_group[is_global] == 0)
     torch.testing.assert_close(noised.t_group[meta.shot_group], noised.t_shot)
     # t = 0 on the global group: its dummy tokens stay clean (zero)
     assert torch.all(noised.z_t[meta.video_shot < 0] == 0)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 LAUNCH_TIMEOUT_S = 240
@@ -34,7 +37,7 @@ def run(nproc: int, overrides: list[str]) -> subprocess.CompletedProcess:
 
 
 def start(nproc: int, overrides: list[str], log: Path) -> subprocess.Popen:
-    """A torchrun job in its own process group (so a test can SIGKILL all of it)."""
+    """A torchrun job in the background (stop it with `kill_job`)."""
     return subprocess.Popen(torchrun_cmd(nproc, overrides), stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, env=env(), start_new_session=True)
 
@@ -46,3 +49,42 @@ def losses(run_dir: Path) -> dict[int, float]:
         rec = json.loads(line)
         out[rec["step"]] = rec["loss"]
     return out
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc). torchrun starts its workers in sessions of
+    their own, so killing the launcher's process group would leave them running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_job(job: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGKILL a torchrun job: the launcher and every worker, then wait until all are gone."""
+    pids = [job.pid, *_descendants(job.pid)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    job.wait()
+    deadline = time.monotonic() + timeout_s
+    while any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"processes {pids} survived SIGKILL"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie is dead, only not reaped yet

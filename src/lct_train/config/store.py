@@ -81,7 +81,3 @@ def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) 
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def to_container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from lct_train.model.layout import MASKS
+from lct_train.parallel.parallelize import DTYPES
+
 
 class ConfigError(ValueError):
     """A config value is invalid; ``key`` is its dotted path."""
@@ -17,10 +20,6 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
         self.key = key
-
-
-DTYPES = ("float32", "bfloat16", "float16")
-STAGE_MASKS = ("bidirectional", "causal")
 
 
 def _choice(key: str, value: Any, choices: Iterable[str]) -> None:
@@ -80,7 +79,7 @@ def validate_logging(c: Any) -> None:
 
 def validate_stage(c: Any) -> None:
     _choice("stage.name", c.name, ("lct", "causal_ft"))
-    _choice("stage.mask", c.mask, STAGE_MASKS)
+    _choice("stage.mask", c.mask, MASKS)
     _choice("stage.init_weights", c.init_weights, ("model", "ema"))
     if not c.init_from:
         raise ConfigError("stage.init_from", "is empty (use 'scratch', 'auto' or a path)")

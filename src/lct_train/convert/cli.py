@@ -26,7 +26,9 @@ from lct_train.convert.errors import ConversionError
 from lct_train.convert.key_plan import KeyRule, convert_with_plan
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
+    EXPORT_INFO_FILE,
     WEIGHTS_BASE,
+    config_file,
     expected_shapes,
     parse_dtype,
     parse_model_config,
@@ -100,12 +102,25 @@ def _export_checkpoint(args, source: str) -> None:
 
 
 def cmd_init(args) -> None:
-    """Init weights of the next stage: a checkpoint is exported; an export is re-checked/copied."""
+    """Init weights of the next stage: a checkpoint is exported; an export is re-checked/copied
+    (with its `lct_export.json`: the mask and window the sampler reads)."""
     if holds_checkpoint(args.source):
         _export_checkpoint(args, args.source)
         return
+    if not Path(args.source).exists():
+        raise ConversionError(f"{args.source} does not exist")
+    if args.weights is not None:
+        raise ConversionError(
+            f"--weights picks a weight set of a training checkpoint; {args.source} is not one "
+            "(an export holds one set of weights: leave --weights out)"
+        )
     cfg = read_model_config(args.source)
     cfg = parse_model_config({**cfg.to_dict(), **parse_overrides(args.set)}, "--set overrides")
+    json_files = {CONFIG_FILE: cfg.to_dict()}
+    info_file = config_file(args.source).parent / EXPORT_INFO_FILE
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        json_files[EXPORT_INFO_FILE] = info | ({"dtype": str(parse_dtype(args.dtype))} if args.dtype else {})
     with SafetensorsReader(args.source) as reader:
         convert_with_plan(
             [KeyRule(k, (k,)) for k in reader],
@@ -115,7 +130,7 @@ def cmd_init(args) -> None:
             expected=expected_shapes(cfg),
             source_name=f"export {args.source}",
             target_name="the LCT model",
-            json_files={CONFIG_FILE: cfg.to_dict()},
+            json_files=json_files,
             **_output_options(args),
         )
     print(f"wrote {args.out}")

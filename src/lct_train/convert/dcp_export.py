@@ -9,9 +9,10 @@ whatever the model size, and no process group is needed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,37 +39,18 @@ from lct_train.convert.safetensors_io import (
     write_json,
     write_sharded,
 )
-from lct_train.model.config import ModelConfig
 from lct_train.train import checkpoint_layout as layout
-from lct_train.train.checkpoint_layout import META_FILE, WEIGHT_SETS, run_settings
-
-# module-wrapper path parts that are not part of the bare model's FQNs
-WRAPPER_PARTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module")
+from lct_train.train.checkpoint_layout import WEIGHT_SETS, run_settings
+from lct_train.train.ema import clean_fqn
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A step directory as is; a run or `checkpoints/` directory -> its latest complete step."""
+@contextlib.contextmanager
+def layout_errors() -> Iterator[None]:
+    """Re-raise the checkpoint layout's errors (`checkpoint_layout`) as `ConversionError`."""
     try:
-        return layout.resolve_checkpoint(path)
+        yield
     except layout.CheckpointLayoutError as err:
         raise ConversionError(str(err)) from err
-
-
-def read_meta(ckpt: Path) -> dict:
-    try:
-        return layout.read_meta(ckpt)
-    except layout.CheckpointLayoutError as err:
-        raise ConversionError(str(err)) from err
-
-
-def model_config_of(meta: dict, ckpt: Path) -> ModelConfig:
-    """The `ModelConfig` in `lct_meta.json`: under `config.model` (resolved run config) or `model`."""
-    data = layout.model_config_dict(meta)
-    if data is None:
-        raise ConversionError(
-            f"{ckpt / META_FILE} holds no model config (looked for `config.model` and `model`)"
-        )
-    return parse_model_config(data, str(ckpt / META_FILE))
 
 
 @dataclass(frozen=True)
@@ -78,19 +60,29 @@ class StoredTensor:
     dtype: torch.dtype
 
 
-def bare_fqn(key: str) -> str:
-    """The bare `LCTModel` FQN: drops compile / activation-checkpoint / FSDP1 wrapper parts."""
-    return ".".join(part for part in key.split(".") if part not in WRAPPER_PARTS)
+@dataclass(frozen=True)
+class StoredWeights:
+    """One weight set (`ema` / `model`) of a checkpoint, as its DCP metadata describes it."""
+
+    ckpt: Path
+    weights: str
+    entries: dict[str, StoredTensor]  # bare FQN -> stored tensor, in stored order
 
 
-def tensor_entries(ckpt: Path, weights: str) -> dict[str, StoredTensor]:
-    """Bare FQN -> stored tensor of the top-level key `weights`, in stored order."""
+def open_weights(path: str | os.PathLike, weights: str | None = None) -> StoredWeights:
+    """Resolve the checkpoint (a step, run or `checkpoints/` directory), read its DCP metadata
+    once, pick `weights` (None: `ema` when stored, else `model`) and list that set's tensors."""
+    with layout_errors():
+        ckpt = layout.resolve_checkpoint(path)
+        metadata = layout.dcp_metadata(ckpt)
+        weights = layout.choose_weights(metadata, weights)
+    return StoredWeights(ckpt, weights, tensor_entries(ckpt, metadata, weights))
+
+
+def tensor_entries(ckpt: Path, metadata, weights: str) -> dict[str, StoredTensor]:
+    """Bare FQN -> stored tensor of the top-level key `weights` (of `ckpt`'s DCP `metadata`)."""
     if weights not in WEIGHT_SETS:
         raise ConversionError(f"weights must be one of {WEIGHT_SETS}, got {weights!r}")
-    try:
-        metadata = layout.dcp_metadata(ckpt)
-    except layout.CheckpointLayoutError as err:
-        raise ConversionError(str(err)) from err
     entries: dict[str, StoredTensor] = {}
     tops = set()
     for flat_key, item in metadata.state_dict_metadata.items():
@@ -102,8 +94,8 @@ def tensor_entries(ckpt: Path, weights: str) -> dict[str, StoredTensor]:
             raise ConversionError(
                 f"{ckpt}: `{weights}` entry {flat_key} is not a flat tensor entry"
             )
-        name = bare_fqn(path[1])
-        if name in entries:
+        name = clean_fqn(path[1])
+        if name in entries:  # e.g. `x` and `_orig_mod.x` both stored
             raise ConversionError(f"{ckpt}: {path[1]} and {entries[name].key} are both {name}")
         entries[name] = StoredTensor(path[1], tuple(item.size), item.properties.dtype)
     if not entries:
@@ -115,29 +107,22 @@ def tensor_entries(ckpt: Path, weights: str) -> dict[str, StoredTensor]:
     return entries
 
 
-def pick_weights(ckpt: Path, weights: str | None) -> str:
-    """`weights` as given; None -> `ema` when the checkpoint stores it, else `model`."""
-    try:
-        return layout.choose_weights(ckpt, weights)
-    except layout.CheckpointLayoutError as err:
-        raise ConversionError(str(err)) from err
-
-
-def _load_subset(
-    ckpt: Path, weights: str, entries: dict[str, StoredTensor], keys: Sequence[str]
-) -> dict[str, torch.Tensor]:
-    """Load `keys` (bare FQNs) of the `weights` set in their stored dtype, without a process group."""
-    stored = {entries[k].key: torch.empty(entries[k].shape, dtype=entries[k].dtype) for k in keys}
+def _load_subset(stored: StoredWeights, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Load `keys` (bare FQNs) of a weight set in their stored dtype, without a process group."""
+    entries, weights = stored.entries, stored.weights
+    tensors = {entries[k].key: torch.empty(entries[k].shape, dtype=entries[k].dtype) for k in keys}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         try:
-            dcp.load({weights: stored}, storage_reader=FileSystemReader(str(ckpt)), no_dist=True)
+            dcp.load(
+                {weights: tensors}, storage_reader=FileSystemReader(str(stored.ckpt)), no_dist=True
+            )
         except (Exception, CheckpointException) as err:  # truncated or missing .distcp files
             raise ConversionError(
-                f"cannot load {len(keys)} `{weights}` tensors from {ckpt}: {err}\n"
+                f"cannot load {len(keys)} `{weights}` tensors from {stored.ckpt}: {err}\n"
                 + format_keys("tensors being loaded", keys)
             ) from err
-    return {k: stored[entries[k].key] for k in keys}
+    return {k: tensors[entries[k].key] for k in keys}
 
 
 def load_dcp_weights(
@@ -147,12 +132,8 @@ def load_dcp_weights(
 
     `weights=None`: `ema` when the checkpoint stores it, else `model` (EMA was off).
     """
-    ckpt = resolve_checkpoint(path)
-    weights = pick_weights(ckpt, weights)
-    entries = tensor_entries(ckpt, weights)
-    return {
-        k: cast(v, dtype) for k, v in _load_subset(ckpt, weights, entries, list(entries)).items()
-    }
+    stored = open_weights(path, weights)
+    return {k: cast(v, dtype) for k, v in _load_subset(stored, list(stored.entries)).items()}
 
 
 def export_checkpoint(
@@ -171,13 +152,13 @@ def export_checkpoint(
     written; `config_overrides` changes non-shape fields of the exported config (e.g.
     `text_rope`). `weights=None` exports `ema` when stored, else `model`. Returns `out`.
     """
-    ckpt = resolve_checkpoint(path)
-    weights = pick_weights(ckpt, weights)
-    meta = read_meta(ckpt)
-    cfg = model_config_of(meta, ckpt)
+    stored = open_weights(path, weights)
+    ckpt, weights, entries = stored.ckpt, stored.weights, stored.entries
+    with layout_errors():
+        meta = layout.read_meta(ckpt)
+        cfg = layout.model_config(meta, ckpt)
     if config_overrides:
         cfg = parse_model_config({**cfg.to_dict(), **config_overrides}, "config overrides")
-    entries = tensor_entries(ckpt, weights)
     check_keys_and_shapes(
         {k: v.shape for k, v in entries.items()},
         expected_shapes(cfg),
@@ -192,7 +173,7 @@ def export_checkpoint(
     shards = plan_shards(sizes, max_shard_bytes)
 
     def produce(keys):
-        return {k: cast(v, dtype) for k, v in _load_subset(ckpt, weights, entries, keys).items()}
+        return {k: cast(v, dtype) for k, v in _load_subset(stored, keys).items()}
 
     info = {
         "source": str(ckpt.resolve()),

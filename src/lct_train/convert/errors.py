@@ -14,13 +14,13 @@ class ConversionError(RuntimeError):
     """A conversion refused its input; the message lists the offending keys or files."""
 
 
-def format_keys(title: str, keys: Iterable[str], limit: int = MAX_KEYS_LISTED) -> str:
-    """`title (n):` followed by one key per line, elided after `limit` keys."""
+def format_keys(title: str, keys: Iterable[str]) -> str:
+    """`title (n):` followed by one key per line, elided after `MAX_KEYS_LISTED` keys."""
     keys = sorted(keys)
     lines = [f"{title} ({len(keys)}):"]
-    lines += [f"  {k}" for k in keys[:limit]]
-    if len(keys) > limit:
-        lines.append(f"  ... and {len(keys) - limit} more")
+    lines += [f"  {k}" for k in keys[:MAX_KEYS_LISTED]]
+    if len(keys) > MAX_KEYS_LISTED:
+        lines.append(f"  ... and {len(keys) - MAX_KEYS_LISTED} more")
     return "\n".join(lines)
 
 

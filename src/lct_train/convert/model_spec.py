@@ -40,16 +40,36 @@ def parse_model_config(data: dict, source: str) -> ModelConfig:
         raise ConversionError(f"{source}: not a valid ModelConfig: {err}") from err
 
 
-def read_model_config(path: str | os.PathLike) -> ModelConfig:
-    """The `ModelConfig` of an export directory (its `config.json`) or of a `config.json` file."""
+def config_file(path: str | os.PathLike) -> Path:
+    """The `config.json` that describes `path`: an export directory's, a weights file's
+    (the `config.json` in its folder), or `path` itself when it is a `.json` file."""
     path = Path(path)
-    file = path / CONFIG_FILE if path.is_dir() else path
+    if path.is_dir():
+        return path / CONFIG_FILE
+    return path if path.suffix == ".json" else path.parent / CONFIG_FILE
+
+
+def read_config_json(path: str | os.PathLike) -> tuple[Path, dict]:
+    """(the `config_file` of `path`, its JSON object); raises `ConversionError` naming it."""
+    file = config_file(path)
     if not file.is_file():
-        raise ConversionError(f"no model config at {file} (an export holds {CONFIG_FILE})")
+        raise ConversionError(
+            f"no model config for {path}: {file} does not exist (an export holds {CONFIG_FILE} "
+            "next to its weights)"
+        )
     try:
         data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConversionError(f"{file} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ConversionError(f"{file} does not hold a JSON object")
+    return file, data
+
+
+def read_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` of an export: given its directory, a weights file in it, or its
+    `config.json` (`config_file`)."""
+    file, data = read_config_json(path)
     if "_class_name" in data:
         raise ConversionError(
             f"{file} is a diffusers config ({data['_class_name']}), not an lct-train ModelConfig; "

@@ -46,15 +46,18 @@ def _open(file: Path):
         raise ConversionError(f"cannot read safetensors file {file}: {err}") from err
 
 
-def resolve_safetensors_files(path: str | os.PathLike) -> tuple[dict[str, Path], dict]:
-    """Map every tensor name to the file holding it, for a file or a (sharded) directory.
+Index = tuple[Path, dict[str, str]]  # an index file and its weight map (key -> file name)
 
-    Returns `(key -> file, metadata of the first file)`. A directory must hold exactly one
-    `*.safetensors.index.json`, or no index and exactly one `*.safetensors` file.
+
+def safetensors_files(path: str | os.PathLike) -> tuple[list[Path], Index | None]:
+    """(the files of a safetensors file or (sharded) directory, the shards' index or None).
+
+    A directory must hold exactly one `*.safetensors.index.json`, or no index and exactly one
+    `*.safetensors` file.
     """
     path = Path(path)
     if path.is_file():
-        return _keys_of_files([path])
+        return [path], None
     if not path.is_dir():
         raise ConversionError(f"no safetensors file or directory at {path}")
     indexes = _preferred(sorted(path.glob(f"*{INDEX_SUFFIX}")), INDEX_SUFFIX)
@@ -63,13 +66,20 @@ def resolve_safetensors_files(path: str | os.PathLike) -> tuple[dict[str, Path],
             f"{path} holds several safetensors indexes: {[p.name for p in indexes]}"
         )
     if indexes:
-        return _keys_of_index(indexes[0])
+        weight_map = _weight_map(indexes[0])
+        files = sorted({indexes[0].parent / name for name in weight_map.values()})
+        absent = [str(f) for f in files if not f.is_file()]
+        if absent:
+            raise ConversionError(
+                format_keys(f"shard files named by {indexes[0]} are missing", absent)
+            )
+        return files, (indexes[0], weight_map)
     files = _preferred(sorted(path.glob("*.safetensors")), ".safetensors")
     if len(files) != 1:
         raise ConversionError(
             f"{path} must hold one *.safetensors file or an index; found {[p.name for p in files]}"
         )
-    return _keys_of_files(files)
+    return files, None
 
 
 def _preferred(files: list[Path], suffix: str) -> list[Path]:
@@ -78,31 +88,16 @@ def _preferred(files: list[Path], suffix: str) -> list[Path]:
     return standard if len(files) > 1 and len(standard) == 1 else files
 
 
-def _keys_of_files(files: Sequence[Path]) -> tuple[dict[str, Path], dict]:
-    key_file: dict[str, Path] = {}
-    metadata: dict = {}
-    for file in files:
-        with _open(file) as handle:
-            metadata = metadata or dict(handle.metadata() or {})
-            for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
-                if key in key_file:
-                    raise ConversionError(
-                        f"tensor {key} appears in both {key_file[key]} and {file}"
-                    )
-                key_file[key] = file
-    return key_file, metadata
-
-
-def _keys_of_index(index: Path) -> tuple[dict[str, Path], dict]:
+def _weight_map(index: Path) -> dict[str, str]:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        return json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError) as err:
         raise ConversionError(f"{index} is not a safetensors index (no weight_map): {err}") from err
-    files = sorted({index.parent / name for name in weight_map.values()})
-    absent = [str(f) for f in files if not f.is_file()]
-    if absent:
-        raise ConversionError(format_keys(f"shard files named by {index} are missing", absent))
-    key_file, metadata = _keys_of_files(files)
+
+
+def _check_index(index: Index, key_file: Mapping[str, Path]) -> None:
+    """The index's weight map names exactly the stored keys, each in its file."""
+    index, weight_map = index
     listed_not_stored = [k for k, f in weight_map.items() if key_file.get(k) != index.parent / f]
     stored_not_listed = key_file.keys() - weight_map.keys()
     if listed_not_stored or stored_not_listed:
@@ -112,28 +107,35 @@ def _keys_of_index(index: Path) -> tuple[dict[str, Path], dict]:
         if stored_not_listed:
             parts.append(format_keys("keys stored but not listed", stored_not_listed))
         raise ConversionError("\n".join(parts))
-    return key_file, metadata
 
 
 class SafetensorsReader:
-    """Lazy view of a safetensors file or sharded directory: shapes without loading data."""
+    """Lazy view of a safetensors file or sharded directory: shapes without loading data.
+
+    Each file is opened once, when the reader is made, and stays open until `close`.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.key_file, self.metadata = resolve_safetensors_files(self.path)
+        files, index = safetensors_files(self.path)
         self._handles: dict[Path, object] = {}
+        self.key_file: dict[str, Path] = {}
         self._info: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        for key, file in self.key_file.items():
-            tensor_slice = self._handle(file).get_slice(key)
-            dtype_name = tensor_slice.get_dtype()
-            if dtype_name not in SAFETENSORS_DTYPES:
-                raise ConversionError(f"{file}: tensor {key} has unsupported dtype {dtype_name}")
-            self._info[key] = (tuple(tensor_slice.get_shape()), SAFETENSORS_DTYPES[dtype_name])
-
-    def _handle(self, file: Path):
-        if file not in self._handles:
-            self._handles[file] = _open(file).__enter__()
-        return self._handles[file]
+        try:
+            for file in files:
+                self._handles[file] = handle = _open(file).__enter__()
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    if key in self.key_file:
+                        raise ConversionError(
+                            f"tensor {key} appears in both {self.key_file[key]} and {file}"
+                        )
+                    self.key_file[key] = file
+                    self._info[key] = _shape_and_dtype(handle, key, file)
+            if index is not None:
+                _check_index(index, self.key_file)
+        except BaseException:
+            self.close()
+            raise
 
     def keys(self) -> list[str]:
         return list(self.key_file)
@@ -144,9 +146,6 @@ class SafetensorsReader:
     def __len__(self) -> int:
         return len(self.key_file)
 
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self._info[key][0]
-
     def dtype(self, key: str) -> torch.dtype:
         return self._info[key][1]
 
@@ -155,7 +154,7 @@ class SafetensorsReader:
 
     def get(self, key: str) -> torch.Tensor:
         try:
-            return self._handle(self.key_file[key]).get_tensor(key)
+            return self._handles[self.key_file[key]].get_tensor(key)
         except SafetensorError as err:
             raise ConversionError(f"cannot read {key} from {self.key_file[key]}: {err}") from err
 
@@ -172,6 +171,14 @@ class SafetensorsReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _shape_and_dtype(handle, key: str, file: Path) -> tuple[tuple[int, ...], torch.dtype]:
+    tensor_slice = handle.get_slice(key)
+    dtype_name = tensor_slice.get_dtype()
+    if dtype_name not in SAFETENSORS_DTYPES:
+        raise ConversionError(f"{file}: tensor {key} has unsupported dtype {dtype_name}")
+    return tuple(tensor_slice.get_shape()), SAFETENSORS_DTYPES[dtype_name]
 
 
 def tensor_nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
@@ -215,14 +222,13 @@ def write_sharded(
     base: str,
     shards: Sequence[Sequence[str]],
     produce: Callable[[Sequence[str]], Mapping[str, torch.Tensor]],
-    metadata: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write `shards` (lists of keys) into `out_dir`, one `produce(keys)` call per shard.
 
     One shard is in memory at a time. Several shards get `<base>.safetensors.index.json`.
     """
     names = shard_file_names(base, len(shards))
-    header = {"format": "pt", **(metadata or {})}
+    header = {"format": "pt"}  # what transformers / diffusers expect of a torch file
     weight_map: dict[str, str] = {}
     total_size = 0
     for keys, name in zip(shards, names, strict=True):

@@ -10,7 +10,6 @@ single-shot input and compares the outputs.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,10 @@ from lct_train.convert.diffusers_io import (
 from lct_train.convert.errors import ConversionError, check_keys_and_shapes
 from lct_train.convert.hunyuan_config import DIFFUSERS_TIMESTEP_SCALE, config_from_diffusers
 from lct_train.convert.model_spec import (
-    CONFIG_FILE,
     build_model,
     expected_shapes,
+    parse_model_config,
+    read_config_json,
     read_model_config,
 )
 from lct_train.convert.reference import fixed_input, run_diffusers, run_lct
@@ -36,6 +36,8 @@ from lct_train.model.config import ModelConfig
 
 # max |a - b| / max(|b|) allowed between two models on the reference input, per compute dtype
 RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+# ModelConfig fields that do not change a one-shot output (diffusers has no notion of them)
+OUTPUT_NEUTRAL_FIELDS = ("dummy_grid", "attn_backend")
 
 
 @dataclass
@@ -74,16 +76,22 @@ class VerifyReport:
         return out
 
 
-def _kind_and_config(path: Path) -> tuple[str, ModelConfig, Path]:
-    """("lct" | "diffusers", the ModelConfig, the weights directory or file)."""
-    config_dir = path if path.is_dir() else path.parent
-    config_file = config_dir / CONFIG_FILE
-    if not config_file.is_file():
-        raise ConversionError(f"{path}: no {CONFIG_FILE} next to the weights")
-    if "_class_name" in json.loads(config_file.read_text()):
-        weights = diffusers_transformer_dir(config_dir)
-        return "diffusers", config_from_diffusers(read_diffusers_config(weights)), weights
-    return "lct", read_model_config(config_file), path
+@dataclass(frozen=True)
+class Checkpoint:
+    """What `verify` needs of a path: its kind, `ModelConfig`, weights location and, for
+    diffusers, its `config.json` (each read once)."""
+
+    kind: str  # "lct" or "diffusers"
+    config: ModelConfig
+    weights: Path  # the weights directory or file
+    diffusers_config: dict | None = None
+
+
+def _open_checkpoint(path: Path) -> Checkpoint:
+    file, data = read_config_json(path)
+    if "_class_name" in data:
+        return Checkpoint("diffusers", config_from_diffusers(data), file.parent, data)
+    return Checkpoint("lct", parse_model_config(data, str(file)), path)
 
 
 def _checksum(reader: SafetensorsReader) -> tuple[str, dict[str, int]]:
@@ -99,9 +107,17 @@ def _checksum(reader: SafetensorsReader) -> tuple[str, dict[str, int]]:
     return digest.hexdigest(), nonfinite
 
 
-def load_lct_model(path: str | os.PathLike, device: str = "cpu", dtype=torch.float32):
-    """An `LCTModel` with the weights of an LCT export, in eval mode; returns (model, cfg)."""
-    cfg = read_model_config(path)
+def load_lct_model(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    dtype=torch.float32,
+    cfg: ModelConfig | None = None,
+):
+    """An `LCTModel` with the weights of an LCT export, in eval mode; returns (model, cfg).
+
+    `cfg` (default: the export's `config.json`) saves reading the config again.
+    """
+    cfg = cfg or read_model_config(path)
     model = build_model(cfg, device="meta")
     with SafetensorsReader(path) as reader:
         check_keys_and_shapes(reader.shapes(), expected_shapes(cfg), what=f"LCT export {path}")
@@ -110,31 +126,54 @@ def load_lct_model(path: str | os.PathLike, device: str = "cpu", dtype=torch.flo
     return model.eval(), cfg
 
 
-def load_diffusers_model(path: str | os.PathLike, device: str = "cpu", dtype=torch.float32):
+def load_diffusers_model(
+    path: str | os.PathLike, device: str = "cpu", dtype=torch.float32, config: dict | None = None
+):
     """diffusers' `HunyuanVideoTransformer3DModel` from a local directory (never the hub).
 
     Built on the meta device and filled with `load_state_dict(strict=True, assign=True)`, so the
-    weights are held once (no `accelerate` needed for a large model).
+    weights are held once (no `accelerate` needed for a large model). `config` (default: read
+    from the directory) is its `config.json`.
     """
     from diffusers import HunyuanVideoTransformer3DModel
 
     weights_dir = diffusers_transformer_dir(path)
     with torch.device("meta"):
-        model = HunyuanVideoTransformer3DModel.from_config(read_diffusers_config(weights_dir))
+        model = HunyuanVideoTransformer3DModel.from_config(
+            config or read_diffusers_config(weights_dir)
+        )
     with SafetensorsReader(weights_dir) as reader:
         state = {k: v.to(device, dtype) for k, v in reader.load_all().items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
-def _outputs(kind: str, path: Path, device: str, dtype, inp_cfg: ModelConfig) -> torch.Tensor:
+def _outputs(ckpt: Checkpoint, device: str, dtype, inp_cfg: ModelConfig) -> torch.Tensor:
     inp = fixed_input(inp_cfg).to(device, dtype)
-    if kind == "diffusers":
-        return run_diffusers(
-            load_diffusers_model(path, device, dtype), inp, DIFFUSERS_TIMESTEP_SCALE
-        )
-    model, cfg = load_lct_model(path, device, dtype)
+    if ckpt.kind == "diffusers":
+        model = load_diffusers_model(ckpt.weights, device, dtype, ckpt.diffusers_config)
+        return run_diffusers(model, inp, DIFFUSERS_TIMESTEP_SCALE)
+    model, cfg = load_lct_model(ckpt.weights, device, dtype, ckpt.config)
     return run_lct(model, cfg, inp)
+
+
+def _check_same_architecture(path: Path, ckpt: Checkpoint, ref: Path, ref_ckpt: Checkpoint):
+    """Outputs can only match between the same architectures (text RoPE included)."""
+    ours, theirs = ckpt.config.to_dict(), ref_ckpt.config.to_dict()
+    diffs = [
+        f"{k}: {ours[k]!r} vs {theirs[k]!r}"
+        for k in ours
+        if k not in OUTPUT_NEUTRAL_FIELDS and ours[k] != theirs[k]
+    ]
+    if not diffs:
+        return
+    hint = ""
+    if "diffusers" in (ckpt.kind, ref_ckpt.kind) and ours["text_rope"] != theirs["text_rope"]:
+        hint = " (diffusers has no text RoPE: compare a config with text_rope=false)"
+    raise ConversionError(
+        f"{path} ({ckpt.kind}) and {ref} ({ref_ckpt.kind}) are different models, their outputs "
+        f"cannot match{hint}: " + "; ".join(diffs)
+    )
 
 
 def verify(
@@ -150,9 +189,10 @@ def verify(
     `rtol` bounds max|out - ref| / max|ref| (default per `dtype`, `RELATIVE_TOLERANCE`).
     """
     path = Path(path)
-    kind, cfg, weights = _kind_and_config(path)
+    ckpt = _open_checkpoint(path)
+    kind, cfg = ckpt.kind, ckpt.config
     expected = expected_shapes(cfg) if kind == "lct" else diffusers_expected_shapes(cfg)
-    with SafetensorsReader(weights) as reader:
+    with SafetensorsReader(ckpt.weights) as reader:
         check_keys_and_shapes(reader.shapes(), expected, what=f"{kind} checkpoint {path}")
         checksum, nonfinite = _checksum(reader)
         dtypes: dict[str, int] = {}
@@ -165,19 +205,10 @@ def verify(
     if reference is None:
         return report
     reference = Path(reference)
-    ref_kind, ref_cfg, _ = _kind_and_config(reference)
-    rope = {k: c.text_rope for k, c in ((kind, cfg), (ref_kind, ref_cfg)) if k == "lct"}
-    if "diffusers" in (kind, ref_kind) and any(rope.values()):
-        raise ConversionError(
-            "the LCT model uses text RoPE and diffusers has none: outputs cannot match "
-            "(compare a config with text_rope=false)"
-        )
-    if kind == ref_kind == "lct" and cfg.text_rope != ref_cfg.text_rope:
-        raise ConversionError(f"{path} and {reference} differ in text_rope; outputs cannot match")
-    got = _outputs(kind, path, device, dtype, cfg).float()
-    want = _outputs(ref_kind, reference, device, dtype, cfg).float()
-    if got.shape != want.shape:
-        raise ConversionError(f"output shapes differ: {tuple(got.shape)} vs {tuple(want.shape)}")
+    ref_ckpt = _open_checkpoint(reference)
+    _check_same_architecture(path, ckpt, reference, ref_ckpt)
+    got = _outputs(ckpt, device, dtype, cfg).float()
+    want = _outputs(ref_ckpt, device, dtype, cfg).float()
     report.max_abs_diff = float((got - want).abs().max())
     report.rel_diff = report.max_abs_diff / max(float(want.abs().max()), torch.finfo().tiny)
     report.tolerance = rtol if rtol is not None else RELATIVE_TOLERANCE[dtype]

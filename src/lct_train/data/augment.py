@@ -16,7 +16,6 @@ from lct_train.data.schema import BadSampleError, DatasetInfo, SceneRecord, scen
 from lct_train.data.seeding import stable_seed
 
 IMAGE_FRAME_FIRST = "first"  # causal VAEs: only latent frame 0 encodes a lone image
-IMAGE_FRAME_ANY = "any"  # temporal factor 1: every latent frame is an image latent
 
 
 @dataclass

@@ -53,6 +53,14 @@ class PixelCodec:
     def valid_frames(self, n: int) -> int:
         return n
 
+    def latent_frames(self, n: int) -> int:
+        """Latent frames of ``n`` pixel frames (``n`` a ``valid_frames`` length)."""
+        return n
+
+    def pixel_frames(self, f: int) -> int:
+        """Pixel frames that ``f`` latent frames decode to (inverse of ``latent_frames``)."""
+        return f
+
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         f = self.spatial_factor
@@ -92,6 +100,15 @@ class HunyuanVideoCodec:
     def valid_frames(self, n: int) -> int:
         """Largest ``1 + k * temporal_factor`` not above ``n``."""
         return 1 + (n - 1) // self.temporal_factor * self.temporal_factor
+
+    def latent_frames(self, n: int) -> int:
+        """Latent frames of ``n`` pixel frames (``n`` a ``valid_frames`` length): the first
+        frame alone, then one latent frame per ``temporal_factor`` frames."""
+        return (n - 1) // self.temporal_factor + 1
+
+    def pixel_frames(self, f: int) -> int:
+        """Pixel frames that ``f`` latent frames decode to (inverse of ``latent_frames``)."""
+        return (f - 1) * self.temporal_factor + 1
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:

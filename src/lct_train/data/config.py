@@ -99,7 +99,3 @@ class DataConfig:
         self.dummy_grid = _check_triple("dummy_grid", self.dummy_grid)
         if self.p_image > 0 and self.patch_size[0] != 1:
             _fail("p_image", f"image substitution needs a temporal patch of 1, got {self.patch_size}")
-
-    @property
-    def total_weight(self) -> float:
-        return sum(float(s.weight) for s in self.sources)

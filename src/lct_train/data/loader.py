@@ -35,12 +35,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from lct_train.data.config import DataConfig
-from lct_train.data.schema import SHARD_SUFFIX, SHARDS_DIR, DatasetInfo, load_empty_prompt
+from lct_train.data.schema import (
+    GEOMETRY_KEYS,
+    SHARD_SUFFIX,
+    SHARDS_DIR,
+    DatasetInfo,
+    load_empty_prompt,
+)
 from lct_train.data.seeding import stable_seed
 from lct_train.data.worker import COUNTERS, SceneStream, WorkerPlan
 
 logger = logging.getLogger(__name__)
-GEOMETRY_KEYS = ("latent_channels", "text_dim", "pooled_dim")
 
 
 class LoaderStateMismatchError(RuntimeError):

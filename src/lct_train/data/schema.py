@@ -24,6 +24,7 @@ from safetensors.torch import load, save
 FORMAT_VERSION = 1
 # SPEC §1: an authentic cut is this literal prefix on the shot prompt.
 SHOT_CUT = "[SHOT CUT] "
+_CUT_MARK = SHOT_CUT.rstrip()
 LATENTS_EXT = "latents.safetensors"
 TEXT_EXT = "text.safetensors"
 META_EXT = "json"
@@ -34,12 +35,32 @@ SHARDS_DIR = "shards"
 SHARD_SUFFIX = ".tar"
 
 
+def strip_cut(text: str) -> str:
+    """``text`` without a leading cut marker (also ``"[SHOT CUT]"`` with other spacing)."""
+    if text.startswith(_CUT_MARK):
+        return text[len(_CUT_MARK):].lstrip()
+    return text
+
+
+def shot_prompt(text: str, cut: bool) -> str:
+    """The shot prompt as trained on: the marker for an authentic cut, none for a continuation.
+
+    Never doubles the marker: a ``text`` that already starts with it is normalised first.
+    """
+    text = strip_cut(text)
+    return SHOT_CUT + text if cut else text
+
+
 class BadSampleError(ValueError):
     """A sample that cannot be used; carries the shard and key so it can be found."""
 
     def __init__(self, shard: str, key: str, reason: str):
         super().__init__(f"bad sample: shard={shard} key={key}: {reason}")
         self.shard, self.key, self.reason = shard, key, reason
+
+
+# dataset.json fields that every source of one run and the model config must agree on
+GEOMETRY_KEYS = ("latent_channels", "text_dim", "pooled_dim")
 
 
 @dataclass
@@ -86,10 +107,6 @@ class SceneRecord:
     text: list[torch.Tensor]  # n + 1 groups, each [L_g, text_dim]
     pooled: torch.Tensor  # [n + 1, pooled_dim]
     meta: dict
-
-    @property
-    def num_shots(self) -> int:
-        return len(self.latents)
 
 
 def save_empty_prompt(root: str | Path, tokens: torch.Tensor, pooled: torch.Tensor) -> None:

@@ -4,13 +4,11 @@ scenes; everything per-batch comes from `BlockContext`, built once per forward."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from lct_train.model.attention import KVCache, attend
-from lct_train.model.layers import AdaLayerNormZero, FeedForward, heads
+from lct_train.model.layers import AdaLayerNormZero, FeedForward, heads, modulate
 from lct_train.model.layout import PackedMeta
 from lct_train.model.rope import apply_rope
 
@@ -18,15 +16,32 @@ DUAL_CHUNKS = 6  # shift/scale/gate for attention and MLP
 SINGLE_CHUNKS = 3  # shift/scale/gate
 
 
-@dataclass
 class BlockContext:
-    """What every block reads: batch metadata, RoPE cos/sin [L, Dh], the backend, the KV cache."""
+    """What every block reads: batch metadata, RoPE cos/sin [L, Dh], the backend, the KV cache.
 
-    meta: PackedMeta
-    rope_cos: torch.Tensor
-    rope_sin: torch.Tensor
-    backend: object
-    kv_cache: KVCache | None = None
+    A plain class on purpose, not a dataclass: FSDP2's ``cast_forward_inputs`` walks block
+    inputs with ``torch.distributed.utils._apply_to_tensors``, which rebuilds every dataclass
+    it meets (``dataclasses.replace``) and casts its float tensors. Through a dataclass the
+    RoPE tables would be cast to bf16 per block and the `PackedMeta` / `AttnIntervals` copied
+    (losing the memoised attention plans); an object without ``__dataclass_fields__`` is
+    passed through untouched.
+    """
+
+    __slots__ = ("backend", "kv_cache", "meta", "rope_cos", "rope_sin")
+
+    def __init__(
+        self,
+        meta: PackedMeta,
+        rope_cos: torch.Tensor,
+        rope_sin: torch.Tensor,
+        backend: object,
+        kv_cache: KVCache | None = None,
+    ):
+        self.meta = meta
+        self.rope_cos = rope_cos
+        self.rope_sin = rope_sin
+        self.backend = backend
+        self.kv_cache = kv_cache
 
     def attention(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -101,8 +116,8 @@ class DualStreamBlock(nn.Module):
         attn_v, attn_t = self.attn(self.layer, norm_v, norm_t, ctx)
         video = video + attn_v * gate_msa[vg]
         text = text + attn_t * c_gate_msa[tg]
-        norm_v = torch.addcmul(shift_mlp[vg], self.norm2(video), (1 + scale_mlp)[vg])
-        norm_t = torch.addcmul(c_shift_mlp[tg], self.norm2_context(text), (1 + c_scale_mlp)[tg])
+        norm_v = modulate(self.norm2(video), shift_mlp, scale_mlp, vg)
+        norm_t = modulate(self.norm2_context(text), c_shift_mlp, c_scale_mlp, tg)
         video = video + self.ff(norm_v) * gate_mlp[vg]
         text = text + self.ff_context(norm_t) * c_gate_mlp[tg]
         return video, text

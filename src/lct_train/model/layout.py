@@ -35,10 +35,6 @@ class SceneSpec:
     groups: tuple[GroupSpec, ...]  # [global?] shot 1 .. shot n
 
     @property
-    def has_global(self) -> bool:
-        return bool(self.groups) and self.groups[0].is_global
-
-    @property
     def num_shots(self) -> int:
         return sum(not g.is_global for g in self.groups)
 
@@ -61,10 +57,6 @@ class AttnIntervals:
 
     lo: torch.Tensor  # [Lq] int32, key index
     hi: torch.Tensor  # [Lq] int32
-    cu_seqlens: torch.Tensor  # [S+1] int32, scene bounds over queries
-    cu_seqlens_k: torch.Tensor  # [S+1] int32, scene bounds over keys
-    max_seqlen: int
-    max_seqlen_k: int
     num_q: int
     num_k: int
     causal: bool
@@ -80,8 +72,7 @@ class AttnIntervals:
         return self.plans[backend.name]
 
     def to(self, device: torch.device | str) -> AttnIntervals:
-        moved = {f: getattr(self, f).to(device) for f in ("lo", "hi", "cu_seqlens", "cu_seqlens_k")}
-        return dataclasses.replace(self, plans={}, **moved)
+        return dataclasses.replace(self, lo=self.lo.to(device), hi=self.hi.to(device), plans={})
 
 
 @dataclass
@@ -95,10 +86,10 @@ class PackedMeta:
     num_video: int  # Nv
     group_text_len: tuple[int, ...]  # host copies, [G]
     group_video_len: tuple[int, ...]
+    group_text_count: torch.Tensor  # [G] device copy of group_text_len (no host sync to read)
     text_group: torch.Tensor  # [Nt] group index 0..G-1
     video_group: torch.Tensor  # [Nv]
     joint_group: torch.Tensor  # [L]
-    joint_is_text: torch.Tensor  # [L] bool (modality)
     joint_from_streams: torch.Tensor  # [L] gather index into cat([text, video])
     text_to_joint: torch.Tensor  # [Nt]
     video_to_joint: torch.Tensor  # [Nv]
@@ -106,8 +97,6 @@ class PackedMeta:
     rope_rotate: torch.Tensor  # [L] bool: rows that get a rotation
     attn: AttnIntervals  # joint-sequence mask
     text_attn: AttnIntervals  # each group's text attends to itself (token refiner)
-    group_scene: torch.Tensor  # [G]
-    group_is_global: torch.Tensor  # [G] bool
     num_shots: int
     shot_group: torch.Tensor  # [num_shots]
     video_shot: torch.Tensor  # [Nv] shot index, -1 for dummy tokens
@@ -150,8 +139,13 @@ def _validate(specs: list[SceneSpec], cached: SceneSpec | None) -> None:
                 raise ValueError(f"{where}: grid must be 3 positive ints, got {group.grid}")
 
 
-def _scene_positions(spec: SceneSpec, text_rope: bool, start: int = 0) -> tuple[list, int]:
-    """Per group (text coords [L,3], video coords [V,3]) per SPEC §3; returns the end offset."""
+def _scene_end(spec: SceneSpec, text_rope: bool, start: int = 0) -> int:
+    """The position after the scene's last group (SPEC §3), on the host (no coordinates built)."""
+    return start + sum((g.text_len if text_rope else 0) + max(g.grid) for g in spec.groups)
+
+
+def _scene_positions(spec: SceneSpec, text_rope: bool, start: int = 0) -> list:
+    """Per group (text coords [L,3], video coords [V,3]) per SPEC §3."""
     p, out = start, []
     for group in spec.groups:
         if text_rope:
@@ -166,7 +160,7 @@ def _scene_positions(spec: SceneSpec, text_rope: bool, start: int = 0) -> tuple[
         ).reshape(-1, 3)
         out.append((text, grid + s))
         p = s + max(group.grid)
-    return out, p
+    return out
 
 
 def _intervals(
@@ -191,15 +185,9 @@ def _intervals(
             lo[q0:q1], hi[q0:q1] = klo, khi
         runs += scene_runs
         scene_full.append(all(r[2:] == (k0, k1) for r in scene_runs))
-    cu_q = torch.tensor([0] + [q1 for _, q1 in scene_q], dtype=INTERVAL_DTYPE)
-    cu_k = torch.tensor([0] + [k1 for _, k1 in scene_k], dtype=INTERVAL_DTYPE)
     return AttnIntervals(
         lo=lo,
         hi=hi,
-        cu_seqlens=cu_q,
-        cu_seqlens_k=cu_k,
-        max_seqlen=max(q1 - q0 for q0, q1 in scene_q),
-        max_seqlen_k=max(k1 - k0 for k0, k1 in scene_k),
         num_q=num_q,
         num_k=num_k,
         causal=causal,
@@ -240,14 +228,14 @@ def build_packed_meta(
     num_text = sum(g.text_len for s in specs for g in s.groups)
     num_video = sum(g.video_len for s in specs for g in s.groups)
     joint_from_streams, text_to_joint, video_to_joint = [], [], []
-    coords, rotate, joint_group, joint_is_text = [], [], [], []
+    coords, rotate, joint_group = [], [], []
     text_runs, scene_q, scene_k, run_bounds = [], [], [], []
-    group_scene, group_is_global, group_text_len, group_video_len = [], [], [], []
+    group_text_len, group_video_len = [], []
     shot_group, video_shot, shot_sizes = [], [], []
     t_off = v_off = j_off = 0
-    _, cached_end = _scene_positions(cached, text_rope)
-    for s, spec in enumerate(specs):
-        positions, _ = _scene_positions(spec, text_rope, cached_end)
+    cached_end = _scene_end(cached, text_rope)
+    for spec in specs:
+        positions = _scene_positions(spec, text_rope, cached_end)
         j_scene, groups = j_off, []
         for group, (t_coords, v_coords) in zip(spec.groups, positions):
             g = len(group_text_len)
@@ -261,13 +249,10 @@ def build_packed_meta(
             coords += [t_coords, v_coords]
             rotate += [torch.full((lt,), text_rope), torch.ones(lv, dtype=torch.bool)]
             joint_group.append(torch.full((lt + lv,), g))
-            joint_is_text += [torch.ones(lt, dtype=torch.bool), torch.zeros(lv, dtype=torch.bool)]
             text_runs.append((t_off, t_off + lt, t_off, t_off + lt))
             groups.append(
                 (j_off, j_off + lt + lv, cached_tokens + j_off, cached_tokens + j_off + lt + lv)
             )
-            group_scene.append(s)
-            group_is_global.append(group.is_global)
             group_text_len.append(lt)
             group_video_len.append(lv)
             if group.is_global:
@@ -300,6 +285,7 @@ def build_packed_meta(
         num_video=num_video,
         group_text_len=tuple(group_text_len),
         group_video_len=tuple(group_video_len),
+        group_text_count=torch.tensor(group_text_len, dtype=INDEX_DTYPE),
         text_group=torch.repeat_interleave(
             torch.arange(len(group_text_len)), torch.tensor(group_text_len)
         ),
@@ -307,7 +293,6 @@ def build_packed_meta(
             torch.arange(len(group_video_len)), torch.tensor(group_video_len)
         ),
         joint_group=cat(joint_group),
-        joint_is_text=cat(joint_is_text, torch.bool),
         joint_from_streams=cat(joint_from_streams),
         text_to_joint=cat(text_to_joint),
         video_to_joint=cat(video_to_joint),
@@ -315,8 +300,6 @@ def build_packed_meta(
         rope_rotate=cat(rotate, torch.bool),
         attn=attn,
         text_attn=text_attn,
-        group_scene=torch.tensor(group_scene, dtype=INDEX_DTYPE),
-        group_is_global=torch.tensor(group_is_global, dtype=torch.bool),
         num_shots=len(shot_group),
         shot_group=torch.tensor(shot_group, dtype=INDEX_DTYPE),
         video_shot=cat(video_shot),

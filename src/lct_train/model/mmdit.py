@@ -74,6 +74,10 @@ class LCTModel(nn.Module):
                 * cfg.timestep_scale
             )
         backend = get_backend(cfg.attn_backend, video.device, meta.attn.causal)
+        # The kernel plans, once per batch (memoised on the intervals; every layer reuses them).
+        meta.attn.plan_for(backend)
+        if self.context_embedder.token_refiner is not None:
+            meta.text_attn.plan_for(backend)
         rope_dtype = torch.promote_types(video.dtype, torch.float32)
         cos, sin = rope_cos_sin(
             meta.rope_coords, meta.rope_rotate, cfg.rope_axes_dim, cfg.rope_theta, rope_dtype
@@ -83,7 +87,7 @@ class LCTModel(nn.Module):
         ctx = BlockContext(meta, cos, sin, backend, kv_cache)
 
         temb = self.time_text_embed(scaled_t, pooled, guidance)
-        text = self.context_embedder(text, scaled_t, meta, backend)
+        text = self.context_embedder(text, scaled_t, ctx)
         video = self.x_embedder(video.masked_fill((meta.video_shot < 0)[:, None], 0.0))
         for block in self.transformer_blocks:
             video, text = block(video, text, temb, ctx)

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from lct_train.model.attention import attend
+from lct_train.model.blocks import BlockContext
 from lct_train.model.config import ModelConfig
 from lct_train.model.embeddings import TimestepTextEmbedding
 from lct_train.model.layers import FeedForward, heads
-from lct_train.model.layout import PackedMeta
 
 
 class RefinerAttention(nn.Module):
@@ -25,9 +25,9 @@ class RefinerAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
 
-    def forward(self, x: torch.Tensor, meta: PackedMeta, backend) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         q, k, v = (heads(proj(x), self.num_heads) for proj in (self.to_q, self.to_k, self.to_v))
-        return self.to_out[0](attend(backend, q, k, v, meta.text_attn).flatten(1))
+        return self.to_out[0](attend(ctx.backend, q, k, v, ctx.meta.text_attn).flatten(1))
 
 
 class RefinerGate(nn.Module):
@@ -52,12 +52,12 @@ class RefinerBlock(nn.Module):
         self.ff = FeedForward(dim, int(dim * mlp_ratio), activation="silu")
         self.norm_out = RefinerGate(dim)
 
-    def forward(
-        self, x: torch.Tensor, temb: torch.Tensor, meta: PackedMeta, backend
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        """``ctx`` is the model's `BlockContext` (only ``meta`` and ``backend`` are read)."""
+        group = ctx.meta.text_group
         gate_msa, gate_mlp = self.norm_out(temb)
-        x = x + self.attn(self.norm1(x), meta, backend) * gate_msa[meta.text_group]
-        return x + self.ff(self.norm2(x)) * gate_mlp[meta.text_group]
+        x = x + self.attn(self.norm1(x), ctx) * gate_msa[group]
+        return x + self.ff(self.norm2(x)) * gate_mlp[group]
 
 
 class RefinerStack(nn.Module):
@@ -83,17 +83,15 @@ class TokenRefiner(nn.Module):
         if cfg.num_refiner_blocks > 0:
             self.token_refiner = RefinerStack(cfg)
 
-    def forward(
-        self, text: torch.Tensor, timestep: torch.Tensor, meta: PackedMeta, backend
-    ) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, timestep: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         """``timestep [G]`` (already scaled): each group's text is refined with its own timestep."""
         hidden = self.proj_in(text)
         if self.token_refiner is None:
             return hidden
-        num_groups = meta.num_groups
-        sums = text.new_zeros(num_groups, text.shape[1]).index_add_(0, meta.text_group, text)
-        counts = torch.bincount(meta.text_group, minlength=num_groups).clamp(min=1)
+        meta = ctx.meta
+        sums = text.new_zeros(meta.num_groups, text.shape[1]).index_add_(0, meta.text_group, text)
+        counts = meta.group_text_count.clamp(min=1)  # built on the host: no device sync
         temb = self.time_text_embed(timestep, sums / counts[:, None].to(text.dtype))
         for block in self.token_refiner.refiner_blocks:
-            hidden = block(hidden, temb, meta, backend)
+            hidden = block(hidden, temb, ctx)
         return hidden

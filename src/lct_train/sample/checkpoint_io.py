@@ -9,9 +9,10 @@
 
 Besides the weights, sampling needs the attention mask the model was trained with and its
 context window. A DCP checkpoint records both (``lct_meta.json``: ``mask``, ``data.max_shots``);
-a consolidated export does not, so they come from the caller (CLI ``--mask`` / ``--window``),
-from the source checkpoint named in ``lct_export.json`` if it still exists, or default to
-bidirectional / ``DEFAULT_WINDOW``.
+an export of one (``lct-convert export`` / ``init``) copies them into ``lct_export.json``. The
+caller (CLI ``--mask`` / ``--window``) overrides them; an export without them falls back to the
+source checkpoint named in its ``lct_export.json`` if it still exists, else to bidirectional /
+``DEFAULT_WINDOW``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from lct_train.convert.model_spec import CONFIG_FILE, EXPORT_INFO_FILE
+from lct_train.convert.model_spec import EXPORT_INFO_FILE
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import MASKS
 from lct_train.train import checkpoint_layout as layout
@@ -65,10 +66,10 @@ def load_model(
     if layout.holds_checkpoint(path):
         path = layout.resolve_checkpoint(path)
         meta = _read_meta(path)
-        model_dict = layout.model_config_dict(meta)
-        if model_dict is None:
-            raise CheckpointError(f"{path / META_FILE} holds no config.model")
-        config = ModelConfig.from_dict(model_dict)
+        try:
+            config = layout.model_config(meta, path)
+        except layout.CheckpointLayoutError as exc:
+            raise CheckpointError(str(exc)) from exc
         state = _load_dcp(path, weights)
         found_mask, found_window = _recorded_mask_and_window(meta)
     else:
@@ -83,22 +84,19 @@ def load_model(
 
 def _load_consolidated(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     from lct_train.convert.errors import ConversionError
-    from lct_train.convert.model_spec import read_model_config
+    from lct_train.convert.model_spec import config_file, read_model_config
     from lct_train.convert.safetensors_io import SafetensorsReader
 
-    folder = path if path.is_dir() else path.parent
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    config_file = folder / CONFIG_FILE
-    if not config_file.is_file():
+    if not config_file(path).is_file():
         raise CheckpointError(
             f"checkpoint {path}: neither a DCP step directory (no {META_FILE}) nor a "
-            f"consolidated export ({config_file} is missing)")
+            f"consolidated export ({config_file(path)} is missing)")
     try:
-        config = read_model_config(config_file)
-        reader = SafetensorsReader(path)
-        state = reader.load_all()
-        reader.close()
+        config = read_model_config(path)
+        with SafetensorsReader(path) as reader:
+            state = reader.load_all()
     except ConversionError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from exc
     return config, state
@@ -119,13 +117,13 @@ def _recorded_mask_and_window(meta: dict) -> tuple[str | None, int | None]:
 
 
 def _export_mask_and_window(folder: Path) -> tuple[str | None, int | None]:
-    """An export records neither; ``lct_export.json`` names its source checkpoint, whose
-    ``lct_meta.json`` does when it is still there."""
+    """Mask and window recorded in an export's ``lct_export.json``, else in the ``lct_meta.json``
+    of the source checkpoint it names, when that is still there."""
     info_file = folder / EXPORT_INFO_FILE
     if not info_file.is_file():
         return None, None
     info = json.loads(info_file.read_text())
-    if info.get("mask") in MASKS:  # forward compatible: an export that records them
+    if info.get("mask") in MASKS:  # recorded by `lct-convert export`
         return info["mask"], info.get("max_shots")
     source = Path(str(info.get("source", "")))
     if info.get("source") and layout.is_checkpoint(source):

@@ -27,35 +27,30 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from lct_train.data.schema import shot_prompt
+from lct_train.model.layout import MASKS
 from lct_train.sample import scene_file
 from lct_train.sample.checkpoint_io import WEIGHT_SETS, CheckpointError, load_model
 from lct_train.sample.history_pool import HistoryPool, PoolError
-from lct_train.sample.interactive import add_given, full_prompt, propose_shot
+from lct_train.sample.interactive import add_given, propose_shot
 from lct_train.sample.media import MediaError
-from lct_train.sample.modes import AR, AR_KV
+from lct_train.sample.modes import AR, AR_KV, AR_MODES, MODES
 from lct_train.sample.pipeline import Toolkit, caption, render_pool, run_scene
 from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.sampler import SamplingError, SamplingSettings
-from lct_train.sample.scene_file import (
-    DEFAULT_GUIDANCE,
-    DEFAULT_STEPS,
-    DEFAULT_T_C,
-    SceneFileError,
-    ShotSize,
-    load_scene_file,
-)
+from lct_train.sample.scene_file import SceneFileError, ShotSize, load_scene_file
 from lct_train.sample.writers import DEFAULT_FPS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "codec", "text_encoder", "device", "dtype",
                  "fps")
 SAMPLING_OPTIONS = ("steps", "guidance", "embedded_guidance", "t_c", "shift")
-SAMPLING_DEFAULTS = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "t_c": DEFAULT_T_C}
+SAMPLING_DEFAULTS = asdict(SamplingSettings())  # one source: the SamplingSettings defaults
 MODEL_DEFAULTS = {"device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS}
 ERRORS = (SceneFileError, SamplingError, PoolError, CheckpointError, MediaError)
 
@@ -80,7 +75,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt", help="model.safetensors (+config.json), a DCP step-N or a run directory")
     g.add_argument("--weights", choices=WEIGHT_SETS,
                    help="DCP weights to load (default ema, or model when it has no EMA)")
-    g.add_argument("--mask", choices=("bidirectional", "causal"),
+    g.add_argument("--mask", choices=MASKS,
                    help="attention mask the model was trained with (DCP: read from lct_meta)")
     g.add_argument("--window", type=int, help="most shots per forward (default: checkpoint/9)")
     g.add_argument("--codec", help="pixel[:F] | tiny-hunyuan | hunyuan:PATH")
@@ -107,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scene_file")
     p.add_argument("--out", required=True, help="output folder (also a history pool)")
-    p.add_argument("--mode", choices=("joint", "ar", "ar-kv"), help="override the scene's mode")
+    p.add_argument("--mode", choices=MODES, help="override the scene's mode")
     _model_args(p)
     p = sub.add_parser("init", help="start an empty history pool")
     p.add_argument("--pool", required=True)
@@ -121,12 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shot", help="generate the next shot (pending until accepted)")
     p.add_argument("--pool", required=True)
     p.add_argument("--context", type=_indices, help="earlier shot indices, e.g. 0,2")
-    p.add_argument("--mode", choices=(AR, AR_KV), help="default ar-kv for causal models, else ar")
+    p.add_argument("--mode", choices=AR_MODES, help="default ar-kv for causal models, else ar")
     _shot_args(p, prompt_required=True)
     p = sub.add_parser("regenerate", help="redo the pending shot with another seed / prompt")
     p.add_argument("--pool", required=True)
     p.add_argument("--context", type=_indices)
-    p.add_argument("--mode", choices=(AR, AR_KV))
+    p.add_argument("--mode", choices=AR_MODES)
     _shot_args(p, prompt_required=False)
     p = sub.add_parser("accept", help="accept the pending shot")
     p.add_argument("--pool", required=True)
@@ -161,12 +156,8 @@ def _toolkit(opts: dict, progress: bool) -> Toolkit:
     loaded = load_model(opts["ckpt"], weights=opts["weights"], mask=opts["mask"],
                         window=opts["window"], device=opts["device"], dtype=DTYPES[opts["dtype"]])
     prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
-    return Toolkit(loaded, build_codec(opts["codec"]), prompts, progress=progress,
-                   fps=int(opts["fps"]))
-
-
-def _sampling(opts: dict) -> SamplingSettings:
-    return SamplingSettings(**opts)
+    codec = build_codec(opts["codec"], device=opts["device"])
+    return Toolkit(loaded, codec, prompts, progress=progress, fps=int(opts["fps"]))
 
 
 def _cmd_scene(args) -> None:
@@ -215,7 +206,7 @@ def _cmd_add(args) -> None:
     kit = _toolkit(opts, not args.no_progress)
     seed = args.seed if args.seed is not None else len(pool)
     index = add_given(pool, kit, condition=args.condition, seed=seed,
-                      prompt=full_prompt(args.prompt, not args.no_cut),
+                      prompt=shot_prompt(args.prompt, not args.no_cut),
                       size=_shot_size(args, pool))
     pool.save(args.pool)
     render_pool(pool, kit, args.pool)
@@ -228,7 +219,7 @@ def _cmd_shot(args, regenerate: bool = False) -> None:
     if regenerate and previous is None:
         raise PoolError(f"{args.pool} has no pending shot to regenerate")
     kit = _toolkit(opts, not args.no_progress)
-    prompt = full_prompt(args.prompt, not args.no_cut) if args.prompt is not None else None
+    prompt = shot_prompt(args.prompt, not args.no_cut) if args.prompt is not None else None
     fallback = None
     if regenerate:
         prompt = prompt or previous.prompt
@@ -243,7 +234,8 @@ def _cmd_shot(args, regenerate: bool = False) -> None:
     size = _shot_size(args, pool, fallback)
     if size is None:
         raise SamplingError("no shot size: pass --size F,H,W or init the pool with --size")
-    settings = _sampling(_options(args, pool.settings, SAMPLING_OPTIONS, SAMPLING_DEFAULTS))
+    settings = SamplingSettings(
+        **_options(args, pool.settings, SAMPLING_OPTIONS, SAMPLING_DEFAULTS))
     shot = propose_shot(pool, kit, settings, prompt=prompt, seed=seed, size=size,
                         context=context, mode=mode)
     pool.save(args.pool)
@@ -255,8 +247,7 @@ def _size_of_latent(kit: Toolkit, shape) -> ShotSize:
     """Pixel size of a latent (inverse of ``media.latent_shape``)."""
     codec = kit.codec
     _, f, h, w = shape
-    frames = (f - 1) * codec.temporal_factor + 1 if codec.image_frame == "first" else f * codec.temporal_factor
-    return ShotSize(frames, h * codec.spatial_factor, w * codec.spatial_factor)
+    return ShotSize(codec.pixel_frames(f), h * codec.spatial_factor, w * codec.spatial_factor)
 
 
 def _cmd_accept(args) -> None:

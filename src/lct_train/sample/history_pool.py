@@ -30,6 +30,12 @@ POOL_VERSION = 1
 LATENT_KEY = "latent"
 
 
+def default_context(num_history: int, window: int) -> tuple[int, ...]:
+    """The default auto-regressive context: the latest ``window - 1`` earlier shots (the new
+    shot takes the window's last slot)."""
+    return tuple(range(max(0, num_history - (window - 1)), num_history))
+
+
 class PoolError(ValueError):
     """A history-pool request that cannot be served (bad index, nothing pending, ...)."""
 
@@ -94,9 +100,8 @@ class HistoryPool:
             raise PoolError(f"context {list(context)} repeats a shot")
 
     def default_context(self, window: int) -> tuple[int, ...]:
-        """The latest ``window - 1`` accepted shots (the new shot takes the last slot)."""
-        start = max(0, len(self.shots) - (window - 1))
-        return tuple(range(start, len(self.shots)))
+        """``default_context`` over the accepted shots."""
+        return default_context(len(self.shots), window)
 
     # ---- disk ----------------------------------------------------------------------------
 

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import os
 
-from lct_train.data.schema import SHOT_CUT
 from lct_train.sample.history_pool import HistoryPool, PoolShot
 from lct_train.sample.inputs import ConditionShot, TargetShot
 from lct_train.sample.kv_context import ContextCache
 from lct_train.sample.media import encode_condition, latent_shape
-from lct_train.sample.modes import AR, AR_KV, GIVEN, next_shot
+from lct_train.sample.modes import AR, AR_KV, AR_MODES, GIVEN, next_shot
 from lct_train.sample.pipeline import Toolkit
 from lct_train.sample.sampler import SamplingError, SamplingSettings
 from lct_train.sample.scene_file import ShotSize
-
-
-def full_prompt(prompt: str, cut: bool) -> str:
-    return SHOT_CUT + prompt if cut else prompt
 
 
 def propose_shot(
@@ -36,7 +31,7 @@ def propose_shot(
     ``prompt`` is the full prompt (with the cut marker when it is a cut). ``context`` defaults
     to the latest ``window - 1`` accepted shots.
     """
-    if mode not in (AR, AR_KV):
+    if mode not in AR_MODES:
         raise SamplingError(f"interactive shots use mode 'ar' or 'ar-kv', not {mode!r}")
     window = kit.loaded.window
     context = pool.default_context(window) if context is None else tuple(context)

@@ -13,14 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lct_train.model.attention import KVCache
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding
 from lct_train.sample.sampler import Group, Sampler, SamplingError
-
-
-def new_kv_cache(sampler: Sampler) -> KVCache:
-    """A fresh, empty model KV cache for one scene (one slot per joint-attention block)."""
-    return sampler.model.new_kv_cache()
 
 
 class ContextCache:
@@ -36,7 +30,9 @@ class ContextCache:
         self.global_prompt = global_prompt
         self.context: tuple[int, ...] | None = None  # None: nothing cached yet
         self.caches: dict = {}
-        self.rebuilds = 0  # statistics, for tests and logs
+        # counters of the two paths (rebuilds from the global group, shots appended): what
+        # tells the append path from a rebuild, which give the same K/V by design
+        self.rebuilds = 0
         self.appended_shots = 0
 
     def prepare(self, context: Sequence[int], pool: Sequence[ConditionShot]) -> dict:
@@ -48,7 +44,7 @@ class ContextCache:
             new: list[Group] = []
             fresh = context[len(cached):]
         else:
-            self.caches = {b: new_kv_cache(self.sampler) for b in self.sampler.branches}
+            self.caches = {b: self.sampler.model.new_kv_cache() for b in self.sampler.branches}
             new = [self.sampler.global_group(self.global_prompt)]
             fresh = context
             self.rebuilds += 1
@@ -65,7 +61,7 @@ def write_groups(sampler: Sampler, groups: Sequence[Group], branch: str, cache) 
     """Runs ``groups`` after the cached ones and appends their K/V to ``cache``."""
     cache.write = True
     try:
-        sampler.velocity(groups, branch, kv_cache=cache)
+        sampler.velocity(groups, sampler.branch_input(groups, branch, cache), kv_cache=cache)
     finally:
         cache.write = False
     cache.commit()

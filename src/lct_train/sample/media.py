@@ -12,16 +12,14 @@ import os
 from pathlib import Path
 
 import av
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import load_file
 
 from lct_train.data.codecs import frames_to_tensor
+from lct_train.data.video_io import read_video
 from lct_train.sample.scene_file import ShotSize
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LATENT_SUFFIX = ".safetensors"
 
 
@@ -35,12 +33,11 @@ def latent_shape(codec, size: ShotSize, patch: tuple[int, int, int]) -> tuple[in
     if frames != size.frames:
         raise MediaError(f"{size.frames} frames is not a length the codec takes (nearest below: "
                          f"{frames})")
-    sf, tf = codec.spatial_factor, codec.temporal_factor
+    sf = codec.spatial_factor
     if size.height % sf or size.width % sf:
         raise MediaError(f"size {size.height}x{size.width} is not a multiple of the codec's "
                          f"spatial factor {sf}")
-    lat_f = (frames - 1) // tf + 1 if codec.image_frame == "first" else frames // tf
-    shape = (codec.latent_channels, lat_f, size.height // sf, size.width // sf)
+    shape = (codec.latent_channels, codec.latent_frames(frames), size.height // sf, size.width // sf)
     bad = [d for d, p in zip(shape[1:], patch) if d % p]
     if bad:
         raise MediaError(f"size {size} gives latent {shape}, not divisible by the patch {patch}")
@@ -49,18 +46,12 @@ def latent_shape(codec, size: ShotSize, patch: tuple[int, int, int]) -> tuple[in
 
 def read_frames(path: str | os.PathLike) -> torch.Tensor:
     """An image or video file -> ``[T, 3, H, W]`` in ``[-1, 1]``."""
-    path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        rgb = np.asarray(Image.open(path).convert("RGB"))
-        return frames_to_tensor(torch.from_numpy(rgb.copy()).unsqueeze(0))
     try:
-        with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        return frames_to_tensor(read_video(path))
     except (av.FFmpegError, IndexError) as exc:
         raise MediaError(f"condition {path}: cannot decode as video or image: {exc}") from exc
-    if not frames:
-        raise MediaError(f"condition {path}: no video frames")
-    return frames_to_tensor(torch.from_numpy(np.stack(frames)))
+    except ValueError as exc:
+        raise MediaError(f"condition {path}: {exc}") from exc
 
 
 def fit_frames(frames: torch.Tensor, codec, size: ShotSize | None) -> torch.Tensor:

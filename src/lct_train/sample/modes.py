@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from lct_train.sample.history_pool import PoolShot
+from lct_train.sample.history_pool import PoolShot, default_context
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, TargetShot
 from lct_train.sample.kv_context import ContextCache
 from lct_train.sample.sampler import Sampler, SamplingError
 
 JOINT, AR, AR_KV = "joint", "ar", "ar-kv"
-MODES = (JOINT, AR, AR_KV)
+MODES = (JOINT, AR, AR_KV)  # the one list (scene file, lct-sample)
+AR_MODES = (AR, AR_KV)
 GIVEN = "given"
 
 
@@ -48,18 +49,13 @@ class PlannedShot:
         return TargetShot(self.prompt, self.latent_shape, self.seed)
 
 
-def default_context(num_history: int, window: int) -> tuple[int, ...]:
-    """The latest ``window - 1`` earlier shots (the new shot takes the window's last slot)."""
-    return tuple(range(max(0, num_history - (window - 1)), num_history))
-
-
 def generate_scene(
     sampler: Sampler, global_prompt: PromptEmbedding, shots: Sequence[PlannedShot], mode: str
 ) -> list[PoolShot]:
     """Runs ``mode`` on the scene; returns every shot (given ones included) as pool shots."""
     if mode == JOINT:
         return _joint(sampler, global_prompt, shots)
-    if mode in (AR, AR_KV):
+    if mode in AR_MODES:
         return _autoregressive(sampler, global_prompt, shots, kv_cache=mode == AR_KV)
     raise SamplingError(f"unknown mode {mode!r}; one of {MODES}")
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lct_train.sample.checkpoint_io import LoadedModel
-from lct_train.sample.history_pool import HistoryPool, PoolShot
+from lct_train.sample.history_pool import PENDING_FILE, HistoryPool, PoolShot
 from lct_train.sample.inputs import PromptEmbedding
-from lct_train.sample.media import encode_condition, latent_shape
-from lct_train.sample.modes import AR, AR_KV, PlannedShot, generate_scene
+from lct_train.sample.media import MediaError, encode_condition, latent_shape, read_frames
+from lct_train.sample.modes import AR_KV, AR_MODES, PlannedShot, generate_scene
 from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.sampler import Sampler, SamplingError, SamplingSettings
 from lct_train.sample.scene_file import SceneRequest
@@ -36,6 +36,8 @@ from lct_train.sample.writers import (
 SCENE_VIDEO = "scene.mp4"
 CONTACT_SHEET = "contact_sheet.png"
 PENDING_VIDEO = "pending.mp4"
+SHOT_FILES = "shot_*.safetensors"
+SHOT_VIDEOS = "shot_*.mp4"
 
 
 @dataclass
@@ -68,10 +70,10 @@ def check_request(request: SceneRequest, loaded: LoadedModel) -> None:
             f"{loaded.source} uses mask={loaded.mask!r}; use mode 'ar' (or pass --mask causal "
             "for a causal-FT export)")
     window = loaded.window
-    if request.mode not in (AR, AR_KV) and any(s.context is not None for s in request.shots):
+    if request.mode not in AR_MODES and any(s.context is not None for s in request.shots):
         raise SamplingError(f"scene {request.source}: shot contexts are only used by the ar / "
                             f"ar-kv modes, not {request.mode!r}")
-    if request.mode not in (AR, AR_KV) and len(request.shots) > window:
+    if request.mode not in AR_MODES and len(request.shots) > window:
         raise SamplingError(f"scene {request.source}: {len(request.shots)} shots in mode "
                             f"{request.mode!r} exceed the model's window of {window} shots")
     for i, shot in enumerate(request.shots):
@@ -113,9 +115,19 @@ def run_scene(
                              request.mode)
     pool = HistoryPool(global_prompt=request.global_prompt, shots=results,
                        settings=dict(settings or {}))
+    clear_scene_outputs(out_dir)
     pool.save(out_dir)
     render_pool(pool, kit, out_dir)
     return pool
+
+
+def clear_scene_outputs(out_dir: str | os.PathLike) -> None:
+    """``scene`` starts a new pool: shot files left by an earlier run in the same folder would
+    otherwise be taken as accepted shots (the pool and ``render_pool`` never rewrite those)."""
+    out = Path(out_dir)
+    for pattern in (SHOT_FILES, SHOT_VIDEOS, PENDING_FILE, PENDING_VIDEO):
+        for stale in out.glob(pattern):
+            stale.unlink()
 
 
 def caption(index: int | str, shot: PoolShot) -> str:
@@ -127,16 +139,39 @@ def decode(kit: Toolkit, shot: PoolShot):
     return to_uint8_frames(kit.codec.decode(shot.latent.float()))
 
 
+def pixel_shape(kit: Toolkit, shot: PoolShot) -> tuple[int, int, int]:
+    """``(frames, height, width)`` that ``shot``'s latent decodes to."""
+    _, f, h, w = shot.latent.shape
+    sf = kit.codec.spatial_factor
+    return kit.codec.pixel_frames(f), h * sf, w * sf
+
+
+def accepted_frames(kit: Toolkit, shot: PoolShot, path: Path):
+    """The frames of an accepted shot: read back from its mp4 when that is there with the
+    shot's size (accepted shots never change, so an interactive call decodes only new shots),
+    else decoded from the latent and written to ``path``."""
+    if path.exists():
+        try:
+            video = to_uint8_frames(read_frames(path))
+        except MediaError:
+            video = None
+        frames, height, width = pixel_shape(kit, shot)
+        # write_mp4 pads odd sizes by one row / column
+        if video is not None and video.shape[0] == frames and video.shape[1] - height in (0, 1) \
+                and video.shape[2] - width in (0, 1):
+            return video[:, :height, :width]
+    video = decode(kit, shot)
+    write_mp4(path, video, kit.fps)
+    return video
+
+
 def render_pool(pool: HistoryPool, kit: Toolkit, out_dir: str | os.PathLike) -> None:
-    """Per-shot mp4s (written once), the scene mp4 and the contact sheet (accepted shots, then
-    the pending one if any)."""
+    """Per-shot mp4s (written once; later calls read them back instead of decoding again),
+    the scene mp4 and the contact sheet (accepted shots, then the pending one if any)."""
     out = Path(out_dir)
     frames, captions = [], []
     for i, shot in enumerate(pool.shots):
-        video = decode(kit, shot)
-        path = out / f"shot_{i:03d}.mp4"
-        if not path.exists():
-            write_mp4(path, video, kit.fps)
+        video = accepted_frames(kit, shot, out / f"shot_{i:03d}.mp4")
         frames.append(video)
         captions.append(caption(i, shot))
     if frames:

@@ -12,6 +12,10 @@ Euler steps on the shifted grid of ``schedule.py``; classifier-free guidance on 
 Group timesteps: global group 0, condition shots ``t_c`` (noised once, outputs discarded),
 generated shots the current ODE time. Each branch is its own forward (and, with a KV cache,
 its own cache): one scene per forward keeps cache and recompute paths identical.
+
+Within one ``generate`` / ``generate_cached`` call only the video tokens and timesteps change
+between steps, so each branch's packed metadata (and the attention backend's plan memoised in
+it), text stream and pooled rows are built once per call (``branch_inputs``).
 """
 
 from __future__ import annotations
@@ -24,13 +28,24 @@ import torch
 from tqdm.auto import tqdm
 
 from lct_train.model.config import ModelConfig
-from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta, patchify, unpatchify
+from lct_train.model.layout import (
+    GroupSpec,
+    PackedMeta,
+    SceneSpec,
+    build_packed_meta,
+    patchify,
+    unpatchify,
+)
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, Shot, TargetShot
 from lct_train.sample.schedule import resolution_shift, sampling_timesteps, shot_noise
 from lct_train.train.flow import euler_step, noise_latents
 
 COND, UNCOND = "cond", "uncond"
 GLOBAL_TIMESTEP = 0.0
+# the sampling defaults (also those of the scene file and the lct-sample pool commands)
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 5.0
+DEFAULT_T_C = 0.3  # inside the paper's 0.1..0.5 range (§4.2)
 
 
 class SamplingError(ValueError):
@@ -39,10 +54,10 @@ class SamplingError(ValueError):
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    steps: int = 30
-    guidance: float = 5.0
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     embedded_guidance: float | None = None
-    t_c: float = 0.3
+    t_c: float = DEFAULT_T_C
     shift: float | None = None  # None: schedule.resolution_shift of the generated shot
 
     def __post_init__(self) -> None:
@@ -63,6 +78,16 @@ class Group:
     grid: tuple[int, int, int]
     t: float
     is_global: bool = False
+
+
+@dataclass(frozen=True)
+class BranchInputs:
+    """What a forward of one guidance branch needs besides the video tokens and timesteps:
+    fixed while the groups' prompts, grids and the cache they follow are fixed."""
+
+    meta: PackedMeta
+    text: torch.Tensor  # [Nt, text_dim]
+    pooled: torch.Tensor  # [G, pooled_dim]
 
 
 class Sampler:
@@ -140,15 +165,27 @@ class Sampler:
             shift = resolution_shift(max(g.tokens.shape[0] for g in targets))
         return sampling_timesteps(self.settings.steps, shift)
 
-    @torch.no_grad()
-    def velocity(self, groups: Sequence[Group], branch: str, kv_cache=None) -> torch.Tensor:
-        """One forward of ``groups`` (after the cached groups, if any): video-stream velocity."""
+    def branch_input(self, groups: Sequence[Group], branch: str, kv_cache=None) -> BranchInputs:
+        """Packed metadata, text stream and pooled rows of ``groups`` in ``branch`` (after the
+        groups cached in ``kv_cache``, if any)."""
         prompts = [g.prompt if branch == COND else self.empty_prompt for g in groups]
         spec = SceneSpec(tuple(GroupSpec(p.tokens.shape[0], g.grid, g.is_global)
                                for p, g in zip(prompts, groups)))
         meta = build_packed_meta([spec], mask=self.mask, text_rope=self.config.text_rope,
                                  cached=None if kv_cache is None else kv_cache.spec,
                                  device=self.device)
+        return BranchInputs(meta, torch.cat([p.tokens for p in prompts]),
+                            torch.stack([p.pooled for p in prompts]))
+
+    def branch_inputs(self, groups: Sequence[Group], caches: dict | None = None) -> dict:
+        """``{branch: BranchInputs}`` for every guidance branch (each after its own cache)."""
+        return {b: self.branch_input(groups, b, None if caches is None else caches[b])
+                for b in self.branches}
+
+    @torch.no_grad()
+    def velocity(self, groups: Sequence[Group], inputs: BranchInputs, kv_cache=None) -> torch.Tensor:
+        """One forward of ``groups`` (after the cached groups, if any): video-stream velocity.
+        ``inputs`` is ``branch_input`` of the same groups, branch and cache."""
         timesteps = torch.tensor([g.t for g in groups], device=self.device,
                                  dtype=self.state_dtype)
         guidance = None
@@ -159,15 +196,17 @@ class Sampler:
             guidance = torch.full_like(timesteps, value)
         velocity = self.model(
             torch.cat([g.tokens for g in groups]).to(self.dtype),
-            torch.cat([p.tokens for p in prompts]),
-            torch.stack([p.pooled for p in prompts]),
-            timesteps, meta, guidance=guidance, kv_cache=kv_cache,
+            inputs.text, inputs.pooled, timesteps, inputs.meta, guidance=guidance,
+            kv_cache=kv_cache,
         )
         return velocity.to(self.state_dtype)
 
-    def guided_velocity(self, groups: Sequence[Group], caches: dict | None = None) -> torch.Tensor:
-        """CFG-combined velocity of ``groups`` (each branch with its own cache, if given)."""
-        out = {b: self.velocity(groups, b, None if caches is None else caches[b])
+    def guided_velocity(
+        self, groups: Sequence[Group], inputs: dict, caches: dict | None = None
+    ) -> torch.Tensor:
+        """CFG-combined velocity of ``groups``; ``inputs`` from ``branch_inputs(groups, caches)``
+        (each branch with its own cache, if given)."""
+        out = {b: self.velocity(groups, inputs[b], None if caches is None else caches[b])
                for b in self.branches}
         if len(out) == 1:
             return out[COND]
@@ -189,10 +228,11 @@ class Sampler:
             raise SamplingError("nothing to generate: every shot is a condition")
         offsets = _video_offsets(groups)
         ts = self.timesteps_for([groups[i] for i in targets])
+        inputs = self.branch_inputs(groups)
         for t, t_next in self._steps(ts):
             for i in targets:
                 groups[i].t = t
-            v = self.guided_velocity(groups)
+            v = self.guided_velocity(groups, inputs)
             for i in targets:
                 g = groups[i]
                 g.tokens = euler_step(g.tokens, v[offsets[i]:offsets[i + 1]], t, t_next)
@@ -203,9 +243,10 @@ class Sampler:
         """Denoises ``target`` after the context held in ``caches`` (one KV cache per branch,
         see ``kv_context.ContextCache``); only the target's tokens run through the model."""
         group = self.target_group(target)
+        inputs = self.branch_inputs([group], caches)
         for t, t_next in self._steps(self.timesteps_for([group])):
             group.t = t
-            group.tokens = euler_step(group.tokens, self.guided_velocity([group], caches),
+            group.tokens = euler_step(group.tokens, self.guided_velocity([group], inputs, caches),
                                       t, t_next)
         return self._unpatchify(group.tokens, target.latent_shape)
 

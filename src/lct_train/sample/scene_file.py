@@ -32,13 +32,11 @@ from typing import Any
 
 import yaml
 
-from lct_train.data.schema import SHOT_CUT
+from lct_train.data.schema import SHOT_CUT, shot_prompt, strip_cut
+from lct_train.sample.modes import AR, JOINT, MODES
+from lct_train.sample.sampler import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_T_C
 
-MODES = ("joint", "ar", "ar-kv")
-MODE_ALIASES = {"conditioned": "joint", "visual-conditioned": "joint", "autoregressive": "ar"}
-DEFAULT_STEPS = 30
-DEFAULT_GUIDANCE = 5.0
-DEFAULT_T_C = 0.3  # inside the paper's 0.1..0.5 range (§4.2)
+MODE_ALIASES = {"conditioned": JOINT, "visual-conditioned": JOINT, "autoregressive": AR}
 DEFAULT_SEED = 0
 
 _SCENE_KEYS = {
@@ -76,7 +74,7 @@ class ShotRequest:
     @property
     def full_prompt(self) -> str:
         """The prompt as the model saw it in training (SPEC §1 marker for a cut)."""
-        return SHOT_CUT + self.prompt if self.cut else self.prompt
+        return shot_prompt(self.prompt, self.cut)
 
     @property
     def is_condition(self) -> bool:
@@ -89,7 +87,7 @@ class SceneRequest:
 
     global_prompt: str
     shots: tuple[ShotRequest, ...]
-    mode: str = "joint"
+    mode: str = JOINT
     steps: int = DEFAULT_STEPS
     guidance: float = DEFAULT_GUIDANCE
     embedded_guidance: float | None = None
@@ -97,10 +95,6 @@ class SceneRequest:
     shift: float | None = None
     seed: int = DEFAULT_SEED
     source: str = field(default="<dict>", compare=False)
-
-    @property
-    def target_indices(self) -> list[int]:
-        return [i for i, s in enumerate(self.shots) if not s.is_condition]
 
 
 def load_scene_file(path: str | os.PathLike) -> SceneRequest:
@@ -127,7 +121,7 @@ def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = No
     unknown = sorted(set(data) - _SCENE_KEYS)
     if unknown:
         raise fail(f"unknown key(s) {unknown}; allowed: {sorted(_SCENE_KEYS)}")
-    mode = str(data.get("mode", "joint"))
+    mode = str(data.get("mode", JOINT))
     mode = MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
         raise fail(f"mode {mode!r} is not one of {MODES} (aliases: {sorted(MODE_ALIASES)})")
@@ -177,10 +171,11 @@ def _shot(raw, index, base_seed, default_size, mode, fail, base_dir) -> ShotRequ
     cut = raw.get("cut", True)
     if not isinstance(cut, bool):
         raise fail(f"{where}.cut must be true or false")
-    if prompt.startswith(SHOT_CUT.strip()):
+    stripped = strip_cut(prompt)
+    if stripped != prompt:
         if not cut:
             raise fail(f"{where}: prompt starts with {SHOT_CUT.strip()!r} but cut is false")
-        prompt = prompt[len(SHOT_CUT.strip()):].lstrip()
+        prompt = stripped
     seed = _int(raw.get("seed", base_seed + index), f"{where}.seed", fail)
     size = _size(raw["size"], f"{where}.size", fail) if "size" in raw else default_size
     condition = raw.get("condition")
@@ -196,7 +191,7 @@ def _shot(raw, index, base_seed, default_size, mode, fail, base_dir) -> ShotRequ
         raise fail(f"{where} has neither a size nor a scene-level default size")
     context = raw.get("context")
     if context is not None:
-        if mode == "joint":
+        if mode == JOINT:
             raise fail(f"{where}.context is only used by the ar / ar-kv modes, not {mode!r}")
         if not isinstance(context, list) or not all(isinstance(c, int) for c in context):
             raise fail(f"{where}.context must be a list of shot indices")

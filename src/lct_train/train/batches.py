@@ -16,12 +16,12 @@ import torch
 from lct_train.config.validate import ConfigError
 from lct_train.data.config import DataConfig
 from lct_train.data.packing import PackedScenes
+from lct_train.data.schema import GEOMETRY_KEYS  # dataset.json vs ModelConfig
 from lct_train.data.seeding import stable_seed
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import GroupSpec, SceneSpec
 
 SYNTHETIC_STREAM = "lct-train/synthetic"
-GEOMETRY_KEYS = ("latent_channels", "text_dim", "pooled_dim")  # dataset.json vs ModelConfig
 
 
 def global_micro_index(dp_rank: int, grad_accum: int, micro: int) -> int:

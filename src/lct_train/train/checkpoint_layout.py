@@ -116,21 +116,28 @@ def read_meta(ckpt: str | os.PathLike) -> dict:
     return meta
 
 
-def model_config_dict(meta: dict) -> dict | None:
-    """The ``ModelConfig`` dict of ``lct_meta.json``: ``config.model`` (the resolved run config,
-    what the trainer writes), else a top-level ``model``; None when there is neither."""
+def model_config(meta: dict, ckpt: str | os.PathLike):
+    """The ``ModelConfig`` recorded in ``lct_meta.json`` under ``config.model`` (the resolved
+    run config the trainer writes); ``BadMetaError`` naming the file when absent or invalid."""
+    from lct_train.model.config import ModelConfig
+
+    file = Path(ckpt) / META_FILE
     config = meta.get("config")
     data = config.get("model") if isinstance(config, dict) else None
-    data = data if data is not None else meta.get("model")
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise BadMetaError(f"{file} holds no model config (config.model)")
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise BadMetaError(f"{file}: config.model is not a valid ModelConfig: {err}") from err
 
 
 def run_settings(meta: dict) -> dict:
-    """The stage's attention ``mask`` (top-level, else ``config.stage.mask``) and context window
-    ``max_shots`` (``config.data.max_shots``) of ``lct_meta.json``; absent ones are left out."""
+    """The stage's attention ``mask`` (top-level) and context window ``max_shots``
+    (``config.data.max_shots``) of ``lct_meta.json``; absent ones are left out."""
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    stage, data = config.get("stage") or {}, config.get("data") or {}
-    found = {"mask": meta.get("mask") or stage.get("mask"), "max_shots": data.get("max_shots")}
+    data = config.get("data") or {}
+    found = {"mask": meta.get("mask"), "max_shots": data.get("max_shots")}
     return {k: v for k, v in found.items() if v is not None}
 
 
@@ -149,16 +156,17 @@ def entry_path(metadata, flat_key: str) -> tuple[str, ...]:
     return tuple(metadata.planner_data.get(flat_key, tuple(flat_key.split(".", 1))))
 
 
-def stored_weight_sets(ckpt: str | os.PathLike) -> list[str]:
-    """Which of ``WEIGHT_SETS`` the checkpoint holds (``ema`` is absent when EMA was off)."""
-    metadata = dcp_metadata(ckpt)
+def stored_weight_sets(metadata) -> list[str]:
+    """Which of ``WEIGHT_SETS`` a checkpoint holds (``ema`` is absent when EMA was off), from
+    its ``dcp_metadata``."""
     tops = {entry_path(metadata, key)[0] for key in metadata.state_dict_metadata}
     return [w for w in WEIGHT_SETS if w in tops]
 
 
-def choose_weights(ckpt: str | os.PathLike, weights: str | None) -> str:
-    """``weights`` as given, or for ``None``: ``ema`` when the checkpoint has it, else ``model``."""
+def choose_weights(metadata, weights: str | None) -> str:
+    """``weights`` as given, or for ``None``: ``ema`` when the checkpoint (its ``dcp_metadata``)
+    has it, else ``model``."""
     if weights is not None:
         return weights
-    stored = stored_weight_sets(ckpt)
+    stored = stored_weight_sets(metadata)
     return stored[0] if stored else WEIGHT_SETS[0]

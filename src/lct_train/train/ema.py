@@ -55,11 +55,3 @@ class EMA:
             for fqn, value in state.items():
                 if value is not self.shadow[fqn]:
                     self.shadow[fqn].copy_(value)
-
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Writes the EMA weights into ``model``'s parameters (e.g. before an export)."""
-        for name, param in model.named_parameters():
-            fqn = clean_fqn(name)
-            if fqn in self.shadow:
-                param.copy_(self.shadow[fqn].to(param.dtype))

@@ -56,10 +56,12 @@ def load_safetensors(model: nn.Module, path: Path, is_main: bool) -> None:
 
 
 def check_same_architecture(ours: ModelConfig, ckpt: Path) -> None:
-    theirs = layout.model_config_dict(layout.read_meta(ckpt)) or {}
-    mine = ours.to_dict()
-    diffs = [f"{k}: checkpoint {theirs.get(k)!r} != run {v!r}" for k, v in mine.items()
-             if k not in NON_ARCH_FIELDS and theirs.get(k) != v]
+    try:
+        theirs = layout.model_config(layout.read_meta(ckpt), ckpt).to_dict()
+    except layout.CheckpointLayoutError as err:
+        raise ConfigError("model", f"cannot compare with the model of {ckpt}: {err}") from err
+    diffs = [f"{k}: checkpoint {theirs[k]!r} != run {v!r}" for k, v in ours.to_dict().items()
+             if k not in NON_ARCH_FIELDS and theirs[k] != v]
     if diffs:
         raise ConfigError("model", f"does not match the model of {ckpt}: " + "; ".join(diffs))
 
@@ -80,7 +82,10 @@ def _checkpoint_source(stage_cfg) -> Path | None:
 
 
 def load_checkpoint_weights(model: nn.Module, ckpt: Path, weights: str) -> None:
-    stored = layout.stored_weight_sets(ckpt)
+    try:
+        stored = layout.stored_weight_sets(layout.dcp_metadata(ckpt))
+    except layout.CheckpointLayoutError as err:
+        raise ConfigError("stage.init_from", str(err)) from err
     if weights not in stored:
         raise ConfigError("stage.init_weights", f"{ckpt} holds no `{weights}` weights (it has "
                           f"{stored}); set stage.init_weights={stored[0] if stored else 'model'}")

@@ -53,13 +53,15 @@ def noise_batch(
     std: float,
     shift: float = 1.0,
 ) -> NoisedBatch:
-    """Draws one ``t`` per shot (logit-normal), sets global groups to 0, noises the latents."""
+    """Draws one ``t`` per shot (logit-normal), sets global groups to 0, noises the latents.
+
+    ``video [Nv, patch_dim]`` are the fp32 clean latents (the noise is drawn in fp32).
+    """
     device = video.device
     t_shot = flow.logit_normal((meta.num_shots,), mean, std, generator=generator, device=device)
     if shift != 1.0:
         t_shot = flow.shift_timesteps(t_shot, shift)
     eps = torch.randn(video.shape, generator=generator, device=device, dtype=torch.float32)
-    eps = eps.to(video.dtype)
     t_group = torch.zeros(meta.num_groups, device=device, dtype=t_shot.dtype)
     t_group[meta.shot_group] = t_shot
     t_tok = t_group[meta.video_group]

@@ -64,7 +64,10 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     params = [p for p in model.parameters() if p.grad is not None]
     grads = [p.grad for p in params]
     total = torch.nn.utils.get_total_norm(grads, foreach=True)
+    # DTensor grads (FSDP2) give a DTensor norm, already replicated (get_total_norm's one
+    # all-reduce): take the plain global value first and clip with it (torchtitan's order).
+    if hasattr(total, "full_tensor"):
+        total = total.full_tensor()
     if max_norm > 0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
-    # DTensor grads (FSDP2) give a DTensor norm: materialise the global value (a collective).
-    return total.full_tensor() if hasattr(total, "full_tensor") else total
+    return total

@@ -66,8 +66,9 @@ def forward_backward(
     Both are local to this rank; the metric vector is meant to be all-reduced (SUM).
     """
     dev = inp.device
+    local_shots = float(_local_shots(micro))
     # Global shot count: known on the host per rank, summed on the device (no sync).
-    global_shots = torch.tensor(float(_local_shots(micro)), device=dev)
+    global_shots = torch.tensor(local_shots, device=dev)
     dist.all_reduce(global_shots)
     # FSDP averages gradients over the dp ranks; the loss is a global mean: cancel the average.
     scale = inp.dp_size / global_shots
@@ -103,7 +104,7 @@ def forward_backward(
         buckets += bucket_sums(losses, noised.t_shot, inp.buckets)
         train_flops += flops.train_flops(meta)
     host = [
-        float(_local_shots(micro)),
+        local_shots,
         sum(mb.stats.get("tokens", float(mb.num_tokens)) for mb in micro),
         sum(mb.stats.get("scenes", float(len(mb.specs))) for mb in micro),
         sum(mb.stats.get("packing_efficiency", 0.0) for mb in micro),

@@ -225,7 +225,7 @@ class Trainer:
             now = time.perf_counter()
             records.append(self.metrics.record(step, m, lr, now - step_started,
                                                self.world.device, skipped=not finite))
-            if not records[:-1]:  # first step of this process: start-up is over
+            if len(records) == 1:  # first step of this process: start-up is over
                 set_train_timeout(self.world, self.cfg.parallel.train_timeout_s)
             if self._should_save(step):
                 self.save()

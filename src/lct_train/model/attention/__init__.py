@@ -1,6 +1,6 @@
 """Attention over packed scenes: one interface, several backends (SPEC §4).
 
-A backend is an object with ``name``, ``supports_backward``, ``plan(intervals)`` (its kernel
+A backend is an object with ``name``, ``plan(intervals)`` (its kernel
 metadata, built once per batch and memoised on the `AttnIntervals`) and
 ``__call__(q, k, v, plan) -> out`` on ``[L, H, D]`` tensors. `get_backend` picks one by name;
 ``"auto"`` picks by device and mask: on CUDA `flash-varlen` for bidirectional and `flex` for

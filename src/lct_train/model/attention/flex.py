@@ -68,7 +68,6 @@ def _compiled_flex():
 
 class FlexAttention:
     name = "flex"
-    supports_backward = torch.cuda.is_available()
 
     def __init__(self, block_size: int = BLOCK_SIZE):
         self.block_size = block_size

@@ -18,7 +18,6 @@ GROWTH = 2  # buffer capacity multiplier when it must grow
 
 class KVCache:
     def __init__(self, num_layers: int):
-        self.num_layers = num_layers
         self.spec = SceneSpec(())  # the cached groups
         self.write = False
         self._keys: list[torch.Tensor | None] = [None] * num_layers

@@ -30,7 +30,6 @@ def interval_mask(lo: torch.Tensor, hi: torch.Tensor, k0: int, k1: int) -> torch
 
 class ReferenceAttention:
     name = "reference"
-    supports_backward = True
 
     def plan(self, intervals: AttnIntervals) -> list[DenseScene]:
         scenes = []

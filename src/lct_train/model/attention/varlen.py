@@ -144,7 +144,6 @@ def varlen_kernel():
 
 class VarlenAttention:
     name = "flash-varlen"
-    supports_backward = True
 
     def plan(self, intervals: AttnIntervals) -> VarlenPlan:
         return ghost_plan(intervals)

@@ -1,6 +1,7 @@
-"""Real video input with PyAV: decode a shot at a target fps, read images.
+"""Real video input with PyAV: decode a shot at a target fps, read whole videos and images.
 
-Writing mp4 is `lct_train.sample.writers.write_mp4` (the one encoder of the project).
+Used by shard building (``data_tools``) and by the sampler's condition media. Writing mp4 is
+``lct_train.sample.writers.write_mp4`` (the one encoder of the project).
 """
 
 from __future__ import annotations
@@ -22,7 +23,21 @@ def is_image(path: str | Path) -> bool:
 def read_image(path: str | Path) -> torch.Tensor:
     """``uint8 [1, H, W, 3]``."""
     with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB"))).unsqueeze(0)
+        return torch.from_numpy(np.array(im.convert("RGB"))).unsqueeze(0)  # a writable copy
+
+
+def read_video(path: str | Path) -> torch.Tensor:
+    """Every frame of a video file (or the one of an image): ``uint8 [T, H, W, 3]``.
+
+    Raises ``ValueError`` when the file decodes to no frames and PyAV's errors when it cannot
+    be opened as a video."""
+    if is_image(path):
+        return read_image(path)
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{path}: no video frames")
+    return torch.from_numpy(np.stack(frames))
 
 
 def decode_shot(path: str | Path, fps: float, start: float | None = None, end: float | None = None,
