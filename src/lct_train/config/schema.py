@@ -62,8 +62,10 @@ class ParallelConfig:
     reshard_after_forward: bool = True
     # Activation checkpointing of every block: "none" | "full".
     activation_checkpoint: str = "none"
-    # torch.compile of every block (applied after AC, before FSDP).
+    # torch.compile of every block (applied after AC, before FSDP), and its backend
+    # ("inductor"; "aot_eager" / "eager" trace without code generation, for debugging).
     compile: bool = False
+    compile_backend: str = "inductor"
     # Collective timeouts: long while starting (loading, first step), short afterwards.
     init_timeout_s: int = 600
     train_timeout_s: int = 300

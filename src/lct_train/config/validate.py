@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from lct_train.model.layout import MASKS
-from lct_train.parallel.parallelize import DTYPES
+from lct_train.parallel.parallelize import COMPILE_BACKENDS, DTYPES
 
 
 class ConfigError(ValueError):
@@ -60,6 +60,7 @@ def validate_parallel(c: Any) -> None:
     _choice("parallel.param_dtype", c.param_dtype, DTYPES)
     _choice("parallel.reduce_dtype", c.reduce_dtype, DTYPES)
     _choice("parallel.activation_checkpoint", c.activation_checkpoint, ("none", "full"))
+    _choice("parallel.compile_backend", c.compile_backend, COMPILE_BACKENDS)
     _positive("parallel.init_timeout_s", c.init_timeout_s)
     _positive("parallel.train_timeout_s", c.train_timeout_s)
 

@@ -33,6 +33,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from lct_train.model.init import init_plan
 
 BLOCK_LIST_SUFFIX = "blocks"
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -56,11 +57,11 @@ def apply_ac(model: nn.Module, mode: str) -> None:
             blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
-def apply_compile(model: nn.Module) -> None:
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
     """Compiles every block in place (regional compile: one graph per block type)."""
     for _, blocks in block_lists(model):
         for block in blocks:
-            block.compile()
+            block.compile(backend=backend)
 
 
 def mixed_precision(param_dtype: str, reduce_dtype: str) -> MixedPrecisionPolicy:
@@ -94,7 +95,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, parallel_cfg) -> nn.Module:
     """AC -> compile -> FSDP, per ``parallel_cfg`` (``lct_train.config.schema.ParallelConfig``)."""
     apply_ac(model, parallel_cfg.activation_checkpoint)
     if parallel_cfg.compile:
-        apply_compile(model)
+        apply_compile(model, parallel_cfg.compile_backend)
     apply_fsdp(
         model,
         mesh,

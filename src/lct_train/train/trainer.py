@@ -62,6 +62,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.model_cfg = model_config(cfg)
         self.state = {"step": 0, "skipped_steps": 0, "consecutive_skips": 0}
+        self.started = False  # a first step went through (train() may be called again)
         if world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -225,8 +226,9 @@ class Trainer:
             now = time.perf_counter()
             records.append(self.metrics.record(step, m, lr, now - step_started,
                                                self.world.device, skipped=not finite))
-            if len(records) == 1:  # first step of this process: start-up is over
+            if not self.started:  # first step of this trainer: start-up is over
                 set_train_timeout(self.world, self.cfg.parallel.train_timeout_s)
+                self.started = True
             if self._should_save(step):
                 self.save()
             if self.cfg.debug.step_delay_s:
