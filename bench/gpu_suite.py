@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (CI)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default $OUT)")
     p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    p.add_argument("--cap", action="append", default=[], metavar="STAGE=SECONDS",
+                   help="another time cap for a stage (repeatable)")
     p.add_argument("--child", choices=list(STAGES), help=argparse.SUPPRESS)
     p.add_argument("--results", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
@@ -184,6 +186,15 @@ def main(argv=None) -> int:
     if args.child:
         return run_child(args)
     profile = SMOKE if args.smoke else GPU
+    try:
+        caps = {**profile.caps, **{k: int(v) for k, v in (c.split("=") for c in args.cap)}}
+    except ValueError:
+        print(f"gpu_suite: --cap takes STAGE=SECONDS, got {args.cap}", file=sys.stderr)
+        return 2
+    unknown = set(caps) - set(STAGES)
+    if unknown:
+        print(f"gpu_suite: --cap: unknown stage(s) {sorted(unknown)}", file=sys.stderr)
+        return 2
     if profile.device == "cuda" and not torch.cuda.is_available():
         print("gpu_suite: no CUDA device is visible; on a CPU machine run it with --smoke",
               file=sys.stderr)
@@ -192,7 +203,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="lct-gpu-suite-"))
     report = {"machine": machine_info(profile), "command": " ".join(sys.argv),
-              "caps_s": {n: profile.caps[n] for n in args.stages}, "stages": {}}
+              "caps_s": {n: caps[n] for n in args.stages}, "stages": {}}
     print(f"gpu_suite: profile {profile.name}, stages {' '.join(args.stages)}, out {out}",
           flush=True)
     suite_start = time.monotonic()
@@ -202,14 +213,14 @@ def main(argv=None) -> int:
         if BESIDE in args.stages:  # waited for (and stopped at its cap) by a thread
             proc, results = start_stage(BESIDE, args, scratch, side_log)
             beside = threading.Thread(target=lambda: done.append(
-                finish_stage(proc, results, time.monotonic(), profile.caps[BESIDE])))
+                finish_stage(proc, results, time.monotonic(), caps[BESIDE])))
             beside.start()
         for name in (n for n in STAGES if n in args.stages and n != BESIDE):
-            log.write(f"\n===== {name} (cap {profile.caps[name]} s)\n")
+            log.write(f"\n===== {name} (cap {caps[name]} s)\n")
             log.flush()
             started = time.monotonic()
             proc, results = start_stage(name, args, scratch, log)
-            report["stages"][name] = finish_stage(proc, results, started, profile.caps[name])
+            report["stages"][name] = finish_stage(proc, results, started, caps[name])
             print(f"  {name:<15} {report['stages'][name]['status']:<24} "
                   f"{report['stages'][name]['wall_s']:>6.1f} s", flush=True)
             write_report(report, profile, out)

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from gpu_stages import ROOT, Profile, Recorder, StageFailure
+from gpu_stages import ROOT, Profile, Recorder, StageFailure, kernel_available
 from omegaconf import read_write
 from train_step import bench_overrides, make_trainer, summarise
 
@@ -74,11 +74,17 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: 
     return MATMUL_FLOPS * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def train_overrides(profile: Profile, steps: int, compiled: bool, run_dir: Path) -> list[str]:
-    return [*bench_overrides(profile.model, steps, profile.device, str(run_dir)),
-            "synthetic.scenes_per_batch=1", "parallel.activation_checkpoint=full",
-            f"parallel.compile={str(compiled).lower()}",
-            f"parallel.compile_backend={profile.compile_backend}"]
+def train_overrides(rec: Recorder, profile: Profile, steps: int, compiled: bool,
+                    run_dir: Path) -> list[str]:
+    overrides = [*bench_overrides(profile.model, steps, profile.device, str(run_dir)),
+                 "synthetic.scenes_per_batch=1", "parallel.activation_checkpoint=full",
+                 f"parallel.compile={str(compiled).lower()}",
+                 f"parallel.compile_backend={profile.compile_backend}"]
+    missing = kernel_available("flash-varlen") if profile.device == "cuda" else None
+    if missing:  # auto would pick flash-varlen for these bidirectional batches
+        rec.fail(f"flash-varlen: {missing}; training with model.attn_backend=flex instead")
+        overrides.append("model.attn_backend=flex")
+    return overrides
 
 
 def stage_train(rec: Recorder, profile: Profile, scratch: Path, compiled: bool) -> None:
@@ -88,7 +94,7 @@ def stage_train(rec: Recorder, profile: Profile, scratch: Path, compiled: bool) 
     rec.info("matmul_tflops", round(measured, 4))
     per_phase = profile.train_warmup + profile.train_steps
     all_shots = profile.compiled_shots if compiled else profile.train_shots
-    overrides = train_overrides(profile, per_phase * len(all_shots), compiled,
+    overrides = train_overrides(rec, profile, per_phase * len(all_shots), compiled,
                                 scratch / "run")
     if device.type == "cpu":  # no datasheet peak: MFU against the measured matmul rate
         overrides.append(f"logging.peak_tflops={measured}")
@@ -107,7 +113,13 @@ def stage_train(rec: Recorder, profile: Profile, scratch: Path, compiled: bool) 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        records = run_steps(trainer, per_phase)
+        try:
+            records = run_steps(trainer, per_phase)
+        except Exception as err:  # e.g. out of memory at the largest scene: try the others
+            rec.fail(f"{shots} shots: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         first = records[0]["step_time_s"]
         s = summarise(records[profile.train_warmup:])
         rec.row("train", {"compile": compiled, "shots": shots, "tokens": spec.num_tokens,
@@ -146,7 +158,7 @@ def sync_sites(caught) -> dict[str, int]:
 def stage_host_syncs(rec: Recorder, profile: Profile, scratch: Path) -> None:
     """One training step (after a warm-up step) under the sync debug mode: syncs counted."""
     device = torch.device(profile.device)
-    overrides = train_overrides(profile, 2, False, scratch / "run")
+    overrides = train_overrides(rec, profile, 2, False, scratch / "run")
     if profile.model != "tiny":
         overrides.append(f"model.num_dual_blocks={profile.sync_layers}")
     trainer = make_trainer(overrides)
