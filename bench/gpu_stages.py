@@ -52,6 +52,7 @@ class Profile:
     kv_layers: int
     sync_layers: int
     matmul_size: int
+    gpu_gb: float  # the memory the estimator is told the device has
     caps: dict[str, int]  # stage -> seconds
 
 
@@ -64,6 +65,7 @@ GPU = Profile(
     attn_warmup=1, attn_repeats=3,
     train_shots=(9, 5, 1), compiled_shots=(9, 5, 1), train_warmup=1, train_steps=2, compile_backend="inductor",
     kv_shots=tuple(range(2, 10)), kv_warmup=True, kv_steps=4, kv_layers=2, sync_layers=2, matmul_size=8192,
+    gpu_gb=141.0,
     caps={"tests": 70, "attention": 60, "train-eager": 90, "train-compiled": 150,
           "kv-cache": 55, "host-syncs": 35, "estimate": 300},
 )
@@ -76,6 +78,7 @@ SMOKE = Profile(
     # inductor's C++ code generation takes minutes on 2 shared cores: dynamo capture only
     train_shots=(2, 1), compiled_shots=(1,), train_warmup=1, train_steps=1, compile_backend="eager",
     kv_shots=(2,), kv_warmup=False, kv_steps=2, kv_layers=1, sync_layers=1, matmul_size=256,
+    gpu_gb=24.0,
     # about 70 s of CPU in all; the caps allow for a machine shared four ways
     caps={"tests": 90, "attention": 90, "train-eager": 90, "train-compiled": 90,
           "kv-cache": 90, "host-syncs": 90, "estimate": 120},

@@ -25,6 +25,7 @@ from gpu_stages import ROOT, Profile, Recorder, StageFailure, kernel_available
 from omegaconf import read_write
 from train_step import bench_overrides, make_trainer, summarise
 
+from lct_train.model.attention import get_backend
 from lct_train.model.layout import GroupSpec, SceneSpec
 from lct_train.train.batches import SyntheticBatches
 from lct_train.train.flops import MATMUL_FLOPS
@@ -105,8 +106,7 @@ def stage_train(rec: Recorder, profile: Profile, scratch: Path, compiled: bool) 
     rec.info("build_s", round(time.perf_counter() - start, 1))
     rec.info("overrides", " ".join(overrides))
     cfg = trainer.model_cfg
-    rec.info("attention_backend", f"{cfg.attn_backend} (auto: flash-varlen for bidirectional "
-                                  "batches on CUDA, reference on CPU)")
+    rec.info("attention_backend", get_backend(cfg.attn_backend, device, causal=False).name)
     for shots in all_shots:
         spec = scene(profile, shots, cfg.dummy_grid)
         trainer.batches = FixedScenes(trainer, spec)
@@ -224,11 +224,16 @@ def stage_estimate(rec: Recorder, profile: Profile, scratch: Path) -> None:
     from lct_train.model.config import ModelConfig
 
     dummy = ModelConfig.from_yaml(ROOT / "conf" / "model" / f"{profile.model}.yaml").dummy_grid
+    if profile.global_text != profile.shot_text:
+        raise StageFailure("lct-estimate gives every group the same text length")
+    dtype = str(profile.dtype).removeprefix("torch.")
     for shots in sorted(set(profile.train_shots) | set(profile.compiled_shots), reverse=True):
         tokens = scene(profile, shots, dummy).num_tokens
         overrides = [f"model={profile.model}", "parallel.activation_checkpoint=full",
-                     "estimate.world_size=1", f"estimate.shots={shots}",
-                     f"estimate.tokens={tokens}"]
+                     f"parallel.param_dtype={dtype}", "estimate.world_size=1",
+                     f"estimate.shots={shots}", f"estimate.text_len={profile.shot_text}",
+                     f"estimate.grid=[{','.join(map(str, profile.shot_grid))}]",
+                     f"estimate.gpu_gb={profile.gpu_gb}"]
         try:
             result = run_estimator(module, func, overrides)
         except StageFailure as err:
