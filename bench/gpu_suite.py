@@ -29,6 +29,7 @@ On a lent device machine run ``bash bench/gpu_run.sh`` (BENCHMARKS.md, "GPU suit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -69,6 +70,7 @@ STAGES = {  # name -> (title, function); run in this order
 BESIDE = "estimate"  # CPU-only: started first, runs while the GPU stages run
 FAILED_EXIT = 1
 KILL_GRACE_S = 10
+RUNNING: set[subprocess.Popen] = set()  # stages started and not yet finished
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,9 +123,13 @@ def start_stage(name: str, args, scratch: Path, log) -> tuple[subprocess.Popen, 
         env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if name == BESIDE:  # shares the CPUs with the GPU stages: few threads, low priority
         env["OMP_NUM_THREADS"] = "4"
+        cmd = ["nice", "-n", "10", *cmd]
+    # Its own process group (killed as one at the cap), in the suite's session: whatever
+    # ends the suite's session (the device tool after its command) ends the stages too.
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                            preexec_fn=(lambda: os.nice(10)) if name == BESIDE else None)
+                            **group)
+    RUNNING.add(proc)
     return proc, results
 
 
@@ -141,6 +147,14 @@ def stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def stop_running(signum, _frame) -> None:
+    """SIGTERM / SIGINT handler of the suite: ends the running stages' groups, then itself."""
+    for proc in list(RUNNING):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    sys.exit(128 + signum)
+
+
 def finish_stage(proc, results: Path, started: float, cap: int) -> dict:
     """Waits until the stage ends or its cap; its figures, status, wall and CPU time (the CPU
     time is the stage's own when nothing else ends meanwhile)."""
@@ -151,6 +165,7 @@ def finish_stage(proc, results: Path, started: float, cap: int) -> dict:
     except subprocess.TimeoutExpired:
         stop_group(proc)
         status = f"timeout (cap {cap} s)"
+    RUNNING.discard(proc)
     end = resource.getrusage(resource.RUSAGE_CHILDREN)
     stage = {"status": status, "wall_s": round(time.monotonic() - started, 1), "cap_s": cap,
              "cpu_s": round(end.ru_utime + end.ru_stime - cpu.ru_utime - cpu.ru_stime, 1),
@@ -207,13 +222,15 @@ def main(argv=None) -> int:
     print(f"gpu_suite: profile {profile.name}, stages {' '.join(args.stages)}, out {out}",
           flush=True)
     suite_start = time.monotonic()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stopped from outside: stop the stages too
+        signal.signal(sig, stop_running)
     with open(out / "gpu_suite.log", "w") as log, \
             open(out / "gpu_suite_estimate.log", "w") as side_log:
         beside, done = None, []
         if BESIDE in args.stages:  # waited for (and stopped at its cap) by a thread
-            proc, results = start_stage(BESIDE, args, scratch, side_log)
-            beside = threading.Thread(target=lambda: done.append(
-                finish_stage(proc, results, time.monotonic(), caps[BESIDE])))
+            side = (*start_stage(BESIDE, args, scratch, side_log), time.monotonic(), caps[BESIDE])
+            beside = threading.Thread(target=lambda: done.append(finish_stage(*side)),
+                                      daemon=True)
             beside.start()
         for name in (n for n in STAGES if n in args.stages and n != BESIDE):
             log.write(f"\n===== {name} (cap {caps[name]} s)\n")
