@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -227,18 +228,23 @@ def stage_estimate(rec: Recorder, profile: Profile, scratch: Path) -> None:
     if profile.global_text != profile.shot_text:
         raise StageFailure("lct-estimate gives every group the same text length")
     dtype = str(profile.dtype).removeprefix("torch.")
-    for shots in sorted(set(profile.train_shots) | set(profile.compiled_shots), reverse=True):
-        tokens = scene(profile, shots, dummy).num_tokens
-        overrides = [f"model={profile.model}", "parallel.activation_checkpoint=full",
-                     f"parallel.param_dtype={dtype}", "estimate.world_size=1",
-                     f"estimate.shots={shots}", f"estimate.text_len={profile.shot_text}",
-                     f"estimate.grid=[{','.join(map(str, profile.shot_grid))}]",
-                     f"estimate.gpu_gb={profile.gpu_gb}"]
-        try:
-            result = run_estimator(module, func, overrides)
-        except StageFailure as err:
-            rec.fail(str(err))
-            continue
-        rec.row("estimate", {"shots": shots, "tokens": tokens,
-                             "estimated_peak_gb": result["peak_bytes"] / 2**30,
-                             "fits": result.get("fits")})
+    runs = {}
+    with ThreadPoolExecutor() as pool:  # one process per scene, side by side
+        for shots in sorted(set(profile.train_shots) | set(profile.compiled_shots), reverse=True):
+            overrides = [f"model={profile.model}", "parallel.activation_checkpoint=full",
+                         f"parallel.param_dtype={dtype}", "estimate.world_size=1",
+                         f"estimate.shots={shots}", f"estimate.text_len={profile.shot_text}",
+                         f"estimate.grid=[{','.join(map(str, profile.shot_grid))}]",
+                         f"estimate.gpu_gb={profile.gpu_gb}"]
+            runs[pool.submit(run_estimator, module, func, overrides)] = shots
+        for done in as_completed(runs):
+            shots = runs[done]
+            try:
+                result = done.result()
+            except StageFailure as err:
+                rec.fail(str(err))
+                continue
+            rec.row("estimate", {"shots": shots,
+                                 "tokens": scene(profile, shots, dummy).num_tokens,
+                                 "estimated_peak_gb": result["peak_bytes"] / 2**30,
+                                 "fits": result.get("fits")})
