@@ -119,8 +119,6 @@ def start_stage(name: str, args, scratch: Path, log) -> tuple[subprocess.Popen, 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--results",
            str(results), "--scratch", str(scratch / name), *(["--smoke"] if args.smoke else [])]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if not args.smoke:
-        env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if name == BESIDE:  # shares the CPUs with the GPU stages: few threads, low priority
         env["OMP_NUM_THREADS"] = "4"
         cmd = ["nice", "-n", "10", *cmd]
