@@ -66,8 +66,8 @@ GPU = Profile(
     train_shots=(9, 5, 1), compiled_shots=(9, 5, 1), train_warmup=1, train_steps=2, compile_backend="inductor",
     kv_shots=tuple(range(2, 10)), kv_warmup=True, kv_steps=4, kv_layers=2, sync_layers=2, matmul_size=8192,
     gpu_gb=141.0,
-    caps={"tests": 70, "attention": 60, "train-eager": 90, "train-compiled": 150,
-          "kv-cache": 55, "host-syncs": 35, "estimate": 300},
+    caps={"tests": 70, "attention": 70, "train-eager": 90, "train-compiled": 150,
+          "kv-cache": 50, "host-syncs": 30, "estimate": 300},
 )
 SMOKE = Profile(
     name="smoke", device="cpu", dtype=torch.float32, model="tiny",
