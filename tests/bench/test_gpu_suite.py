@@ -148,3 +148,28 @@ def test_every_stage_has_a_cap_and_the_gpu_caps_fit_eight_minutes():
     for profile in (gpu_stages.GPU, gpu_stages.SMOKE):
         assert set(profile.caps) == set(STAGES)
     assert sum(c for n, c in gpu_stages.GPU.caps.items() if n != BESIDE) <= 8 * 60 - 20
+
+
+def test_gpu_profile_configs_compose_and_scenes_are_the_stated_geometry(tmp_path):
+    """What the GPU run composes is valid here, before a GPU is lent (a bad key costs a run)."""
+    import dataclasses
+
+    from lct_train.config.store import compose_config
+
+    gpu = gpu_stages.GPU
+    rec = gpu_stages.Recorder(tmp_path / "rows.jsonl")
+    for compiled in (False, True):
+        cfg = compose_config(gpu_train.train_overrides(rec, gpu, 6, compiled, tmp_path))
+        assert cfg.model.num_dual_blocks == 20
+        assert cfg.parallel.activation_checkpoint == "full"
+        assert cfg.parallel.param_dtype == "bfloat16"
+        assert cfg.parallel.compile is compiled
+        assert cfg.parallel.compile_backend == "inductor"
+    syncs = gpu_train.train_overrides(rec, gpu, 2, False, tmp_path)
+    assert compose_config([*syncs, f"model.num_dual_blocks={gpu.sync_layers}"]).model.num_dual_blocks == 2
+    preset = gpu_stages.model_preset(gpu.model)
+    tokens = [gpu_train.scene(gpu, n, preset.dummy_grid).num_tokens for n in gpu.train_shots]
+    assert tokens == [57_356, 31_900, 6_444]
+    kv = dataclasses.replace(preset, num_dual_blocks=gpu.kv_layers, num_single_blocks=0)
+    assert kv.hidden_size == 2048
+    assert sum(c for n, c in gpu.caps.items() if n != "estimate") == 460
