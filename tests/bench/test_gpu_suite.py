@@ -173,3 +173,23 @@ def test_gpu_profile_configs_compose_and_scenes_are_the_stated_geometry(tmp_path
     kv = dataclasses.replace(preset, num_dual_blocks=gpu.kv_layers, num_single_blocks=0)
     assert kv.hidden_size == 2048
     assert sum(c for n, c in gpu.caps.items() if n != "estimate") == 460
+
+
+def test_sync_warnings_are_counted_per_source_line():
+    import warnings
+
+    def step():
+        for _ in range(2):
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step()
+    sites = gpu_train.sync_sites(caught)
+    assert len(sites) == 1
+    ((site, count),) = sites.items()
+    assert count == 2
+    assert site.startswith("tests/bench/test_gpu_suite.py:")
+    assert site.endswith('warnings.warn("called a synchronizing CUDA operation", UserWarning, '
+                         "stacklevel=1)")
