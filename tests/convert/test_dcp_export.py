@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 from lct_train.convert.cli import main
 from lct_train.convert.dcp_export import load_dcp_weights
-from lct_train.convert.errors import ConversionError
 from lct_train.convert.model_spec import build_model, read_model_config
-from lct_train.convert.safetensors_io import SafetensorsReader
 from lct_train.convert.verify import load_lct_model
+from lct_train.core.errors import ConversionError
+from lct_train.core.safetensors_io import SafetensorsReader
 from lct_train.sample.checkpoint_io import load_model
 
 WORKER = Path(__file__).with_name("dcp_worker.py")

@@ -8,7 +8,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from lct_train.config.validate import ConfigError
+from lct_train.core.errors import ConfigError
 from lct_train.data.config import DataConfig
 from lct_train.model.config import ModelConfig
 

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lct_train.config.schema import TrainConfig
-from lct_train.config.validate import ConfigError, validate
+from lct_train.config.validate import validate
+from lct_train.core.errors import ConfigError
 
 SCHEMA_NAME = "train_schema"
 ROOT_CONFIG = "train"

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from lct_train.convert.errors import ConversionError, format_keys
 from lct_train.convert.key_plan import KeyRule
+from lct_train.core.errors import ConversionError, format_keys
 from lct_train.model.config import ModelConfig
 
 LINEAR = ("weight", "bias")

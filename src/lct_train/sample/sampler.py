@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from lct_train.core.flow import euler_step, noise_latents
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import (
     GroupSpec,
@@ -38,7 +39,6 @@ from lct_train.model.layout import (
 )
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, Shot, TargetShot
 from lct_train.sample.schedule import resolution_shift, sampling_timesteps, shot_noise
-from lct_train.train.flow import euler_step, noise_latents
 
 COND, UNCOND = "cond", "uncond"
 GLOBAL_TIMESTEP = 0.0

@@ -23,12 +23,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lct_train.config.build import data_config, model_config
-from lct_train.config.validate import ConfigError
+from lct_train.core import checkpoint_layout as layout
+from lct_train.core.dtypes import dtype_of
+from lct_train.core.errors import ConfigError
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import World, set_train_timeout
-from lct_train.parallel.parallelize import DTYPES, materialize, parallelize
+from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.train import checkpoint as ckpt_lib
-from lct_train.train import checkpoint_layout as layout
 from lct_train.train.batches import LoaderBatches, SyntheticBatches
 from lct_train.train.ema import EMA
 from lct_train.train.flops import FlopCounter, peak_flops
@@ -83,7 +84,7 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, world.is_main, cfg.steps,
                                      world.size, peak_flops(cfg.logging.peak_tflops, world.device))
         self.step_inputs = StepInputs(
-            device=world.device, compute_dtype=DTYPES[cfg.parallel.param_dtype],
+            device=world.device, compute_dtype=dtype_of(cfg.parallel.param_dtype),
             mask=cfg.stage.mask, text_rope=self.model_cfg.text_rope, seed=cfg.seed,
             dp_rank=world.dp_rank, dp_size=world.dp_size, grad_accum=cfg.optim.grad_accum,
             t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
