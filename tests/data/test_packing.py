@@ -13,9 +13,9 @@ from safetensors.torch import load
 
 from lct_train.data.config import DataConfig
 from lct_train.data.loader import SceneLoader
-from lct_train.data.packing import BestFitPacker, patchify_into
+from lct_train.data.packing import BestFitPacker
 from lct_train.data.schema import LATENTS_EXT, SHARDS_DIR, load_empty_prompt
-from lct_train.model.layout import patchify
+from lct_train.model.geometry import patchify
 
 
 def take(cfg, n, **kw):
@@ -80,14 +80,6 @@ def test_video_stream_is_patchified_latents(make_cfg, dataset_dir):
                 assert torch.equal(rows, patchify(latent, cfg.patch_size))
             scenes += 1
     assert scenes >= 3
-
-
-@pytest.mark.parametrize("patch", [(1, 2, 2), (2, 1, 2)])
-def test_patchify_into_matches_layout_patchify(patch):
-    latent = torch.randn(3, 4, 6, 8)
-    out = torch.empty(patchify(latent, patch).shape)
-    patchify_into(out, latent, patch)
-    assert torch.equal(out, patchify(latent, patch))
 
 
 def test_over_budget_cut_keeps_global_and_first_shots(make_cfg, dataset_dir):

@@ -7,7 +7,8 @@ import pytest
 import torch
 from model_testutils import group_scene, random_inputs, scene, tiny_config
 
-from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta, patchify, unpatchify
+from lct_train.model.geometry import patchify, unpatchify
+from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
 from lct_train.model.mmdit import LCTModel
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lct_train.model.layout import patchify
+from lct_train.model.geometry import patchify
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, TargetShot
 from lct_train.sample.sampler import Sampler, SamplingError, SamplingSettings
 
