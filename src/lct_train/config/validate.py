@@ -1,8 +1,10 @@
-"""Start-up validation of a composed ``TrainConfig``: ranges and choices, errors name the key.
+"""Validation of the ``TrainConfig`` groups (run by ``TrainConfig.__post_init__``): ranges and
+choices, errors name the key.
 
 Types and unknown keys are already checked by OmegaConf when the config is composed; this
 module checks what types cannot say (a learning rate is positive, a schedule is one of a few
-names, ...). Every failure raises ``ConfigError`` whose message starts with the dotted key.
+names, ...). ``model`` and ``data`` validate themselves (their ``__post_init__``). Every failure
+raises ``ConfigError`` whose message starts with the dotted key.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def validate_synthetic(c: Any) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Checks every group of a composed config; raises ``ConfigError`` naming the key."""
+    """Checks the groups of a ``TrainConfig``; raises ``ConfigError`` naming the key."""
     validate_optim(cfg.optim)
     validate_parallel(cfg.parallel)
     validate_checkpoint(cfg.checkpoint)
