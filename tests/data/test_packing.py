@@ -134,7 +134,7 @@ def test_context_window_truncation(make_cfg):
 
 
 def test_source_mixing_by_weight(dataset_dir, synth_dir, tmp_path):
-    from .conftest import build_tiny
+    from tests.data.conftest import build_tiny
 
     segments = tmp_path / "segments"
     build_tiny(synth_dir / "manifest_segments.jsonl", segments)

@@ -6,7 +6,6 @@ fp32, as in sampling. One process, a 1-rank gloo group, CPU."""
 import pytest
 import torch
 import torch.distributed as dist
-from model_testutils import random_inputs, scene, tiny_config
 
 import lct_train.model.blocks as blocks_mod
 from lct_train.config.schema import ParallelConfig
@@ -16,6 +15,8 @@ from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import build_mesh
 from lct_train.parallel.parallelize import parallelize
 from lct_train.train.optim import clip_grad_norm
+from tests.model.model_testutils import random_inputs, scene
+from tests.testutils import tiny_config
 
 BF16 = ParallelConfig(activation_checkpoint="none", param_dtype="bfloat16", reduce_dtype="float32")
 

@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 import torch
-from model_testutils import group_is_global, group_scene, joint_is_text
 
 from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
+from tests.model.model_testutils import group_is_global, group_scene, joint_is_text
 
 # Hand-worked example: global group (2 text, dummy grid 1x1x2), shot 1 (3 text, grid 2x2x3),
 # shot 2 (1 text, grid 1x2x2).

@@ -12,7 +12,7 @@ from lct_train.core.errors import ConfigError
 
 PACKING_POLICIES = ("cut", "skip")
 RESUME_POLICIES = ("strict", "reshuffle")
-DEFAULT_MAX_SHOTS = 9  # the paper's context window (SPEC §1)
+DEFAULT_MAX_SHOTS = 9  # the paper's context window N (SPEC §1); also the sampler's default
 
 
 def _fail(key: str, msg: str) -> None:

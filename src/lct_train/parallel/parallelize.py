@@ -33,17 +33,6 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from lct_train.core.dtypes import dtype_of
 from lct_train.model.init import init_plan
 
-BLOCK_LIST_SUFFIX = "blocks"
-
-
-def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
-    """Every ``nn.ModuleList`` named ``*blocks`` (in module order)."""
-    return [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1].endswith(BLOCK_LIST_SUFFIX)
-    ]
-
 
 def apply_ac(model: nn.Module, mode: str) -> None:
     """``full``: recompute every block's forward in backward; ``none``: nothing."""
@@ -51,14 +40,14 @@ def apply_ac(model: nn.Module, mode: str) -> None:
         return
     if mode != "full":
         raise ValueError(f"parallel.activation_checkpoint: unknown mode {mode!r}")
-    for _, blocks in block_lists(model):
+    for blocks in model.block_lists():
         for i, block in enumerate(blocks):
             blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
 def apply_compile(model: nn.Module) -> None:
     """Compiles every block in place (regional compile: one graph per block type)."""
-    for _, blocks in block_lists(model):
+    for blocks in model.block_lists():
         for block in blocks:
             block.compile()
 
@@ -77,7 +66,7 @@ def apply_fsdp(
 ) -> None:
     """``fully_shard`` per block, then the root; HSDP when ``mesh`` is 2-D (replicate, shard)."""
     mesh = mesh if mesh.size(0) > 1 else mesh["dp_shard"]
-    for _, blocks in block_lists(model):
+    for blocks in model.block_lists():
         for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=mp_policy,
                         reshard_after_forward=reshard_after_forward)

@@ -27,10 +27,11 @@ import torch
 from lct_train.convert.model_spec import EXPORT_INFO_FILE, checkpoint_model_config
 from lct_train.core import checkpoint_layout as layout
 from lct_train.core.checkpoint_layout import META_FILE, WEIGHT_SETS
+from lct_train.data.config import DEFAULT_MAX_SHOTS
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import MASKS
 
-DEFAULT_WINDOW = 9  # SPEC §1: N = 9 shots unless the checkpoint says otherwise
+DEFAULT_WINDOW = DEFAULT_MAX_SHOTS  # the training window (SPEC §1) unless the checkpoint says otherwise
 DEFAULT_MASK = "bidirectional"
 
 

@@ -60,12 +60,15 @@ class SamplingSettings:
     shift: float | None = None  # None: schedule.resolution_shift of the generated shot
 
     def __post_init__(self) -> None:
+        """The one check of the sampling settings (scene files, the CLI and the API build these)."""
         if self.steps < 1:
-            raise SamplingError(f"SamplingSettings.steps must be >= 1, got {self.steps}")
+            raise SamplingError(f"steps must be >= 1, got {self.steps}")
         if self.guidance < 1.0:
-            raise SamplingError(f"SamplingSettings.guidance must be >= 1, got {self.guidance}")
+            raise SamplingError(f"guidance must be >= 1 (1 = no guidance), got {self.guidance}")
         if not 0.0 <= self.t_c < 1.0:
-            raise SamplingError(f"SamplingSettings.t_c must be in [0, 1), got {self.t_c}")
+            raise SamplingError(f"t_c must be in [0, 1), got {self.t_c}")
+        if self.shift is not None and self.shift <= 0:
+            raise SamplingError(f"shift must be > 0, got {self.shift}")
 
 
 @dataclass(eq=False)
