@@ -126,11 +126,10 @@ def _fmt(value) -> str:
 
 def model_preset(name: str):
     """``ModelConfig`` of a conf/model preset (through the same composition as training)."""
-    from lct_train.config.build import model_config
     from lct_train.config.store import compose_config
 
-    return model_config(compose_config([f"model={name}", "data_source=synthetic",
-                                        "run_dir=/tmp/lct-gpu-suite"]))
+    return compose_config([f"model={name}", "data_source=synthetic",
+                           "run_dir=/tmp/lct-gpu-suite"]).model
 
 
 # ------------------------------------------------------------------------- 1. gpu-marked tests

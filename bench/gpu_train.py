@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from gpu_stages import ROOT, Profile, Recorder, StageFailure, kernel_available
-from omegaconf import read_write
 from train_step import bench_overrides, make_trainer, summarise
 
 from lct_train.model.attention import get_backend
@@ -56,8 +55,7 @@ def scene(profile: Profile, shots: int, dummy_grid) -> SceneSpec:
 
 def run_steps(trainer, steps: int) -> list[dict]:
     """``steps`` more optimizer steps of ``trainer``; their metric records."""
-    with read_write(trainer.cfg):
-        trainer.cfg.steps = trainer.state["step"] + steps
+    trainer.cfg.steps = trainer.state["step"] + steps
     return trainer.train()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from lct_train.model.config import ModelConfig
+from lct_train.model.geometry import patch_grid
 from lct_train.model.mmdit import LCTModel
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.modes import AR, AR_KV, PlannedShot, generate_scene
@@ -65,9 +67,8 @@ def _prompt(gen: torch.Generator, cfg: ModelConfig, text_tokens: int) -> PromptE
 
 def _group_tokens(cfg: ModelConfig, geo: ShotGeometry, text_tokens: int) -> tuple[int, int]:
     """Joint tokens of the global group and of one shot, each with ``text_tokens`` text."""
-    pt, ph, pw = cfg.patch_size
-    _c, f, h, w = geo.shot_latent
-    return text_tokens + cfg.num_dummy_tokens, text_tokens + (f // pt) * (h // ph) * (w // pw)
+    return (text_tokens + cfg.num_dummy_tokens,
+            text_tokens + math.prod(patch_grid(geo.shot_latent, cfg.patch_size)))
 
 
 def _pairs(prefix: int, groups: list[int]) -> int:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.testutils import REPO as ROOT
+
 BENCH = ROOT / "bench"
 SUITE = BENCH / "gpu_suite.py"
 SMOKE_TIMEOUT_S = 900  # about 70 s of CPU; generous for a machine shared with other jobs
