@@ -14,7 +14,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from lct_train.model.config import ModelConfig
 from lct_train.model.mmdit import LCTModel
-from lct_train.parallel.dist import build_mesh
+from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
 
 SEED = 3
@@ -29,7 +29,7 @@ def tiny_config() -> ModelConfig:
 
 def main(out: str) -> None:
     dist.init_process_group("gloo")
-    mesh = build_mesh(torch.device("cpu"), dist.get_world_size(), 1, -1)
+    mesh = build_mesh("cpu", mesh_shape(dist.get_world_size(), 1, -1, 1))
     with torch.device("meta"):
         model = LCTModel(tiny_config())
     model = materialize(parallelize(model, mesh, PARALLEL), torch.device("cpu"))
