@@ -24,7 +24,7 @@ from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.parallel.ulysses import SPGroup
-from lct_train.train.batches import global_micro_index
+from lct_train.train.batches import global_micro_index, random_scenes
 from lct_train.train.flops import FlopCounter
 from lct_train.train.loss import micro_generator, noise_batch, shot_losses
 from lct_train.train.step import StepInputs, forward_backward
@@ -48,19 +48,8 @@ SCENES = [
 
 
 def packed(specs: list[SceneSpec], index: int, cfg) -> PackedScenes:
-    gen = torch.Generator().manual_seed(100 + index)
-    video, text = [], []
-    for spec in specs:
-        for g in spec.groups:
-            rows = torch.randn(g.video_len, cfg.patch_dim, generator=gen)
-            video.append(rows.zero_() if g.is_global else rows)
-            text.append(torch.randn(g.text_len, cfg.text_dim, generator=gen))
-    groups = sum(len(s.groups) for s in specs)
-    shots = sum(s.num_shots for s in specs)
-    return PackedScenes([f"scene/{index}/{i}" for i in range(len(specs))], ["test"] * len(specs),
-                        specs, torch.cat(video), torch.cat(text),
-                        torch.randn(groups, cfg.pooled_dim, generator=gen),
-                        torch.zeros(shots, dtype=torch.bool))
+    keys = [f"scene/{index}/{i}" for i in range(len(specs))]
+    return random_scenes(specs, keys, cfg, torch.Generator().manual_seed(100 + index))
 
 
 def bare_name(name: str) -> str:

@@ -72,26 +72,18 @@ def _heads_to_seq(y: torch.Tensor, sp: SPGroup, counts: list[int]) -> torch.Tens
     return blocks.reshape(sp.size, n, c, h, d).movedim(0, 2).reshape(n, c, sp.size * h, d)
 
 
-class _SeqToHeads(torch.autograd.Function):
+class _Exchange(torch.autograd.Function):
+    """`_seq_to_heads` (``to_heads``) or `_heads_to_seq`; the backward is the other one."""
+
     @staticmethod
-    def forward(ctx, x, sp, counts):
-        ctx.sp, ctx.counts = sp, counts
-        return _seq_to_heads(x, sp, counts)
+    def forward(ctx, x, sp, counts, to_heads: bool):
+        ctx.sp, ctx.counts, ctx.to_heads = sp, counts, to_heads
+        return (_seq_to_heads if to_heads else _heads_to_seq)(x, sp, counts)
 
     @staticmethod
     def backward(ctx, grad):
-        return _heads_to_seq(grad, ctx.sp, ctx.counts), None, None
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, sp, counts):
-        ctx.sp, ctx.counts = sp, counts
-        return _heads_to_seq(y, sp, counts)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _seq_to_heads(grad, ctx.sp, ctx.counts), None, None
+        reverse = _heads_to_seq if ctx.to_heads else _seq_to_heads
+        return reverse(grad, ctx.sp, ctx.counts), None, None, None
 
 
 class SequenceShard:
@@ -122,9 +114,9 @@ class SequenceShard:
         rank's rows ``[n, H, D]``, the result too. One all-to-all each way."""
         self.check_heads(q.shape[1])
         counts = self.text_counts if text else self.joint_counts
-        full = _SeqToHeads.apply(torch.stack([q, k, v], dim=1), self.sp, counts)
+        full = _Exchange.apply(torch.stack([q, k, v], dim=1), self.sp, counts, True)
         out = attend_fn(*full.unbind(1))
-        return _HeadsToSeq.apply(out.unsqueeze(1), self.sp, counts).squeeze(1)
+        return _Exchange.apply(out.unsqueeze(1), self.sp, counts, False).squeeze(1)
 
     def sum_groups(self, sums: torch.Tensor) -> torch.Tensor:
         """Per-group sums of this rank's rows -> sums over the whole batch (input data only)."""
