@@ -48,7 +48,10 @@ def build_mesh(device_type: str, shape: tuple[int, int, int]) -> DeviceMesh:
 
 
 def fsdp_mesh(mesh: DeviceMesh) -> DeviceMesh:
-    """What ``fully_shard`` gets: ``dp_shard_sp``, or ``(dp_replicate, dp_shard_sp)`` (HSDP)."""
+    """What ``fully_shard`` gets: ``dp_shard_sp``, or ``(dp_replicate, dp_shard_sp)`` (HSDP).
+    A mesh without an ``sp`` dim is a data-parallel mesh the caller built: used as it is."""
+    if "sp" not in (mesh.mesh_dim_names or ()):
+        return mesh
     flat = mesh["dp_shard", "sp"]._flatten(FSDP_DIM)  # idempotent: the mesh build_mesh made
     if mesh["dp_replicate"].size() > 1:
         return mesh["dp_replicate", FSDP_DIM]
