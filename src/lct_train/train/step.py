@@ -76,8 +76,8 @@ def forward_backward(
     """Returns ``(metric vector [len(METRIC_FIELDS) + 2B] float64, per-micro loss sums)``.
 
     Both are local to this rank; the metric vector is meant to be all-reduced (SUM). Under
-sequence parallelism each SP rank adds its part of every shot's loss; the batch's counts
-(shots, tokens, ...) come from SP rank 0 only.
+    sequence parallelism each SP rank adds its part of every shot's loss; the batch's counts
+    (shots, tokens, ...) come from SP rank 0 only.
     """
     dev = inp.device
     local_shots = float(_local_shots(micro))
