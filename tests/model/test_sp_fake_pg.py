@@ -12,7 +12,7 @@ from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.mesh import FSDP_DIM, build_mesh, fsdp_mesh, mesh_shape
 from lct_train.parallel.parallelize import parallelize
 from tests.model.test_fsdp_inputs import BF16
-from tests.train.init_worker import tiny_config
+from tests.testutils import tiny_config
 
 WORLD, SP = 16, 4
 

@@ -12,9 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from lct_train.sample.cli import main
+from tests.sample.tiny import tiny_model, write_consolidated
 from tests.train.torchrun import LAUNCH_TIMEOUT_S, env
-
-from .tiny import tiny_model, write_consolidated
 
 pytestmark = pytest.mark.slow
 TOOLS = ["--codec", "pixel:2", "--text-encoder", "tiny", "--no-progress", "--mask", "causal"]

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import sys
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import distribute_tensor
 
+from lct_train.config.schema import ParallelConfig
 from lct_train.data.packing import PackedScenes
 from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
 from lct_train.model.mmdit import LCTModel
@@ -28,12 +28,12 @@ from lct_train.train.batches import global_micro_index, random_scenes
 from lct_train.train.flops import FlopCounter
 from lct_train.train.loss import micro_generator, noise_batch, shot_losses
 from lct_train.train.step import StepInputs, forward_backward
-from tests.train.init_worker import tiny_config
+from tests.testutils import tiny_config
 
 SEED, STEP, GRAD_ACCUM = 5, 3, 2
 ABS_FLOOR = 1e-4  # gradients here are O(0.1..10)
-PARALLEL = SimpleNamespace(activation_checkpoint="full", compile=False, param_dtype="float32",
-                           reduce_dtype="float32", reshard_after_forward=True)
+PARALLEL = ParallelConfig(activation_checkpoint="full", param_dtype="float32",
+                          reduce_dtype="float32")
 G = GroupSpec
 # Per global micro-batch: packed scenes (text_len, (F, H, W) patches, is_global).
 SCENES = [

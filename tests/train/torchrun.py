@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+REPO = Path(__file__).resolve().parents[2]  # worker scripts import tests.*
 LAUNCH_TIMEOUT_S = 240
 TOL = dict(rel=1e-5, abs=1e-6)  # fp32 losses of equivalent runs
 # Small, fast, fp32 CPU runs; every test adds its own overrides.
@@ -33,6 +34,7 @@ def torchrun_cmd(nproc: int, overrides: list[str]) -> list[str]:
 
 def env() -> dict:
     out = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     out.pop("RANK", None)
     return out
 

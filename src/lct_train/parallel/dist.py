@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
-from lct_train.config.validate import ConfigError
+from lct_train.core.errors import ConfigError
 from lct_train.parallel.mesh import build_mesh, mesh_groups, mesh_shape
 from lct_train.parallel.ulysses import SPGroup
 

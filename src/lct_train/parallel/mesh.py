@@ -15,15 +15,14 @@ from __future__ import annotations
 
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from lct_train.core.errors import ConfigError
+
 MESH_DIMS = ("dp_replicate", "dp_shard", "sp")
 FSDP_DIM = "dp_shard_sp"  # the flattened dp_shard x sp dim FSDP shards over
 
 
 def mesh_shape(world_size: int, dp_replicate: int, dp_shard: int, sp: int) -> tuple[int, int, int]:
     """``(dp_replicate, dp_shard, sp)`` for ``world_size`` ranks; ``dp_shard = -1`` fills in."""
-    # config.validate imports parallelize, which imports this module: import at use
-    from lct_train.config.validate import ConfigError
-
     if world_size % sp:
         raise ConfigError("parallel.sp_degree",
                           f"{sp} does not divide the world size {world_size}")

@@ -34,8 +34,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
+from lct_train.core.dtypes import SAMPLE_DTYPES, dtype_of
 from lct_train.data.schema import shot_prompt
 from lct_train.model.layout import MASKS
 from lct_train.sample import scene_file
@@ -50,7 +49,6 @@ from lct_train.sample.sampler import SamplingError, SamplingSettings
 from lct_train.sample.scene_file import SceneFileError, ShotSize, load_scene_file
 from lct_train.sample.writers import DEFAULT_FPS
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "codec", "text_encoder", "device", "dtype",
                  "fps")
 SAMPLING_OPTIONS = ("steps", "guidance", "embedded_guidance", "t_c", "shift")
@@ -85,7 +83,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--codec", help="pixel[:F] | tiny-hunyuan | hunyuan:PATH")
     g.add_argument("--text-encoder", dest="text_encoder", help="minilm | tiny | hf:PATH")
     g.add_argument("--device", help="cpu | cuda (default cpu)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), help="model dtype (default float32)")
+    g.add_argument("--dtype", choices=sorted(SAMPLE_DTYPES), help="model dtype (default float32)")
     g.add_argument("--fps", type=int, help=f"mp4 frame rate (default {DEFAULT_FPS})")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     s = p.add_argument_group("sampling (override the scene file / the pool)")
@@ -162,16 +160,15 @@ def _sp_arg(p: argparse.ArgumentParser) -> None:
 def _start_sp(sp_degree: int, device: str):
     """The SP group of ``--sp N``: the torchrun world as one group (``parallel.dist``)."""
     import os
-    from types import SimpleNamespace
 
+    from lct_train.config.schema import ParallelConfig
     from lct_train.parallel.dist import init_distributed
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size != sp_degree:
         raise SamplingError(f"--sp {sp_degree} needs torchrun --nproc_per_node={sp_degree} "
                             f"(world size is {world_size})")
-    world = init_distributed(SimpleNamespace(device=device, backend="auto", init_timeout_s=600,
-                                             dp_replicate=1, dp_shard=1, sp_degree=sp_degree))
+    world = init_distributed(ParallelConfig(device=device, dp_shard=1, sp_degree=sp_degree))
     return world.sp
 
 
@@ -183,7 +180,7 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
     if missing:
         raise SamplingError(f"missing {', '.join(missing)} (give it, or init the pool with it)")
     loaded = load_model(opts["ckpt"], weights=opts["weights"], mask=opts["mask"],
-                        window=opts["window"], device=opts["device"], dtype=DTYPES[opts["dtype"]])
+                        window=opts["window"], device=opts["device"], dtype=dtype_of(opts["dtype"]))
     if sp_degree < 1 or loaded.config.num_heads % sp_degree:
         raise SamplingError(f"--sp {sp_degree} does not divide the model's "
                             f"{loaded.config.num_heads} attention heads")
