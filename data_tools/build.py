@@ -25,7 +25,7 @@ from data_tools.manifest import SceneEntry, read_manifest
 from data_tools.scene_encoder import FrameSpec, encode_prompts, encode_scene_entry
 from data_tools.shard_writer import ChunkWriter, remove_chunk
 from lct_train.data.codecs import build_codec
-from lct_train.data.schema import SHARDS_DIR, DatasetInfo, save_empty_prompt
+from lct_train.data.schema import CHECKSUM_KIND, SHARDS_DIR, DatasetInfo, save_empty_prompt
 from lct_train.data.text_encoders import build_text_encoder
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def write_dataset_info(cfg: BuildConfig, codec, text_encoder) -> DatasetInfo:
         temporal_factor=codec.temporal_factor, spatial_factor=codec.spatial_factor,
         image_frame=codec.image_frame, fps=cfg.fps, area=cfg.area,
         extra={"scaling_factor": codec.scaling_factor, "patch": cfg.patch, "build": asdict(cfg)},
+        member_checksums=CHECKSUM_KIND,
     )
     info.write(cfg.out)
     return info
