@@ -93,9 +93,13 @@ def settle(root: Path, start_step: int, resumed: Path | None) -> tuple[Path | No
             shutil.rmtree(path, ignore_errors=True)  # a partial write: nothing to keep
     for step, path in interrupted_saves(root):
         final = root / step_name(step)
+        if final.exists():
+            continue  # a second complete copy of this step: set aside below
+        path = resumed if resumed is not None and resumed.parent == root \
+            and _step_of(resumed) == step and TMP_MARK in resumed.name else path
         path.rename(final)
         messages.append(f"lct-train: completed the interrupted save of {final}")
-        if resumed is not None and path == resumed:
+        if path == resumed:
             resumed = final
     duplicates = [p for p in root.glob(f"step-*{TMP_MARK}*") if (p / META_FILE).is_file()]
     newer = [p for s, p in list_checkpoints(root)

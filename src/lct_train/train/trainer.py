@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,9 +135,9 @@ class Trainer:
             if problem is None:
                 return path
             damaged.append(f"{path.name}: {problem}")
-            if self.world.is_main:
-                logger.warning("checkpoint %s is damaged (%s): falling back to an older one",
-                               path, problem)
+            if self.world.is_main:  # printed like every start-up line (logging may be off)
+                print(f"lct-train: WARNING: checkpoint {path} is damaged ({problem}): falling "
+                      "back to an older one", file=sys.stderr, flush=True)
         if damaged:
             raise ConfigError("resume", f"no checkpoint of {self.ckpt.root} verifies ("
                               + "; ".join(damaged) + "); resume=none starts over")
