@@ -155,8 +155,14 @@ def _toolkit(opts: dict, progress: bool) -> Toolkit:
         raise SamplingError(f"missing {', '.join(missing)} (give it, or init the pool with it)")
     loaded = load_model(opts["ckpt"], weights=opts["weights"], mask=opts["mask"],
                         window=opts["window"], device=opts["device"], dtype=DTYPES[opts["dtype"]])
-    prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
-    codec = build_codec(opts["codec"], device=opts["device"])
+    try:
+        prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
+    except (ValueError, OSError) as exc:  # an unknown spec, or a width the model cannot take
+        raise SamplingError(f"--text-encoder {opts['text_encoder']}: {exc}") from exc
+    try:
+        codec = build_codec(opts["codec"], device=opts["device"])
+    except (ValueError, OSError) as exc:
+        raise SamplingError(f"--codec {opts['codec']}: {exc}") from exc
     return Toolkit(loaded, codec, prompts, progress=progress, fps=int(opts["fps"]))
 
 
