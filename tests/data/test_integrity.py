@@ -54,7 +54,8 @@ def test_flipped_bytes_fail_verify_naming_shard_and_key(flipped, capsys):
     assert cli_main(["verify", str(root)]) == 1
     bad = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("BAD")]
     assert len(bad) == 1
-    assert shard in bad[0] and key in bad[0] and "CRC-32" in bad[0]
+    for part in (shard, key, "CRC-32"):
+        assert part in bad[0]
 
 
 def test_flipped_bytes_are_skipped_and_counted_by_the_loader(flipped, make_cfg, caplog):
@@ -63,7 +64,8 @@ def test_flipped_bytes_are_skipped_and_counted_by_the_loader(flipped, make_cfg, 
                                          max_tokens=4096))
     assert key not in keys
     assert counters["loader/bad"] >= 1
-    assert f"key={key}" in caplog.text and "CRC-32" in caplog.text
+    assert f"key={key}" in caplog.text
+    assert "CRC-32" in caplog.text
 
 
 def test_finite_garbage_is_bounded(dataset_dir, tmp_path, make_cfg, capsys):
@@ -74,10 +76,12 @@ def test_finite_garbage_is_bounded(dataset_dir, tmp_path, make_cfg, capsys):
     assert "magnitude 3e+38" in capsys.readouterr().out
     opts = dict(sources=[{"path": str(root)}], max_bad_fraction=0.5, max_tokens=4096)
     counters, keys = loader_run(make_cfg(**opts))
-    assert key not in keys and counters["loader/bad"] >= 1
+    assert key not in keys
+    assert counters["loader/bad"] >= 1
     # the bound is what catches it: switched off, the sample passes (it is finite)
     counters, keys = loader_run(make_cfg(**opts, max_latent_abs=0.0), batches=24)
-    assert key in keys and counters["loader/bad"] == 0
+    assert key in keys
+    assert counters["loader/bad"] == 0
 
 
 def test_a_truncated_sample_is_counted_once(dataset_dir, tmp_path, make_cfg):
@@ -86,7 +90,8 @@ def test_a_truncated_sample_is_counted_once(dataset_dir, tmp_path, make_cfg):
     _, offset, size = ref.members[1]
     shards[0].write_bytes(shards[0].read_bytes()[: offset + size // 2])  # cut in its 2nd member
     refs = index_shard(str(shards[0]))
-    assert len(refs) == 1 and "truncated" in refs[0].error
+    assert len(refs) == 1
+    assert "truncated" in refs[0].error
     loader = SceneLoader(make_cfg(sources=[{"path": str(tmp_path / "ds")}], max_bad_fraction=0.5,
                                   max_tokens=4096, shuffle_buffer=1))
     it = iter(loader)
@@ -102,7 +107,8 @@ def test_a_missing_checksum_member_is_bad_when_the_dataset_records_them(dataset_
                   checksums=False)[0]
     assert cli_main(["verify", str(tmp_path / "ds")]) == 1
     out = capsys.readouterr().out
-    assert key in out and f"missing member {CHECKSUM_EXT}" in out
+    assert key in out
+    assert f"missing member {CHECKSUM_EXT}" in out
     # a dataset built before checksums existed (no member_checksums in dataset.json) still loads
     info = tmp_path / "ds" / DATASET_FILE
     info.write_text(json.dumps({**json.loads(info.read_text()), "member_checksums": ""}))

@@ -11,7 +11,6 @@ import yaml
 
 from lct_train.train.checkpoint_layout import META_FILE, TMP_MARK, step_name
 from lct_train.train.checkpoint_lineage import SET_ASIDE_DIR
-from tests.train.inprocess import train  # noqa: F401  (fixture)
 from tests.train.torchrun import losses
 
 

@@ -10,8 +10,7 @@ import pytest
 
 from lct_train.data.schema import DATASET_FILE
 from tests.data.test_integrity import flip_tensor_bytes
-from tests.train.inprocess import train  # noqa: F401  (fixture)
-from tests.train.test_kill_resume import DATA_GEOMETRY, dataset  # noqa: F401  (fixture)
+from tests.train.test_kill_resume import DATA_GEOMETRY, build_dataset
 from tests.train.torchrun import LAUNCH_TIMEOUT_S, env, torchrun_cmd
 
 
@@ -19,6 +18,11 @@ def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return build_dataset(tmp_path_factory)
 
 
 @pytest.fixture
@@ -91,4 +95,5 @@ def test_bad_sample_fraction_under_torchrun_ends_with_the_project_line(dataset, 
     assert "Caught DataQualityError" not in out
     assert "lct_train/" not in out.split("ChildFailedError")[0], out
     last = [ln for ln in out.splitlines() if ln.strip() and set(ln.strip()) != {"="}][-1]
-    assert "lct-train: rank" in last and "data error: " in last, out[-3000:]
+    assert "lct-train: rank" in last, out[-3000:]
+    assert "data error: " in last

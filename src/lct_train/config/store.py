@@ -31,14 +31,19 @@ def register_schema() -> None:
 
 
 def find_conf_dir() -> Path:
-    """``$LCT_CONF_DIR``, else ``./conf`` when it holds train.yaml, else the repository's conf/."""
+    """``$LCT_CONF_DIR``, else ``./conf`` when it holds train.yaml, else the configs shipped in
+    the package (``lct_train/conf``: a wheel / non-editable install), else the repository's
+    conf/ (a source checkout or an editable install)."""
     if os.environ.get(CONF_DIR_ENV):
         return Path(os.environ[CONF_DIR_ENV]).resolve()
     local = Path.cwd() / "conf"
     if (local / f"{ROOT_CONFIG}.yaml").is_file():
         return local.resolve()
-    # src/lct_train/config/store.py -> repository root
-    return Path(__file__).resolve().parents[3] / "conf"
+    here = Path(__file__).resolve()
+    shipped = here.parents[1] / "conf"  # site-packages/lct_train/conf
+    if (shipped / f"{ROOT_CONFIG}.yaml").is_file():
+        return shipped
+    return here.parents[3] / "conf"  # src/lct_train/config/store.py -> repository root
 
 
 def one_line_error(exc: BaseException) -> str:
@@ -95,7 +100,10 @@ def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) 
         try:
             cfg = compose(config_name=ROOT_CONFIG, overrides=list(overrides))
         except ConfigCompositionException as err:
-            raise _list_item_error(err, overrides) or err
+            item = _list_item_error(err, overrides)
+            if item is None:
+                raise
+            raise item from err
     OmegaConf.resolve(cfg)
     # `+key=value` overrides bypass the struct flag; re-merging into the schema rejects them.
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg))
