@@ -14,7 +14,7 @@ from safetensors.torch import load, save
 
 from data_tools.cli import main as cli_main
 from lct_train.data.loader import SceneLoader
-from lct_train.data.schema import CHECKSUM_EXT, SAMPLE_EXTS, member_crc32
+from lct_train.data.schema import CHECKSUM_EXT, SAMPLE_EXTS, member_checksum
 from lct_train.data.stream import EmptyDatasetError
 from lct_train.data.worker import DataQualityError
 
@@ -36,7 +36,7 @@ def rewrite(shard, change, checksums=True):
 
 
 def with_checksums(s):
-    sums = {ext: member_crc32(s[ext]) for ext in SAMPLE_EXTS if ext in s}
+    sums = {ext: member_checksum(s[ext]) for ext in SAMPLE_EXTS if ext in s}
     return {**s, CHECKSUM_EXT: json.dumps(sums).encode()}
 
 

@@ -54,7 +54,7 @@ def test_flipped_bytes_fail_verify_naming_shard_and_key(flipped, capsys):
     assert cli_main(["verify", str(root)]) == 1
     bad = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("BAD")]
     assert len(bad) == 1
-    for part in (shard, key, "CRC-32"):
+    for part in (shard, key, "checksum"):
         assert part in bad[0]
 
 
@@ -65,7 +65,7 @@ def test_flipped_bytes_are_skipped_and_counted_by_the_loader(flipped, make_cfg, 
     assert key not in keys
     assert counters["loader/bad"] >= 1
     assert f"key={key}" in caplog.text
-    assert "CRC-32" in caplog.text
+    assert "checksum" in caplog.text
 
 
 def test_finite_garbage_is_bounded(dataset_dir, tmp_path, make_cfg, capsys):

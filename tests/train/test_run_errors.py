@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lct_train.data.schema import DATASET_FILE
-from tests.data.test_integrity import flip_tensor_bytes
+from tests.data.test_bad_data import missing_text, rewrite
 from tests.train.test_kill_resume import DATA_GEOMETRY, build_dataset
 from tests.train.torchrun import LAUNCH_TIMEOUT_S, env, torchrun_cmd
 
@@ -77,7 +77,7 @@ def test_bad_sample_fraction_under_torchrun_ends_with_the_project_line(dataset, 
     bad = tmp_path / "bad"
     subprocess.run(["cp", "-r", str(dataset), str(bad)], check=True)
     for shard in sorted((bad / "shards").glob("*.tar")):
-        flip_tensor_bytes(shard)  # every sample bad: both ranks stop at their first check
+        rewrite(shard, missing_text)  # every sample bad: both ranks stop at their first check
     started = time.monotonic()
     proc = subprocess.run(
         torchrun_cmd(2, [*DATA_GEOMETRY, f"data.sources=[{{path: {bad}}}]", "data.num_workers=1",
@@ -89,7 +89,7 @@ def test_bad_sample_fraction_under_torchrun_ends_with_the_project_line(dataset, 
     assert proc.returncode != 0
     ours = [ln for ln in out.splitlines() if ln.startswith("lct-train: rank")]
     assert ours, out
-    assert all("data error: " in ln and "max_bad_fraction" in ln and "CRC-32" in ln
+    assert all("data error: " in ln and "max_bad_fraction" in ln and "missing members" in ln
                for ln in ours)
     # no worker traceback (DataLoader re-raise, gloo): only torchrun's own report follows
     assert "Caught DataQualityError" not in out
