@@ -14,6 +14,12 @@ from lct_train.train.checkpoint_lineage import SET_ASIDE_DIR
 from tests.train.torchrun import losses
 
 
+def one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def ckpt(run_dir, step):
     return run_dir / "checkpoints" / step_name(step)
 
@@ -103,6 +109,15 @@ def test_a_damaged_checkpoint_is_named_and_auto_falls_back(train, tmp_path):
     assert status == 2
     assert len(err.strip().splitlines()) == 1, err
     assert f"resume: checkpoint {ckpt(run, 4)} is damaged: file __0_0.distcp has 1000" in err
+    # a checkpoint written before checksums (no "files" in its meta): DCP's failure, one line
+    meta_path = ckpt(run, 4) / META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
+    status, err = train(f"run_dir={run}", "steps=4", f"resume={ckpt(run, 4)}")
+    assert status == 2
+    assert one_line(err).startswith(f"lct-train: config error: resume: cannot load {ckpt(run, 4)}: "
+                                    "rank 0: ")
+    meta_path.write_text(json.dumps(meta))
     status, err = train(f"run_dir={run}", "steps=4")  # resume=auto
     assert status == 0
     assert f"WARNING: checkpoint {ckpt(run, 4)} is damaged" in err

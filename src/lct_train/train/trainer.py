@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.checkpoint.api import CheckpointException
 
 from lct_train.config.build import data_config, model_config
 from lct_train.config.validate import ConfigError
@@ -50,6 +51,19 @@ from lct_train.train.optim import apply_config, build_lr_scheduler, build_optimi
 from lct_train.train.step import StepInputs, forward_backward
 
 logger = logging.getLogger(__name__)
+
+
+def load_failure(err: BaseException) -> str:
+    """One line for a failed checkpoint load: DCP wraps each rank's exception, with its
+    traceback, into one ``CheckpointException``; the first rank's own error is the cause."""
+    if isinstance(err, CheckpointException) and err.failures:
+        rank, (cause, _) = next(iter(sorted(err.failures.items())))
+        err = cause
+        prefix = f"rank {rank}: "
+    else:
+        prefix = ""
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+    return f"{prefix}{type(err).__name__}: {first}".rstrip(": ")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -235,10 +249,8 @@ class Trainer:
             del states["ema"]
         try:
             self.ckpt.load(path, states)
-        except Exception as err:  # DCP reports per-rank failures as one multi-line exception
-            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), repr(err))
-            raise ConfigError("resume", f"cannot load {path}: {type(err).__name__}: "
-                              f"{first}") from err
+        except (Exception, CheckpointException) as err:  # a refusal: nothing written yet
+            raise ConfigError("resume", f"cannot load {path}: {load_failure(err)}") from err
         if fresh_ema:  # EMA switched on at resume: start it from the loaded weights
             self.ema = EMA(self.model, self.cfg.optim.ema_decay, self.cfg.optim.ema_every)
         if loader and not same_world:
