@@ -33,10 +33,12 @@ $(INSTALLED): setup.py setup.cfg pyproject.toml
 	$(MAKE) install
 
 demo: $(INSTALLED)
-	$(PYTHON) -m lct_train.demo $(ARGS)
+	$(PYTHON) -m data_tools.demo $(ARGS)
 
+# ruff, then the layer contracts of setup.cfg ([importlinter]).
 lint: $(INSTALLED)
 	$(PYTHON) -m ruff check src data_tools tests bench
+	$(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command()" --no-cache
 
 test: lint
 	$(PYTHON) -m pytest -q

@@ -24,11 +24,10 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from lct_train.config.build import model_config
 from lct_train.config.store import compose_config
+from lct_train.core.checkpoint_layout import META_FILE
 from lct_train.model.mmdit import LCTModel
 from lct_train.train import checkpoint_integrity as integrity
-from lct_train.train.checkpoint_layout import META_FILE
 
 CHUNK = 64 << 20
 
@@ -52,7 +51,7 @@ def _timed(fn, *args) -> float:
 
 
 def model_checkpoint(work: Path, preset: str, repeats: int) -> dict:
-    model = LCTModel(model_config(compose_config([f"model={preset}"])))
+    model = LCTModel(compose_config([f"model={preset}"]).model)
     state = {"model": model.state_dict()}
     ckpt = work / "step-00000001"
     dcp.save(state, checkpoint_id=str(ckpt))

@@ -9,7 +9,7 @@ import shutil
 
 import yaml
 
-from lct_train.train.checkpoint_layout import META_FILE, TMP_MARK, step_name
+from lct_train.core.checkpoint_layout import META_FILE, TMP_MARK, step_name
 from lct_train.train.checkpoint_lineage import SET_ASIDE_DIR
 from tests.train.torchrun import losses
 

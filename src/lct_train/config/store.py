@@ -14,11 +14,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lct_train.config.schema import TrainConfig
-from lct_train.config.validate import ConfigError, validate
+from lct_train.core.errors import ConfigError
 
 SCHEMA_NAME = "train_schema"
 ROOT_CONFIG = "train"
@@ -89,8 +89,9 @@ def _list_item_error(err: ConfigCompositionException,
     return None
 
 
-def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> DictConfig:
-    """Composes and validates the run config (raises; callers print ``one_line_error``)."""
+def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> TrainConfig:
+    """Composes the run config into a typed, validated ``TrainConfig`` (raises; callers print
+    ``one_line_error``)."""
     register_schema()
     conf_dir = conf_dir or find_conf_dir()
     if not (conf_dir / f"{ROOT_CONFIG}.yaml").is_file():
@@ -110,10 +111,13 @@ def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], "is required but has no value")
-    validate(cfg)
-    OmegaConf.set_readonly(cfg, True)
-    return cfg
+    return OmegaConf.to_object(cfg)  # builds the dataclasses: each validates itself
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+def to_dict(cfg: TrainConfig) -> dict:
+    """Plain containers (lists for tuples), as recorded in a checkpoint's ``lct_meta.json``."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)

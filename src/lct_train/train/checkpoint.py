@@ -18,7 +18,7 @@ entry, next to ``world_size``; it can only be restored on the same data-parallel
 reshard freely (save on 2 ranks, load on 1 and the reverse).
 
 Naming, what counts as a checkpoint, newest-valid resolution and ``lct_meta.json`` reading are
-``lct_train.train.checkpoint_layout`` (shared with convert and sample).
+``lct_train.core.checkpoint_layout`` (shared with convert and sample).
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from lct_train.train import checkpoint_integrity as integrity
-from lct_train.train.checkpoint_layout import (
+from lct_train.core.checkpoint_layout import (
     FORMAT,
     META_FILE,
     TMP_MARK,
@@ -52,6 +51,7 @@ from lct_train.train.checkpoint_layout import (
     list_checkpoints,
     step_name,
 )
+from lct_train.train import checkpoint_integrity as integrity
 from lct_train.train.checkpoint_lineage import SET_ASIDE_DIR, set_aside, stamp
 
 

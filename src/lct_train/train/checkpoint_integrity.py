@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from lct_train.train.checkpoint_layout import read_meta
+from lct_train.core.checkpoint_layout import read_meta
 
 CHUNK_BYTES = 8 << 20
 FILES_KEY = "files"

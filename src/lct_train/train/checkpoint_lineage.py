@@ -23,7 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from lct_train.train.checkpoint_layout import (
+from lct_train.core.checkpoint_layout import (
     META_FILE,
     STEP_RE,
     TMP_MARK,

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from lct_train.config.validate import ConfigError
+from lct_train.core.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
 CONFIGS_DIR = "configs"
