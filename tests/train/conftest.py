@@ -1,10 +1,12 @@
-"""Reference training runs shared by the multi-process tests (test_distributed.py,
-test_sequence_parallel.py): started once per session, on first use."""
+"""Fixtures of the training tests: reference training runs shared by the multi-process tests
+(test_distributed.py, test_sp_train.py), started once per session on first use, and one
+in-process lct-train run (`train`)."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.train.inprocess import train  # noqa: F401  (fixture: one in-process lct-train run)
 from tests.train.torchrun import DIST_COMMON, run
 
 

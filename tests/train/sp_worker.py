@@ -1,4 +1,4 @@
-"""torchrun worker of ``test_sequence_parallel.py``: the training step under sequence parallelism
+"""torchrun worker of ``test_sp_train.py``: the training step under sequence parallelism
 (``forward_backward`` on an FSDP model over a ``(1, world / sp, sp)`` mesh) against the bare
 model on one process over the same global batch: step loss and every parameter gradient, for
 both masks (``stage=lct`` and ``stage=causal_ft``), fp32, activation checkpointing on.

@@ -24,7 +24,7 @@ from tests.train.torchrun import (
 
 pytestmark = pytest.mark.slow
 # The runs `one_rank` (1 rank x 2 micro-batches per step) and `two_ranks` (2 ranks x 1, the same
-# global batch) are session fixtures of conftest.py (shared with test_sequence_parallel.py).
+# global batch) are session fixtures of conftest.py (shared with test_sp_train.py).
 
 
 def test_fsdp_two_ranks_equal_one_rank(one_rank, two_ranks):

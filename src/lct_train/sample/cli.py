@@ -184,9 +184,15 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
     if sp_degree < 1 or loaded.config.num_heads % sp_degree:
         raise SamplingError(f"--sp {sp_degree} does not divide the model's "
                             f"{loaded.config.num_heads} attention heads")
+    try:
+        prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
+    except (ValueError, OSError) as exc:  # an unknown spec, or a width the model cannot take
+        raise SamplingError(f"--text-encoder {opts['text_encoder']}: {exc}") from exc
+    try:
+        codec = build_codec(opts["codec"], device=opts["device"])
+    except (ValueError, OSError) as exc:
+        raise SamplingError(f"--codec {opts['codec']}: {exc}") from exc
     sp = _start_sp(sp_degree, opts["device"]) if sp_degree > 1 else None
-    prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
-    codec = build_codec(opts["codec"], device=opts["device"])
     writes = sp is None or sp.rank == 0
     return Toolkit(loaded, codec, prompts, progress=progress and writes, fps=int(opts["fps"]),
                    sp=sp, writes=writes)
