@@ -1,0 +1,168 @@
+"""One estimate: the trainer's model, ``parallelize`` and step, on fake tensors in a fake
+process group, under ``FSDPMemTracker``.
+
+What is real: the model (``LCTModel`` of the config), the mesh (``parallel.dist.build_mesh``),
+``parallelize`` (AC, FSDP2, mixed precision), AdamW (``train.optim``), the step
+(``train.step.forward_backward``: noising, forward, per-shot loss, backward, gradient sync under
+accumulation), clipping. What is not: the values (fake tensors carry shapes only), the
+collectives (the fake backend returns at once), and the kernels (each op's fake implementation
+allocates its outputs; attention is torch's flash ``varlen_attn`` whose fake kernel saves
+flash's O(L) output and log-sum-exp, as on a GPU; the dense reference backend would save
+L x L scores and is only used to compare with a real CPU run). Tensors live on fake *CPU*
+devices: some CUDA fake kernels abort on a CPU-only build of torch.
+
+Not tracked: the CUDA context and NCCL buffers (about 1-2 GB on a GPU, hence the headroom),
+the caching allocator's fragmentation (also the headroom), and ``torch.compile`` workspace.
+The batch metadata (host-built index tensors, moved in one copy) is added by size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+
+from lct_train.config.build import model_config
+from lct_train.data.packing import PackedScenes
+from lct_train.estimate.config import EstimateConfig
+from lct_train.estimate.scene import scene_spec
+from lct_train.model.attention import get_backend
+from lct_train.model.layout import PackedMeta, SceneSpec
+from lct_train.model.mmdit import LCTModel
+from lct_train.parallel.dist import build_mesh
+from lct_train.parallel.parallelize import DTYPES, init_sharded, materialize, parallelize
+from lct_train.train.flops import FlopCounter
+from lct_train.train.optim import build_optimizer, clip_grad_norm
+from lct_train.train.step import StepInputs, forward_backward, host_meta
+
+DEVICE = torch.device("cpu")
+
+
+@dataclass
+class Measured:
+    """Peak of one rank: bytes per tracker category, plus the batch metadata."""
+
+    categories: dict[str, int]
+    metadata_bytes: int
+    spec: SceneSpec
+    params: int  # parameters of the whole model
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.categories["Total"] + self.metadata_bytes
+
+
+def fake_process_group(world_size: int) -> None:
+    """PyTorch's fake backend: collectives return immediately, every rank is rank 0's twin."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+
+
+def _mesh(cfg: DictConfig):
+    p = cfg.parallel
+    return build_mesh(DEVICE, dist.get_world_size(), p.dp_replicate, p.dp_shard)
+
+
+def _micro_batch(spec: SceneSpec, model_cfg, step: int, m: int) -> PackedScenes:
+    num_video = sum(g.video_len for g in spec.groups)
+    num_text = sum(g.text_len for g in spec.groups)
+    return PackedScenes(
+        keys=[f"estimate/{step}/{m}"], sources=["estimate"], specs=[spec],
+        video=torch.randn(num_video, model_cfg.patch_dim),
+        text=torch.randn(num_text, model_cfg.text_dim),
+        pooled=torch.randn(len(spec.groups), model_cfg.pooled_dim),
+        shot_is_image=torch.zeros(spec.num_shots, dtype=torch.bool),
+        stats={"scenes": 1.0, "tokens": float(spec.num_tokens), "packing_efficiency": 1.0})
+
+
+def _step_inputs(cfg: DictConfig, model_cfg) -> StepInputs:
+    return StepInputs(
+        device=DEVICE, compute_dtype=DTYPES[cfg.parallel.param_dtype], mask=cfg.stage.mask,
+        text_rope=model_cfg.text_rope, seed=cfg.seed, dp_rank=dist.get_rank(),
+        dp_size=dist.get_world_size(), grad_accum=cfg.optim.grad_accum,
+        t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
+        t_shift=cfg.loss.timestep_shift,
+        guidance=cfg.loss.guidance if model_cfg.guidance_embeds else None,
+        buckets=cfg.logging.timestep_buckets,
+        defer_grad_sync=cfg.parallel.get("defer_grad_sync", False))
+
+
+def _host_metas(spec: SceneSpec, inp: StepInputs, backend, refiner: bool) -> list[PackedMeta]:
+    """Built on the host with real tensors, kernel plans included (they read host ints)."""
+    metas = []
+    for _ in range(inp.grad_accum):
+        meta = host_meta([spec], inp)
+        meta.attn.plan_for(backend)
+        if refiner:
+            meta.text_attn.plan_for(backend)
+        metas.append(meta)
+    return metas
+
+
+def _metadata_bytes(meta: PackedMeta) -> int:
+    tensors = [getattr(meta, f.name) for f in dataclasses.fields(meta)]
+    tensors += [meta.attn.lo, meta.attn.hi, meta.text_attn.lo, meta.text_attn.hi]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _create_optimizer_state(model, optimizer) -> None:
+    """AdamW's state as after a first step (zero gradients, so the values do not matter).
+
+    Done before the tracker starts: the tracker counts the DTensor states being created at
+    their *global* size for a moment (its peak would show the whole model's state), while it
+    counts existing states at their local size, as they are.
+    """
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def measure(cfg: DictConfig, est: EstimateConfig, fake: bool = True) -> Measured:
+    """Peak memory of rank 0 over ``est.steps`` training steps with optimizer state (the
+    process group must exist: ``fake_process_group`` for an estimate, a real gloo group for the
+    check against reality)."""
+    model_cfg = dataclasses.replace(model_config(cfg), attn_backend=est.attention)
+    spec = scene_spec(est, model_cfg)
+    inp = _step_inputs(cfg, model_cfg)
+    backend = get_backend(est.attention, torch.device("cuda"), cfg.stage.mask == "causal")
+    with torch.device("meta"):
+        model = LCTModel(model_cfg)
+    flops = FlopCounter(model, model_cfg)
+    params = sum(p.numel() for p in model.parameters())
+    refiner = model.context_embedder.token_refiner is not None
+    metas = _host_metas(spec, inp, backend, refiner)
+    mesh = _mesh(cfg)
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    with mode:
+        model = materialize(parallelize(model, mesh, cfg.parallel), DEVICE)
+        if not fake:
+            init_sharded(model, cfg.seed)
+        # What a GPU run builds (fused AdamW on CUDA under implementation=auto).
+        optimizer = build_optimizer(model, cfg.optim, torch.device("cuda"))
+        _create_optimizer_state(model, optimizer)
+        tracker = FSDPMemTracker(model, optimizer)
+        with tracker:
+            for step in range(1, est.steps + 1):
+                micro = [_micro_batch(spec, model_cfg, step, m) for m in range(inp.grad_accum)]
+                forward_backward(model, micro, step, inp, flops, metas=metas)
+                clip_grad_norm(model, cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        peak = tracker.get_tracker_snapshot("peak")
+    categories = {getattr(k, "value", k): int(v) for k, v in next(iter(peak.values())).items()}
+    return Measured(categories, _metadata_bytes(metas[0]) * len(metas), spec, params)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
