@@ -49,7 +49,7 @@ def summary(cfg: DictConfig, est: EstimateConfig, measured: Measured, gpu_bytes:
         "text_len": shot.text_len,
         "geometry": describe(spec, _model_cfg(cfg)),
         "grad_accum": cfg.optim.grad_accum,
-        "defer_grad_sync": bool(cfg.parallel.get("defer_grad_sync", False)),
+        "defer_grad_sync": cfg.parallel.defer_grad_sync,
         "activation_checkpoint": cfg.parallel.activation_checkpoint,
         "reshard_after_forward": cfg.parallel.reshard_after_forward,
         "param_dtype": cfg.parallel.param_dtype,

@@ -89,7 +89,8 @@ class Trainer:
             t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
             t_shift=cfg.loss.timestep_shift,
             guidance=cfg.loss.guidance if self.model_cfg.guidance_embeds else None,
-            buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step)
+            buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step,
+            defer_grad_sync=cfg.parallel.defer_grad_sync)
         self._start(source)
 
     # ----------------------------------------------------------------------------- setup
