@@ -115,8 +115,7 @@ class Trainer:
         self.resume_from = self._resume_path()
         if self.resume_from is not None:
             return None
-        return init_weights(self.model, self.cfg.stage, self.model_cfg, self.world.is_main,
-                            self.cfg.seed)
+        return init_weights(self.model, self.cfg.stage, self.model_cfg, self.cfg.seed)
 
     def _start(self, source: str | None) -> None:
         if self.resume_from is not None:
