@@ -14,14 +14,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from lct_train.config.validate import ConfigError
-from lct_train.convert import safetensors_io
-from lct_train.convert.errors import ConversionError
+from lct_train.core import safetensors_io
+from lct_train.core.errors import ConfigError, ConversionError
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import build_mesh
 from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.train.init_weights import load_safetensors
-from tests.train.init_worker import PARALLEL, tiny_config
+from tests.testutils import tiny_config
+from tests.train.init_worker import PARALLEL
 
 
 def main(export: str, out: str, failing_rank: int) -> None:

@@ -59,12 +59,11 @@ def model_name(args: Sequence[str]) -> str:
 
 def check_parallel(cfg, est) -> None:
     """What the mesh cannot take, named before any model is built."""
-    from lct_train.config.build import model_config
-    from lct_train.config.validate import ConfigError
+    from lct_train.core.errors import ConfigError
     from lct_train.estimate.report import sp_degree
 
     sp = sp_degree(cfg)
-    heads = model_config(cfg).num_heads
+    heads = cfg.model.num_heads
     if heads % sp:
         raise ConfigError("parallel.sp_degree", f"{sp} does not divide the model's {heads} "
                           "attention heads (Ulysses splits the heads)")
@@ -78,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    from lct_train.config.validate import ConfigError
+    from lct_train.core.errors import ConfigError
 
     try:
         prepare(args)  # composition / validation: any failure is a bad key

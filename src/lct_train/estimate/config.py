@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lct_train.config.validate import ConfigError
+from lct_train.core.errors import ConfigError
 
 PREFIX = "estimate."
 # GPU memory of the ``memory=`` presets, in GB (1e9 bytes: below the cards' GiB, on purpose).

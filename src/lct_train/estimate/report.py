@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 
-from omegaconf import DictConfig
-
+from lct_train.config.schema import TrainConfig
 from lct_train.estimate.config import EstimateConfig
 from lct_train.estimate.run import Measured
 from lct_train.estimate.scene import describe
@@ -22,12 +21,12 @@ CATEGORIES = {
 GB = 1e9
 
 
-def sp_degree(cfg: DictConfig) -> int:
+def sp_degree(cfg: TrainConfig) -> int:
     """``parallel.sp_degree`` when the config has sequence parallelism, else 1."""
-    return int(cfg.parallel.get("sp_degree", 1) or 1)
+    return int(getattr(cfg.parallel, "sp_degree", 1) or 1)
 
 
-def summary(cfg: DictConfig, est: EstimateConfig, measured: Measured, gpu_bytes: int,
+def summary(cfg: TrainConfig, est: EstimateConfig, measured: Measured, gpu_bytes: int,
             model: str) -> dict:
     cats = {name: sum(measured.categories.get(k, 0) for k in keys)
             for name, keys in CATEGORIES.items()}
@@ -47,7 +46,7 @@ def summary(cfg: DictConfig, est: EstimateConfig, measured: Measured, gpu_bytes:
         "shots": spec.num_shots,
         "shot_grid": list(shot.grid),
         "text_len": shot.text_len,
-        "geometry": describe(spec, _model_cfg(cfg)),
+        "geometry": describe(spec, cfg.model),
         "grad_accum": cfg.optim.grad_accum,
         "defer_grad_sync": cfg.parallel.defer_grad_sync,
         "activation_checkpoint": cfg.parallel.activation_checkpoint,
@@ -61,12 +60,6 @@ def summary(cfg: DictConfig, est: EstimateConfig, measured: Measured, gpu_bytes:
         "usable_bytes": usable,
         "fits": peak <= usable,
     }
-
-
-def _model_cfg(cfg: DictConfig):
-    from lct_train.config.build import model_config
-
-    return model_config(cfg)
 
 
 def render(result: dict) -> str:

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 
-from lct_train.config.build import model_config
+from lct_train.config.schema import TrainConfig
+from lct_train.core.dtypes import dtype_of
 from lct_train.data.packing import PackedScenes
 from lct_train.estimate.config import EstimateConfig
 from lct_train.estimate.scene import scene_spec
@@ -36,7 +36,7 @@ from lct_train.model.attention import get_backend
 from lct_train.model.layout import PackedMeta, SceneSpec
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import build_mesh
-from lct_train.parallel.parallelize import DTYPES, init_sharded, materialize, parallelize
+from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
 from lct_train.train.flops import FlopCounter
 from lct_train.train.optim import build_optimizer, clip_grad_norm
 from lct_train.train.step import StepInputs, forward_backward, host_meta
@@ -67,7 +67,7 @@ def fake_process_group(world_size: int) -> None:
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
 
 
-def _mesh(cfg: DictConfig):
+def _mesh(cfg: TrainConfig):
     p = cfg.parallel
     return build_mesh(DEVICE, dist.get_world_size(), p.dp_replicate, p.dp_shard)
 
@@ -84,9 +84,9 @@ def _micro_batch(spec: SceneSpec, model_cfg, step: int, m: int) -> PackedScenes:
         stats={"scenes": 1.0, "tokens": float(spec.num_tokens), "packing_efficiency": 1.0})
 
 
-def _step_inputs(cfg: DictConfig, model_cfg) -> StepInputs:
+def _step_inputs(cfg: TrainConfig, model_cfg) -> StepInputs:
     return StepInputs(
-        device=DEVICE, compute_dtype=DTYPES[cfg.parallel.param_dtype], mask=cfg.stage.mask,
+        device=DEVICE, compute_dtype=dtype_of(cfg.parallel.param_dtype), mask=cfg.stage.mask,
         text_rope=model_cfg.text_rope, seed=cfg.seed, dp_rank=dist.get_rank(),
         dp_size=dist.get_world_size(), grad_accum=cfg.optim.grad_accum,
         t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
@@ -137,11 +137,11 @@ def _train_step(model, optimizer, micro, step, inp, flops, metas, grad_clip) -> 
     optimizer.zero_grad(set_to_none=True)
 
 
-def measure(cfg: DictConfig, est: EstimateConfig, fake: bool = True) -> Measured:
+def measure(cfg: TrainConfig, est: EstimateConfig, fake: bool = True) -> Measured:
     """Peak memory of rank 0 over ``est.steps`` training steps with optimizer state (the
     process group must exist: ``fake_process_group`` for an estimate, a real gloo group for the
     check against reality)."""
-    model_cfg = dataclasses.replace(model_config(cfg), attn_backend=est.attention)
+    model_cfg = dataclasses.replace(cfg.model, attn_backend=est.attention)
     spec = scene_spec(est, model_cfg)
     inp = _step_inputs(cfg, model_cfg)
     backend = get_backend(est.attention, torch.device("cuda"), cfg.stage.mask == "causal")

@@ -3,7 +3,7 @@ of an explicit shot grid. One scene per micro-batch (the token budget ``data.max
 
 from __future__ import annotations
 
-from lct_train.config.validate import ConfigError
+from lct_train.core.errors import ConfigError
 from lct_train.estimate.config import PREFIX, EstimateConfig
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import GroupSpec, SceneSpec
