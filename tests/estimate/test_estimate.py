@@ -83,9 +83,13 @@ def test_no_gpu_memory_named():
 def test_grad_accum_costs_one_micro_batch_at_most():
     """Gradients stay sharded under accumulation: grad_accum=4 costs no more than
     grad_accum=1 beyond one micro-batch's activations, and the gradients at the peak are the
-    sharded ones (1/8 of fp32 parameters at 8 ranks)."""
+    sharded ones (1/8 of fp32 parameters at 8 ranks). Deferring the sync holds the whole
+    model's unsharded fp32 gradients instead (the tracker files them under temporaries)."""
     base = [*TINY, "estimate.world_size=8", "estimate.tokens=800"]
     one = estimate([*base, "optim.grad_accum=1"])
     four = estimate([*base, "optim.grad_accum=4"])
+    deferred = estimate([*base, "optim.grad_accum=4", "parallel.defer_grad_sync=true"])
     assert four["peak_bytes"] <= one["peak_bytes"] + one["categories"]["activations"]
     assert four["categories"]["gradients"] <= one["params"] * 4 / 8 * 1.05
+    extra = deferred["peak_bytes"] - four["peak_bytes"]
+    assert extra == pytest.approx(one["params"] * 4 * (1 - 1 / 8), rel=0.05)
