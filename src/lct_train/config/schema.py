@@ -59,6 +59,9 @@ class ParallelConfig:
     # HSDP: replicate groups x shard groups; -1 = world_size / dp_replicate.
     dp_replicate: int = 1
     dp_shard: int = -1
+    # Ulysses sequence parallelism: ranks per packed micro-batch (divides model.num_heads and
+    # the world size); world = dp_replicate x dp_shard x sp_degree.
+    sp_degree: int = 1
     # FSDP2 mixed precision: parameter (compute) dtype and gradient reduce dtype.
     param_dtype: str = "bfloat16"
     reduce_dtype: str = "float32"

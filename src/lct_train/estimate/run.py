@@ -1,7 +1,7 @@
 """One estimate: the trainer's model, ``parallelize`` and step, on fake tensors in a fake
 process group, under ``FSDPMemTracker``.
 
-What is real: the model (``LCTModel`` of the config), the mesh (``parallel.dist.build_mesh``),
+What is real: the model (``LCTModel`` of the config), the mesh (``parallel.mesh.build_mesh``, SP included),
 ``parallelize`` (AC, FSDP2, mixed precision), AdamW (``train.optim``), the step
 (``train.step.forward_backward``: noising, forward, per-shot loss, backward, gradient sync under
 accumulation), clipping. What is not: the values (fake tensors carry shapes only), the
@@ -35,7 +35,8 @@ from lct_train.estimate.scene import scene_spec
 from lct_train.model.attention import get_backend
 from lct_train.model.layout import PackedMeta, SceneSpec
 from lct_train.model.mmdit import LCTModel
-from lct_train.parallel.dist import build_mesh
+from lct_train.parallel.dist import World
+from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
 from lct_train.train.flops import FlopCounter
 from lct_train.train.optim import build_optimizer, clip_grad_norm
@@ -67,9 +68,12 @@ def fake_process_group(world_size: int) -> None:
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
 
 
-def _mesh(cfg: TrainConfig):
+def _world(cfg: TrainConfig) -> World:
+    """Rank 0 of the (fake) job, on the trainer's ``(dp_replicate, dp_shard, sp)`` mesh."""
     p = cfg.parallel
-    return build_mesh(DEVICE, dist.get_world_size(), p.dp_replicate, p.dp_shard)
+    shape = mesh_shape(dist.get_world_size(), p.dp_replicate, p.dp_shard, p.sp_degree)
+    return World(dist.get_rank(), dist.get_world_size(), 0, DEVICE,
+                 build_mesh(DEVICE.type, shape))
 
 
 def _micro_batch(spec: SceneSpec, model_cfg, step: int, m: int) -> PackedScenes:
@@ -84,11 +88,11 @@ def _micro_batch(spec: SceneSpec, model_cfg, step: int, m: int) -> PackedScenes:
         stats={"scenes": 1.0, "tokens": float(spec.num_tokens), "packing_efficiency": 1.0})
 
 
-def _step_inputs(cfg: TrainConfig, model_cfg) -> StepInputs:
+def _step_inputs(cfg: TrainConfig, model_cfg, world: World) -> StepInputs:
     return StepInputs(
         device=DEVICE, compute_dtype=dtype_of(cfg.parallel.param_dtype), mask=cfg.stage.mask,
-        text_rope=model_cfg.text_rope, seed=cfg.seed, dp_rank=dist.get_rank(),
-        dp_size=dist.get_world_size(), grad_accum=cfg.optim.grad_accum,
+        text_rope=model_cfg.text_rope, seed=cfg.seed, dp_rank=world.dp_rank,
+        dp_size=world.dp_size, sp=world.sp, grad_accum=cfg.optim.grad_accum,
         t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
         t_shift=cfg.loss.timestep_shift,
         guidance=cfg.loss.guidance if model_cfg.guidance_embeds else None,
@@ -143,7 +147,8 @@ def measure(cfg: TrainConfig, est: EstimateConfig, fake: bool = True) -> Measure
     check against reality)."""
     model_cfg = dataclasses.replace(cfg.model, attn_backend=est.attention)
     spec = scene_spec(est, model_cfg)
-    inp = _step_inputs(cfg, model_cfg)
+    world = _world(cfg)
+    inp = _step_inputs(cfg, model_cfg, world)
     backend = get_backend(est.attention, torch.device("cuda"), cfg.stage.mask == "causal")
     with torch.device("meta"):
         model = LCTModel(model_cfg)
@@ -153,7 +158,7 @@ def measure(cfg: TrainConfig, est: EstimateConfig, fake: bool = True) -> Measure
     metas = _host_metas(spec, inp, backend, refiner)
     small_spec = scene_spec(dataclasses.replace(est, tokens=0, grid=[1, 1, 1], shots=1), model_cfg)
     warm = _host_metas(small_spec, inp, backend, refiner)
-    mesh = _mesh(cfg)
+    mesh = world.mesh
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with mode:
         model = materialize(parallelize(model, mesh, cfg.parallel), DEVICE)

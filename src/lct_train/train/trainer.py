@@ -91,7 +91,7 @@ class Trainer:
             t_shift=cfg.loss.timestep_shift,
             guidance=cfg.loss.guidance if self.model_cfg.guidance_embeds else None,
             buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step,
-            defer_grad_sync=cfg.parallel.defer_grad_sync)
+            defer_grad_sync=cfg.parallel.defer_grad_sync, sp=world.sp)
         self._start(source)
 
     # ----------------------------------------------------------------------------- setup
