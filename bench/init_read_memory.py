@@ -35,13 +35,13 @@ def worker(export: str) -> None:
     import torch.distributed as dist
 
     from lct_train.model.mmdit import LCTModel
-    from lct_train.parallel.dist import build_mesh
+    from lct_train.parallel.mesh import build_mesh, mesh_shape
     from lct_train.parallel.parallelize import materialize, parallelize
     from lct_train.train.init_weights import load_safetensors
     from tests.train.init_worker import PARALLEL
 
     dist.init_process_group("gloo")
-    mesh = build_mesh(torch.device("cpu"), dist.get_world_size(), 1, -1)
+    mesh = build_mesh("cpu", mesh_shape(dist.get_world_size(), 1, -1, 1))
     with torch.device("meta"):
         model = LCTModel(model_cfg())
     model = materialize(parallelize(model, mesh, PARALLEL), torch.device("cpu"))
