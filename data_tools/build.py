@@ -6,6 +6,11 @@ workers write disjoint shards. A chunk writes ``shards/<c>-<part>.tar.tmp`` part
 ``shard_size_mb``), renames them when the chunk is complete, then writes
 ``shards/.done/<c>.json``; a re-run skips chunks with a marker and rebuilds the others.
 A scene that fails to decode or encode is logged and left out (listed in the marker).
+
+Devices: under torchrun each rank encodes on its own GPU (``--device cuda`` means
+``cuda:LOCAL_RANK``, ``rank_device``). Worker processes (``--workers > 1``) are *spawned*, never
+forked (a forked child cannot use CUDA once the parent touched it), and each builds its own
+encoders on the rank's device.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +37,7 @@ logger = logging.getLogger(__name__)
 DONE_DIR = ".done"
 BYTES_PER_MB = 1 << 20
 PROGRESS_INTERVAL_S = 0.5
+WORKER_START_METHOD = "spawn"
 
 
 @dataclass
@@ -53,6 +59,21 @@ class BuildConfig:
 
 def _dist() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank_device(device: str, local_rank: int | None = None) -> str:
+    """``cuda`` -> ``cuda:LOCAL_RANK`` (torchrun's local rank; 0 alone); ``auto`` -> that when
+    CUDA is available, else ``cpu``; an explicit ``cuda:N`` or ``cpu`` is kept."""
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{local_rank}" if device == "cuda" else device
+
+
+def worker_context():
+    """Spawned workers: each starts a fresh interpreter (no inherited CUDA state)."""
+    return mp.get_context(WORKER_START_METHOD)
 
 
 def _encoders(cfg: BuildConfig):
@@ -136,6 +157,7 @@ def refuse_placeholders(manifest: str, scenes: list[SceneEntry]) -> None:
 def build(cfg: BuildConfig) -> dict:
     """Builds (or resumes) the dataset; returns a summary."""
     rank, world = _dist()
+    cfg = replace(cfg, device=rank_device(cfg.device))
     scenes = read_manifest(cfg.manifest)
     if not cfg.allow_placeholder_prompts:
         refuse_placeholders(cfg.manifest, scenes)
@@ -168,13 +190,13 @@ def build(cfg: BuildConfig) -> dict:
             for chunk, chunk_scenes in mine[0]:
                 build_chunk(cfg, chunk, chunk_scenes, codec, text_encoder, bar.update)
     else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        ctx = worker_context()
         counter = ctx.Value("i", 0)
         procs = [ctx.Process(target=_run_worker, args=(cfg, w, counter)) for w in mine if w]
         for p in procs:
             p.start()
         _watch(procs, counter, todo)
     elapsed = time.perf_counter() - start
-    return {"rank": rank, "world_size": world, "chunks": n_chunks, "skipped_done": skipped,
+    return {"rank": rank, "world_size": world, "device": cfg.device, "chunks": n_chunks, "skipped_done": skipped,
             "scenes_built": todo, "seconds": round(elapsed, 2),
             "scenes_per_s": round(todo / elapsed, 2) if elapsed > 0 else 0.0}

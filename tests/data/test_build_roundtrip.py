@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 import webdataset as wds
 from safetensors.torch import load
 
@@ -111,3 +112,29 @@ def test_build_with_tiny_hunyuan_vae(synth_dir, tmp_path):
     z = load(sample["latents.safetensors"])["shot_0"]
     assert z.shape[0] == info.latent_channels
     assert z.shape[2:] == (8, 8)
+
+
+def test_rank_device_maps_cuda_to_the_local_rank(monkeypatch):
+    from data_tools.build import rank_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert rank_device("cuda") == "cuda:3"
+    assert rank_device("cuda", local_rank=1) == "cuda:1"
+    assert rank_device("cuda:0") == "cuda:0"  # explicit: kept
+    assert rank_device("cpu") == "cpu"
+    assert rank_device("auto") == ("cuda:3" if torch.cuda.is_available() else "cpu")
+
+
+def test_workers_are_spawned_and_build_their_own_encoders(synth_dir, tmp_path):
+    """``--workers 2``: spawned processes (no fork after CUDA init) write every scene."""
+    from data_tools import build as build_mod
+
+    assert build_mod.worker_context().get_start_method() == "spawn"
+    out = tmp_path / "ds"
+    summary = build_tiny(synth_dir / "manifest_multishot.jsonl", out, scenes_per_shard=1,
+                         workers=2)
+    total = len(read_manifest(synth_dir / "manifest_multishot.jsonl"))
+    assert summary["scenes_built"] == total
+    assert summary["device"] == "cpu"
+    markers = [json.loads(p.read_text()) for p in (out / "shards" / ".done").glob("*.json")]
+    assert sum(m["scenes"] for m in markers) == total

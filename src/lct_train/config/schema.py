@@ -67,6 +67,10 @@ class ParallelConfig:
     reduce_dtype: str = "float32"
     # Re-shard parameters after forward (saves memory, costs an all-gather in backward).
     reshard_after_forward: bool = True
+    # Gradient accumulation: false reduce-scatters every micro-batch (gradients stay sharded);
+    # true syncs on the last micro-batch only (every rank then holds the whole model's
+    # unsharded fp32 gradients between micro-batches).
+    defer_grad_sync: bool = False
     # Activation checkpointing of every block: "none" | "full".
     activation_checkpoint: str = "none"
     # torch.compile of every block (applied after AC, before FSDP), and its backend

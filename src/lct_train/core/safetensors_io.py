@@ -158,6 +158,16 @@ class SafetensorsReader:
         except SafetensorError as err:
             raise ConversionError(f"cannot read {key} from {self.key_file[key]}: {err}") from err
 
+    def get_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` of dim 0 (the whole tensor for 0-d); reads only those bytes."""
+        try:
+            tensor_slice = self._handles[self.key_file[key]].get_slice(key)
+            if not self._info[key][0]:
+                return self.get(key)
+            return tensor_slice[start:stop]
+        except SafetensorError as err:
+            raise ConversionError(f"cannot read {key} from {self.key_file[key]}: {err}") from err
+
     def load_all(self) -> dict[str, torch.Tensor]:
         return {k: self.get(k) for k in self.key_file}
 

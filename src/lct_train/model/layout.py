@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lct_train.model.transfer import to_device
+
 MASKS = ("bidirectional", "causal")
 INDEX_DTYPE = torch.long
 INTERVAL_DTYPE = torch.int32  # flash / varlen kernels take int32 offsets
@@ -72,7 +74,14 @@ class AttnIntervals:
         return self.plans[backend.name]
 
     def to(self, device: torch.device | str) -> AttnIntervals:
-        return dataclasses.replace(self, lo=self.lo.to(device), hi=self.hi.to(device), plans={})
+        lo, hi = to_device([self.lo, self.hi], device)
+        return self._moved(lo, hi)
+
+    def _moved(self, lo: torch.Tensor, hi: torch.Tensor) -> AttnIntervals:
+        """On another device the plans are rebuilt there (from host ints, ``plan_for``)."""
+        if lo.device == self.lo.device:
+            return self
+        return dataclasses.replace(self, lo=lo, hi=hi, plans={})
 
 
 @dataclass
@@ -117,14 +126,18 @@ class PackedMeta:
         return self.num_text + self.num_video
 
     def to(self, device: torch.device | str) -> PackedMeta:
-        moved = {
-            f.name: getattr(self, f.name).to(device)
-            for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), torch.Tensor)
-        }
-        moved["attn"] = self.attn.to(device)
-        moved["text_attn"] = self.text_attn.to(device)
-        return dataclasses.replace(self, **moved)
+        """Every tensor (the intervals' included) in one non-blocking copy (``transfer``)."""
+        names = [f.name for f in dataclasses.fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)]
+        tensors = [getattr(self, n) for n in names]
+        tensors += [self.attn.lo, self.attn.hi, self.text_attn.lo, self.text_attn.hi]
+        moved = to_device(tensors, device)
+        if all(a is b for a, b in zip(moved, tensors)):
+            return self
+        fields = dict(zip(names, moved))
+        fields["attn"] = self.attn._moved(*moved[-4:-2])
+        fields["text_attn"] = self.text_attn._moved(*moved[-2:])
+        return dataclasses.replace(self, **fields)
 
 
 def _validate(specs: list[SceneSpec], cached: SceneSpec | None) -> None:

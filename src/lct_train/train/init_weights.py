@@ -21,15 +21,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    set_model_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from lct_train.convert.model_spec import checkpoint_model_config
 from lct_train.core import checkpoint_layout as layout
 from lct_train.core.errors import ConfigError, ConversionError, check_keys_and_shapes
+from lct_train.core.fqn import clean_fqn
 from lct_train.core.safetensors_io import SafetensorsReader
 from lct_train.model.config import ModelConfig
 from lct_train.parallel.parallelize import init_sharded
@@ -39,20 +38,42 @@ from lct_train.train.checkpoint import load_model_weights
 NON_ARCH_FIELDS = ("attn_backend",)
 
 
-def load_safetensors(model: nn.Module, path: Path, is_main: bool) -> None:
-    """A consolidated export (file or sharded directory) into the sharded ``model``."""
-    target = get_model_state_dict(model)
-    full = {}
+def _local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """This rank's part of ``param`` and the global row (dim 0) where it starts."""
+    if not isinstance(param, DTensor):
+        return param.data, 0
+    _, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh,
+                                                      param.placements)
+    return param.to_local(), (offset[0] if offset else 0)
+
+
+@torch.no_grad()
+def load_safetensors(model: nn.Module, path: Path) -> None:
+    """A consolidated export (file or sharded directory) into the sharded ``model``.
+
+    Every rank reads only the rows of its own shards (safetensors slices read just those
+    bytes), so no host holds the full model. A failure on any rank fails every rank with the
+    same message: each rank's error (or None) is gathered before anyone raises.
+    """
+    error = None
     try:
         with SafetensorsReader(path) as reader:
-            check_keys_and_shapes(reader.shapes(), {k: tuple(v.shape) for k, v in target.items()},
+            params = {clean_fqn(k): p for k, p in model.named_parameters()}
+            check_keys_and_shapes(reader.shapes(), {k: tuple(v.shape) for k, v in params.items()},
                                   what=f"initial weights {path}")
-            if is_main:
-                full = {k: reader.get(k).to(target[k].dtype) for k in target}
-    except ConversionError as err:
-        raise ConfigError("stage.init_from", str(err)) from err
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True,
-                                                               broadcast_from_rank0=True))
+            for key, param in params.items():
+                local, start = _local_rows(param)
+                rows = local.shape[0] if local.dim() else 0
+                local.copy_(reader.get_rows(key, start, start + rows).to(local.dtype))
+    except (ConversionError, OSError) as err:
+        error = f"{err} (rank {dist.get_rank()})" if dist.is_initialized() else str(err)
+    errors = [error]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise ConfigError("stage.init_from", failed[0])
 
 
 def check_same_architecture(ours: ModelConfig, ckpt: Path) -> None:
@@ -96,8 +117,7 @@ def load_checkpoint_weights(model: nn.Module, ckpt: Path, weights: str) -> None:
                           f"{err}") from err
 
 
-def init_weights(model: nn.Module, stage_cfg, model_cfg: ModelConfig, is_main: bool,
-                 seed: int) -> str:
+def init_weights(model: nn.Module, stage_cfg, model_cfg: ModelConfig, seed: int) -> str:
     """Fills the (sharded) model from ``stage.init_from``; returns a description for the log."""
     spec = stage_cfg.init_from
     if spec == "scratch":
@@ -108,7 +128,7 @@ def init_weights(model: nn.Module, stage_cfg, model_cfg: ModelConfig, is_main: b
         if not Path(spec).exists():
             raise ConfigError("stage.init_from", f"{spec} does not exist (expected scratch, auto, "
                               "a training checkpoint or a safetensors file / export directory)")
-        load_safetensors(model, Path(spec), is_main)
+        load_safetensors(model, Path(spec))
         return f"safetensors {spec}"
     check_same_architecture(model_cfg, ckpt)
     load_checkpoint_weights(model, ckpt, stage_cfg.init_weights)

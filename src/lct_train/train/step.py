@@ -1,8 +1,17 @@
 """One optimizer step's forward/backward over its micro-batches, with no host sync.
 
 ``forward_backward`` runs the ``grad_accum`` micro-batches of this rank, leaves the gradients
-of the global-mean loss in the parameters (FSDP reduces them on the last micro-batch only), and
-returns device-side sums for the metrics. The caller clips, reduces the metrics (one
+of the global-mean loss in the parameters, and returns device-side sums for the metrics.
+
+Gradient sync under accumulation (torchtitan's default): FSDP reduce-scatters every
+micro-batch's gradients and accumulates them *sharded*, so a rank never holds more than one
+FSDP unit's unsharded gradients. ``parallel.defer_grad_sync=true`` skips the reduce-scatter
+until the last micro-batch (less communication, but every rank then keeps the whole model's
+unsharded fp32 gradients between micro-batches: 4 bytes x parameters).
+
+Metadata: each micro-batch's ``PackedMeta`` is built on the host and moved in one pinned,
+non-blocking copy (``PackedMeta.to``); the kernel plans are built from host integers and moved
+the same way. Nothing in here waits for the device. The caller clips, reduces the metrics (one
 all-reduce) and reads them (the step's one host sync) before deciding to step or skip.
 """
 
@@ -15,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lct_train.data.packing import PackedScenes
-from lct_train.model.layout import build_packed_meta
+from lct_train.model.layout import PackedMeta, SceneSpec, build_packed_meta
 from lct_train.parallel.ulysses import SPGroup, shard_meta
 from lct_train.train.batches import global_micro_index
 from lct_train.train.flops import FlopCounter
@@ -43,6 +52,7 @@ class StepInputs:
     t_shift: float
     guidance: float | None
     buckets: int
+    defer_grad_sync: bool = False  # reduce-scatter on the last micro-batch only
     nonfinite_at_step: int = 0  # debug: poison this step's loss
     sp: SPGroup | None = None  # sequence parallelism: this rank's group (None: sp_degree 1)
 
@@ -66,23 +76,30 @@ def _bad_samples(mb: PackedScenes) -> float:
     return stats.get("loader/bad", 0.0) + stats.get("loader/skipped_over_budget", 0.0)
 
 
+def host_meta(specs: list[SceneSpec], inp: StepInputs) -> PackedMeta:
+    """A micro-batch's metadata, built on the host (moved to the device by the step)."""
+    return build_packed_meta(specs, mask=inp.mask, text_rope=inp.text_rope)
+
+
 def forward_backward(
     model: nn.Module,
     micro: list[PackedScenes],
     step: int,
     inp: StepInputs,
     flops: FlopCounter,
+    metas: list[PackedMeta] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(metric vector [len(METRIC_FIELDS) + 2B] float64, per-micro loss sums)``.
 
     Both are local to this rank; the metric vector is meant to be all-reduced (SUM). Under
     sequence parallelism each SP rank adds its part of every shot's loss; the batch's counts
-    (shots, tokens, ...) come from SP rank 0 only.
+    (shots, tokens, ...) come from SP rank 0 only. ``metas``: the micro-batches' host metadata
+    when the caller built it already.
     """
     dev = inp.device
     local_shots = float(_local_shots(micro))
     # Global shot count: known on the host per rank, summed on the device (no sync).
-    global_shots = torch.tensor(local_shots * inp.owns_batch, device=dev)
+    global_shots = torch.full((), local_shots * inp.owns_batch, device=dev)
     dist.all_reduce(global_shots)
     # FSDP averages gradients over all ranks (dp x sp); the loss is a global mean: cancel it.
     scale = inp.dp_size * inp.sp_size / global_shots
@@ -91,8 +108,9 @@ def forward_backward(
     buckets = torch.zeros(2, inp.buckets, device=dev)
     train_flops = 0
     for m, mb in enumerate(micro):
-        model.set_requires_gradient_sync(m == len(micro) - 1)
-        meta = build_packed_meta(mb.specs, mask=inp.mask, text_rope=inp.text_rope, device=dev)
+        if inp.defer_grad_sync:
+            model.set_requires_gradient_sync(m == len(micro) - 1)
+        meta = (metas[m] if metas is not None else host_meta(mb.specs, inp)).to(dev)
         video = mb.video.to(dev, non_blocking=True).float()
         gen = micro_generator(dev, inp.seed, step, global_micro_index(inp.dp_rank,
                                                                       inp.grad_accum, m))

@@ -116,7 +116,7 @@ class Trainer:
             t_shift=cfg.loss.timestep_shift,
             guidance=cfg.loss.guidance if self.model_cfg.guidance_embeds else None,
             buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step,
-            sp=world.sp)
+            defer_grad_sync=cfg.parallel.defer_grad_sync, sp=world.sp)
         self._start(source)
 
     # ----------------------------------------------------------------------------- setup
@@ -166,8 +166,7 @@ class Trainer:
         self.resume_from = self._resume_path()
         if self.resume_from is not None:
             return None
-        return init_weights(self.model, self.cfg.stage, self.model_cfg, self.world.is_main,
-                            self.cfg.seed)
+        return init_weights(self.model, self.cfg.stage, self.model_cfg, self.cfg.seed)
 
     def _start(self, source: str | None) -> None:
         changes = []

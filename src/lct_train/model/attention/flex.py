@@ -12,6 +12,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from lct_train.model.layout import AttnIntervals
+from lct_train.model.transfer import to_device
 
 BLOCK_SIZE = 128  # flex's tile on Hopper
 
@@ -50,11 +51,11 @@ def block_mask_from_intervals(intervals: AttnIntervals, block_size: int = BLOCK_
         order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
         return count[None, None], order[None, None]
 
-    device = intervals.lo.device
-    kv_num, kv_idx = as_indices(partial)
-    full_num, full_idx = as_indices(full)
+    # Built on the host from the runs; moved to the intervals' device in one copy.
+    kv_num, kv_idx, full_num, full_idx = to_device([*as_indices(partial), *as_indices(full)],
+                                                   intervals.lo.device)
     return BlockMask.from_kv_blocks(
-        kv_num.to(device), kv_idx.to(device), full_num.to(device), full_idx.to(device),
+        kv_num, kv_idx, full_num, full_idx,
         BLOCK_SIZE=block_size,
         mask_mod=interval_mask_mod(intervals.lo, intervals.hi),
         seq_lengths=(intervals.num_q, intervals.num_k),

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 
 from lct_train.model.layout import INTERVAL_DTYPE, AttnIntervals
+from lct_train.model.transfer import to_device
 
 VARLEN_POSITIONAL = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")
 
@@ -49,7 +51,6 @@ def ghost_plan(intervals: AttnIntervals) -> VarlenPlan:
             if j == len(per_call):
                 per_call.append([])
             per_call[j].append(run)
-    device = intervals.lo.device
     calls, order, row = [], [], 0
     for runs in per_call:
         q_lens, k_bounds, cursor = [], [0], 0
@@ -70,17 +71,25 @@ def ghost_plan(intervals: AttnIntervals) -> VarlenPlan:
             VarlenCall(
                 row,
                 row + int(cu_q[-1]),
-                cu_q.to(INTERVAL_DTYPE).to(device),
-                cu_k.to(INTERVAL_DTYPE).to(device),
+                cu_q.to(INTERVAL_DTYPE),
+                cu_k.to(INTERVAL_DTYPE),
                 max(q_lens),
                 int((cu_k[1:] - cu_k[:-1]).max()),
             )
         )
         row += int(cu_q[-1])
     perm = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
-    if torch.equal(perm, torch.arange(intervals.num_q)):
+    # Built on the host from host ints; moved to the intervals' device in one copy.
+    host = [t for c in calls for t in (c.cu_seqlens_q, c.cu_seqlens_k)]
+    identity = torch.equal(perm, torch.arange(intervals.num_q))
+    if not identity:
+        host += [perm, torch.argsort(perm)]
+    moved = to_device(host, intervals.lo.device)
+    for i, c in enumerate(calls):
+        c.cu_seqlens_q, c.cu_seqlens_k = moved[2 * i], moved[2 * i + 1]
+    if identity:
         return VarlenPlan(calls, None, None)
-    return VarlenPlan(calls, perm.to(device), torch.argsort(perm).to(device))
+    return VarlenPlan(calls, moved[-2], moved[-1])
 
 
 def run_plan(
@@ -123,7 +132,13 @@ def varlen_kernel():
 
         return flash_attn_varlen_func
     except ImportError:
-        pass
+        return torch_varlen_kernel()
+
+
+@functools.cache
+def torch_varlen_kernel():
+    """torch's ``varlen_attn`` (flash-attention inside; it has a fake kernel, so memory
+    estimates on fake tensors see flash's O(L) footprint)."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError as err:
@@ -151,8 +166,10 @@ class VarlenAttention:
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: VarlenPlan
     ) -> torch.Tensor:
-        if q.device.type != "cuda":
+        # Fake tensors (``lct-estimate``) run torch's kernel's fake implementation on any device.
+        fake = is_fake(q)
+        if q.device.type != "cuda" and not fake:
             raise RuntimeError(
                 "flash-varlen needs a CUDA device; use attn_backend='reference' on CPU"
             )
-        return run_plan(varlen_kernel(), q, k, v, plan)
+        return run_plan(torch_varlen_kernel() if fake else varlen_kernel(), q, k, v, plan)

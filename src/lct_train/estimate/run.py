@@ -1,0 +1,189 @@
+"""One estimate: the trainer's model, ``parallelize`` and step, on fake tensors in a fake
+process group, under ``FSDPMemTracker``.
+
+What is real: the model (``LCTModel`` of the config), the mesh (``parallel.mesh.build_mesh``, SP included),
+``parallelize`` (AC, FSDP2, mixed precision), AdamW (``train.optim``), the step
+(``train.step.forward_backward``: noising, forward, per-shot loss, backward, gradient sync under
+accumulation), clipping. What is not: the values (fake tensors carry shapes only), the
+collectives (the fake backend returns at once), and the kernels (each op's fake implementation
+allocates its outputs; attention is torch's flash ``varlen_attn`` whose fake kernel saves
+flash's O(L) output and log-sum-exp, as on a GPU; the dense reference backend would save
+L x L scores and is only used to compare with a real CPU run). Tensors live on fake *CPU*
+devices: some CUDA fake kernels abort on a CPU-only build of torch.
+
+Not tracked: the CUDA context and NCCL buffers (about 1-2 GB on a GPU, hence the headroom),
+the caching allocator's fragmentation (also the headroom), and ``torch.compile`` workspace.
+The batch metadata (host-built index tensors, moved in one copy) is added by size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+
+from lct_train.config.schema import TrainConfig
+from lct_train.core.dtypes import dtype_of
+from lct_train.data.packing import PackedScenes
+from lct_train.estimate.config import EstimateConfig
+from lct_train.estimate.scene import scene_spec
+from lct_train.model.attention import get_backend
+from lct_train.model.layout import PackedMeta, SceneSpec
+from lct_train.model.mmdit import LCTModel
+from lct_train.parallel.dist import World
+from lct_train.parallel.mesh import build_mesh, mesh_shape
+from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
+from lct_train.train.flops import FlopCounter
+from lct_train.train.optim import build_optimizer, clip_grad_norm
+from lct_train.train.step import StepInputs, forward_backward, host_meta
+
+DEVICE = torch.device("cpu")
+
+
+@dataclass
+class Measured:
+    """Peak of one rank: bytes per tracker category, plus the batch metadata."""
+
+    categories: dict[str, int]
+    metadata_bytes: int
+    spec: SceneSpec
+    params: int  # parameters of the whole model
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.categories["Total"] + self.metadata_bytes
+
+
+def fake_process_group(world_size: int) -> None:
+    """PyTorch's fake backend: collectives return immediately, every rank is rank 0's twin."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+
+
+def _world(cfg: TrainConfig) -> World:
+    """Rank 0 of the (fake) job, on the trainer's ``(dp_replicate, dp_shard, sp)`` mesh."""
+    p = cfg.parallel
+    shape = mesh_shape(dist.get_world_size(), p.dp_replicate, p.dp_shard, p.sp_degree)
+    return World(dist.get_rank(), dist.get_world_size(), 0, DEVICE,
+                 build_mesh(DEVICE.type, shape))
+
+
+def _micro_batch(spec: SceneSpec, model_cfg, step: int, m: int) -> PackedScenes:
+    num_video = sum(g.video_len for g in spec.groups)
+    num_text = sum(g.text_len for g in spec.groups)
+    return PackedScenes(
+        keys=[f"estimate/{step}/{m}"], sources=["estimate"], specs=[spec],
+        video=torch.randn(num_video, model_cfg.patch_dim),
+        text=torch.randn(num_text, model_cfg.text_dim),
+        pooled=torch.randn(len(spec.groups), model_cfg.pooled_dim),
+        shot_is_image=torch.zeros(spec.num_shots, dtype=torch.bool),
+        stats={"scenes": 1.0, "tokens": float(spec.num_tokens), "packing_efficiency": 1.0})
+
+
+def _step_inputs(cfg: TrainConfig, model_cfg, world: World) -> StepInputs:
+    return StepInputs(
+        device=DEVICE, compute_dtype=dtype_of(cfg.parallel.param_dtype), mask=cfg.stage.mask,
+        text_rope=model_cfg.text_rope, seed=cfg.seed, dp_rank=world.dp_rank,
+        dp_size=world.dp_size, sp=world.sp, grad_accum=cfg.optim.grad_accum,
+        t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
+        t_shift=cfg.loss.timestep_shift,
+        guidance=cfg.loss.guidance if model_cfg.guidance_embeds else None,
+        buckets=cfg.logging.timestep_buckets,
+        defer_grad_sync=cfg.parallel.defer_grad_sync)
+
+
+def _host_metas(spec: SceneSpec, inp: StepInputs, backend, refiner: bool) -> list[PackedMeta]:
+    """Built on the host with real tensors, kernel plans included (they read host ints)."""
+    metas = []
+    for _ in range(inp.grad_accum):
+        meta = host_meta([spec], inp)
+        meta.attn.plan_for(backend)
+        if refiner:
+            meta.text_attn.plan_for(backend)
+        metas.append(meta)
+    return metas
+
+
+def _metadata_bytes(meta: PackedMeta) -> int:
+    tensors = [getattr(meta, f.name) for f in dataclasses.fields(meta)]
+    tensors += [meta.attn.lo, meta.attn.hi, meta.text_attn.lo, meta.text_attn.hi]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+@contextlib.contextmanager
+def _per_forward_module_stats(model, tracker):
+    """The tracker refuses a second forward of the root per step (gradient accumulation)
+    unless its per-module stats are cleared; its peak (what is reported) is kept."""
+
+    def clear(module, args):
+        if module is model:
+            tracker.reset_mod_stats()
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(clear)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _train_step(model, optimizer, micro, step, inp, flops, metas, grad_clip) -> None:
+    forward_backward(model, micro, step, inp, flops, metas=metas)
+    clip_grad_norm(model, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def measure(cfg: TrainConfig, est: EstimateConfig, fake: bool = True) -> Measured:
+    """Peak memory of rank 0 over ``est.steps`` training steps with optimizer state (the
+    process group must exist: ``fake_process_group`` for an estimate, a real gloo group for the
+    check against reality)."""
+    model_cfg = dataclasses.replace(cfg.model, attn_backend=est.attention)
+    spec = scene_spec(est, model_cfg)
+    world = _world(cfg)
+    inp = _step_inputs(cfg, model_cfg, world)
+    backend = get_backend(est.attention, torch.device("cuda"), cfg.stage.mask == "causal")
+    with torch.device("meta"):
+        model = LCTModel(model_cfg)
+    flops = FlopCounter(model, model_cfg)
+    params = sum(p.numel() for p in model.parameters())
+    refiner = model.context_embedder.token_refiner is not None
+    metas = _host_metas(spec, inp, backend, refiner)
+    small_spec = scene_spec(dataclasses.replace(est, tokens=0, grid=[1, 1, 1], shots=1), model_cfg)
+    warm = _host_metas(small_spec, inp, backend, refiner)
+    mesh = world.mesh
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    with mode:
+        model = materialize(parallelize(model, mesh, cfg.parallel), DEVICE)
+        if not fake:
+            init_sharded(model, cfg.seed)
+        # What a GPU run builds (fused AdamW on CUDA under implementation=auto).
+        optimizer = build_optimizer(model, cfg.optim, torch.device("cuda"))
+        # Untracked warm-up on a one-frame scene: creates AdamW's state, as a first step does.
+        # Observed on torch 2.13: the first optimizer steps over DTensors run DTensor's
+        # sharding propagation, which the tracker counts at the *global* size under OptState
+        # (~16x the local state); it is cached by shape, so the tracked steps below are
+        # counted as allocated.
+        warm_micro = [_micro_batch(small_spec, model_cfg, 0, m) for m in range(inp.grad_accum)]
+        _train_step(model, optimizer, warm_micro, 0, inp, flops, warm, cfg.optim.grad_clip)
+        tracker = FSDPMemTracker(model, optimizer)
+        with tracker, _per_forward_module_stats(model, tracker):
+            for step in range(1, est.steps + 1):
+                micro = [_micro_batch(spec, model_cfg, step, m) for m in range(inp.grad_accum)]
+                _train_step(model, optimizer, micro, step, inp, flops, metas,
+                            cfg.optim.grad_clip)
+        peak = tracker.get_tracker_snapshot("peak")
+    categories = {getattr(k, "value", k): int(v) for k, v in next(iter(peak.values())).items()}
+    return Measured(categories, _metadata_bytes(metas[0]) * len(metas), spec, params)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

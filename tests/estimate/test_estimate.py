@@ -1,0 +1,95 @@
+"""lct-estimate: against a real run, its output contract, its errors, gradient accumulation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from lct_train.estimate.cli import estimate, main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model=tiny", "estimate.frame=[4,4]", "estimate.text_len=16", "estimate.gpu_gb=1"]
+
+
+def _check_module():
+    spec = importlib.util.spec_from_file_location("estimate_check",
+                                                  ROOT / "bench" / "estimate_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("args", [
+    ["model=tiny", "estimate.tokens=1200", "estimate.shots=3"],
+    ["model=small", "estimate.tokens=600", "estimate.shots=2", "optim.grad_accum=2"],
+])
+def test_estimate_matches_real_two_rank_run(args):
+    """Fake tensors + fake process group vs real tensors in a real 2-rank gloo job."""
+    result = _check_module().compare(args)
+    est, real = result["rows"]["peak"]
+    assert result["rel_error"] < 0.10, result["rows"]
+    assert result["rows"]["parameters"][0] == result["rows"]["parameters"][1]
+    assert est > 0
+    assert real > 0
+
+
+def test_last_line_is_json_and_verdict(capsys):
+    status = main([*TINY, "estimate.world_size=8", "estimate.tokens=1200", "estimate.shots=3"])
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    for key in ("peak_bytes", "gpu_bytes", "fits", "tokens_per_rank", "world_size"):
+        assert key in result
+    assert result["world_size"] == 8
+    assert result["gpu_bytes"] == 10**9
+    assert result["fits"] is True
+    assert status == 0
+    assert result["tokens"] <= 1200
+    assert result["tokens_per_rank"] == result["tokens"]
+    assert result["peak_bytes"] == sum(result["categories"].values())
+    # The same run on a GPU far too small: the verdict flips, exit status 1.
+    assert main([*TINY, "estimate.world_size=8", "estimate.tokens=1200", "estimate.shots=3",
+                 "estimate.gpu_gb=0.001"]) == 1
+
+
+def test_sharding_divides_parameter_state():
+    one, eight = (estimate([*TINY, f"estimate.world_size={n}", "estimate.tokens=800"])
+                  for n in (1, 8))
+    for cat in ("optimizer_states",):
+        assert one["categories"][cat] == pytest.approx(8 * eight["categories"][cat], rel=0.02)
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["estimate.tokens=10", "estimate.shots=3"], "estimate.tokens"),
+    (["estimate.tokens=800", "estimate.grid=[1,4,4]"], "estimate.tokens"),
+    (["estimate.tokens=800", "estimate.world_sise=8"], "estimate.world_sise"),
+    (["estimate.tokens=800", "estimate.attention=dense"], "estimate.attention"),
+    (["estimate.tokens=800", "parallel.dp_replicate=3", "estimate.world_size=8"],
+     "parallel.dp_replicate"),
+])
+def test_impossible_estimates_name_the_key(args, key, capsys):
+    assert main([*TINY, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert key in err, err
+
+
+def test_no_gpu_memory_named():
+    assert main(["model=tiny", "estimate.tokens=800"]) == 2
+
+
+def test_grad_accum_costs_one_micro_batch_at_most():
+    """Gradients stay sharded under accumulation: grad_accum=4 costs no more than
+    grad_accum=1 beyond one micro-batch's activations, and the gradients at the peak are the
+    sharded ones (1/8 of fp32 parameters at 8 ranks). Deferring the sync holds the whole
+    model's unsharded fp32 gradients instead (the tracker files them under temporaries)."""
+    base = [*TINY, "estimate.world_size=8", "estimate.tokens=800"]
+    one = estimate([*base, "optim.grad_accum=1"])
+    four = estimate([*base, "optim.grad_accum=4"])
+    deferred = estimate([*base, "optim.grad_accum=4", "parallel.defer_grad_sync=true"])
+    assert four["peak_bytes"] <= one["peak_bytes"] + one["categories"]["activations"]
+    assert four["categories"]["gradients"] <= one["params"] * 4 / 8 * 1.05
+    extra = deferred["peak_bytes"] - four["peak_bytes"]
+    assert extra == pytest.approx(one["params"] * 4 * (1 - 1 / 8), rel=0.05)
