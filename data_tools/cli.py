@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     y = sub.add_parser("synth", help="render a procedural multi-shot dataset (mp4 + manifest + gt)")
     y.add_argument("out")
     for name, field in SynthConfig.__dataclass_fields__.items():
-        y.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default)
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(field.default, bool):  # --hidden / --no-hidden
+            y.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            y.add_argument(flag, type=type(field.default), default=field.default)
 
     for name, text in (("inspect", "dataset statistics"), ("verify", "decode every sample")):
         q = sub.add_parser(name, help=text)

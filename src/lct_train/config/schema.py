@@ -108,7 +108,8 @@ class StageConfig:
     """Which training stage runs and where its initial weights come from (SPEC §6)."""
 
     name: str = MISSING
-    # "bidirectional" (LCT, stage 1) or "causal" (context-causal FT, stage 2).
+    # "bidirectional" (LCT, stage 1), "causal" (context-causal FT, stage 2) or "isolated"
+    # (the ablation baseline: a shot sees its own group and the global group only).
     mask: str = MISSING
     # "scratch" | "auto" (newest checkpoint of init_run) | a .safetensors file |
     # a checkpoint directory (step-N).
