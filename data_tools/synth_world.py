@@ -103,7 +103,7 @@ def hsv_to_rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
     i, f = int(h * 6) % 6, h * 6 - int(h * 6)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
     rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
-    return tuple(int(round(255 * c)) for c in rgb)  # type: ignore[return-value]
+    return tuple(round(255 * c) for c in rgb)  # type: ignore[return-value]
 
 
 def _draw_hsv(rng: np.random.Generator, ranges, hue: float | None = None) -> tuple[int, int, int]:

@@ -24,7 +24,8 @@ def test_controls_true_scenes_high_shuffled_shots_low(hidden_synth):
     last = json.loads(true.stdout.strip().splitlines()[-1])
     assert last["scenes"] == 10
     assert last["hidden_agreement"] >= 0.9
-    assert "95% CI" in true.stdout and "synth-000009" in true.stdout  # the readable table
+    assert "95% CI" in true.stdout  # the readable table
+    assert "synth-000009" in true.stdout
     shuffled = _lct_eval(hidden_synth / "manifest.jsonl", "--truth", hidden_synth / "gt",
                          "--shuffle-shots")
     assert shuffled.returncode == 0, shuffled.stderr
@@ -38,7 +39,7 @@ def test_recoloured_shot_breaks_agreement(hidden_synth):
     shots = [shot_frames(s) for s in scene.shots]
     base = score_scene(shots, truth)
     assert base["hidden_agreement"] == 1.0
-    recoloured = [shots[0].flip(-1)] + shots[1:]  # RGB -> BGR
+    recoloured = [shots[0].flip(-1), *shots[1:]]  # RGB -> BGR
     assert score_scene(recoloured, truth)["room_agreement"] < 1.0
 
 
@@ -66,7 +67,8 @@ def test_bad_input_is_one_line_exit_2(hidden_synth, tmp_path):
     missing = _lct_eval(hidden_synth / "manifest.jsonl", "--truth", tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0
-    assert "no ground truth" in missing.stderr and "synth-000000.json" in missing.stderr
+    assert "no ground truth" in missing.stderr
+    assert "synth-000000.json" in missing.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"key": "x", "shots": [{"path": "nowhere.mp4"}]}\n{"shots": []}\n')
     result = _lct_eval(bad)
@@ -74,4 +76,5 @@ def test_bad_input_is_one_line_exit_2(hidden_synth, tmp_path):
     assert "bad.jsonl:2" in result.stderr
     bad.write_text('{"key": "x", "shots": [{"path": "nowhere.mp4"}]}\n')
     result = _lct_eval(bad)
-    assert result.returncode == 2 and "nowhere.mp4 does not exist" in result.stderr
+    assert result.returncode == 2
+    assert "nowhere.mp4 does not exist" in result.stderr

@@ -72,7 +72,7 @@ def _cached_meta():
 
 def test_ghost_plan_refuses_the_isolated_mask():
     meta = build_packed_meta(BATCH, mask="isolated")
-    with pytest.raises(ValueError, match="isolated mask .* has no ghost-segment plan"):
+    with pytest.raises(ValueError, match=r"isolated mask .* has no ghost-segment plan"):
         ghost_plan(meta.attn)
 
 

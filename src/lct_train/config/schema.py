@@ -150,6 +150,27 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class EvalConfig:
+    """In-training validation (docs/eval.md), every ``every`` steps on every rank; 0 = off."""
+
+    every: int = 0
+    # Held-out scenes: a dataset directory written by lct-shards build.
+    data: str = ""
+    # Their ground truths (lct-shards synth's gt/): hidden-attribute scores of the sample.
+    truth: str = ""
+    # Validation loss over the first `scenes` held-out scenes (by key), shot k of a scene at
+    # timesteps[k % len(timesteps)], noise from (seed, key).
+    scenes: int = 16
+    timesteps: tuple[float, ...] = (0.25, 0.5, 0.75)
+    seed: int = 0
+    # One joint-mode sample of the first `sample_scenes` held-out scenes from their prompts.
+    sample_scenes: int = 1
+    sample_steps: int = 16
+    guidance: float = 3.0
+    shift: float = 3.0
+
+
+@dataclass
 class DebugConfig:
     """Knobs for tests and debugging; leave at defaults for real runs."""
 
@@ -172,6 +193,7 @@ class TrainConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     # Memory preset applied (informational; set by conf/memory/*.yaml).
     memory: str = "none"

@@ -90,6 +90,12 @@ class Trainer:
             t_shift=cfg.loss.timestep_shift,
             guidance=cfg.loss.guidance if self.model_cfg.guidance_embeds else None,
             buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step)
+        self.validator = None
+        if cfg.eval.every > 0:
+            from lct_train.train.validation import Validator
+
+            self.validator = Validator(cfg.eval, self.model_cfg, self.step_inputs, world,
+                                       self.run_dir)
         self._start(source)
 
     # ----------------------------------------------------------------------------- setup
@@ -229,6 +235,8 @@ class Trainer:
                 set_train_timeout(self.world, self.cfg.parallel.train_timeout_s)
             if self._should_save(step):
                 self.save()
+            if self.validator is not None and step % self.cfg.eval.every == 0:
+                self.metrics.validation(step, *self.validator.run(self.model, step))
             if self.cfg.debug.step_delay_s:
                 time.sleep(self.cfg.debug.step_delay_s)
             step_started = time.perf_counter()
