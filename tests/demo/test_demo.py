@@ -43,7 +43,9 @@ def test_demo_end_to_end(tmp_path):
     assert "stage causal_ft (causal)" in log
     assert f"weights: checkpoint {stage1} (" in log
     assert len(STEP_LINE.findall(result.stderr)) >= 2
-    assert "consistency with the scene's ground truth" in result.stdout
+    assert "hidden_agreement " in result.stdout  # lct-eval of the sample vs the ground truth
+    assert "(no colour is named)" in result.stdout
+    assert (sample / "manifest.jsonl").is_file()
     assert str(sample / "contact_sheet.png") in result.stdout
     first_build = _build_summary(result.stdout)
     assert first_build["scenes_built"] == 4
