@@ -47,15 +47,19 @@ from lct_train.sample.writers import write_contact_sheet
 
 REPO = Path(__file__).resolve().parents[1]
 SCALES = {
-    # The 2-core CPU: the demo's model and data (32x32 frames, pixel:2 latents, 2 frames).
-    "cpu": dict(train_scenes=64, eval_scenes=16, steps=400, causal_steps=100, size=32, frames=2,
-                sample_steps=16, guidance=3.0, device="cpu", overrides=[]),
-    # One GPU: more data and steps, larger frames, bf16 FSDP on CUDA.
+    # The 2-core CPU: the demo's model; one character per scene, 32x32 one-frame shots
+    # (pixel:2 latents), 1024-token batches; (a) and (b) train side by side, one core each.
+    "cpu": dict(train_scenes=64, eval_scenes=16, steps=600, causal_steps=150, size=32, frames=1,
+                characters=1, sample_steps=16, guidance=1.0, device="cpu",
+                overrides=["data.max_tokens=1024"]),
+    # One GPU: more data and steps, two characters, 64x64 four-frame shots, bf16 FSDP on CUDA.
     "gpu": dict(train_scenes=2048, eval_scenes=64, steps=6000, causal_steps=1500, size=64,
-                frames=4, sample_steps=30, guidance=3.0, device="cuda",
+                frames=4, characters=2, sample_steps=30, guidance=3.0, device="cuda",
                 overrides=["parallel=fsdp", "data.max_tokens=16384", "data.num_workers=4"]),
 }
-SYNTH = ["--fps", "6", "--min-shots", "2", "--max-shots", "3", "--max-characters", "2"]
+SYNTH = ["--fps", "6", "--min-shots", "2", "--max-shots", "4"]
+# Short runs: the raw weights sample better than an EMA that still carries early weights.
+WEIGHTS = "model"
 TRAIN_SEED, EVAL_SEED, SAMPLE_SEED = 0, 1, 1000
 SHIFT = 3.0  # = loss.timestep_shift of conf/experiment/demo.yaml
 T_C_SWEEP = (0.0, 0.1, 0.3, 0.5, 0.9)
@@ -90,23 +94,41 @@ def _env() -> dict:
     return env
 
 
-def _synth(out: Path, scenes: int, seed: int, size: int) -> None:
+def _synth(out: Path, scenes: int, seed: int, cfg: dict) -> None:
     if (out / "manifest.jsonl").is_file():
         return
     _run([sys.executable, "-m", "data_tools.cli", "synth", str(out), "--num-scenes", str(scenes),
-          "--seed", str(seed), "--height", str(size), "--width", str(size), *SYNTH],
+          "--seed", str(seed), "--height", str(cfg["size"]), "--width", str(cfg["size"]),
+          "--max-characters", str(cfg["characters"]), *SYNTH],
          f"synthetic scenes (seed {seed})", out.parent / f"synth-{seed}.log")
 
 
-def _train(root: Path, name: str, cfg: dict, steps: int) -> float:
+def _train_cmd(root: Path, name: str, cfg: dict, steps: int) -> list[str]:
     _, run, overrides = MODELS[name]
-    run_dir = root / "runs" / run
     extra = [f"stage.init_run={root / 'runs' / 'lct'}"] if name == "c" else []
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-           "-m", "lct_train.train.main", *overrides, "experiment=demo", f"run_dir={run_dir}",
-           f"data.sources=[{{path: {root / 'data'}}}]", f"steps={steps}", "logging.every=100",
-           *cfg["overrides"], *extra]
-    return _run(cmd, f"train {MODELS[name][0]}", root / f"train-{run}.log")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+            "-m", "lct_train.train.main", *overrides, "experiment=demo",
+            f"run_dir={root / 'runs' / run}", f"data.sources=[{{path: {root / 'data'}}}]",
+            f"steps={steps}", "logging.every=100", *cfg["overrides"], *extra]
+
+
+def _train_side_by_side(root: Path, names: list[str], cfg: dict) -> None:
+    """Trains ``names`` concurrently (one process each; a resumed run with nothing left to do
+    returns at once)."""
+    jobs = []
+    for name in names:
+        steps = cfg["causal_steps"] if name == "c" else cfg["steps"]
+        cmd = _train_cmd(root, name, cfg, steps)
+        print(f"=== train {MODELS[name][0]}\n$ {shlex.join(cmd)}", flush=True)
+        log = (root / f"train-{MODELS[name][1]}.log").open("w")
+        jobs.append((name, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                 env=_env()), time.perf_counter()))
+    for name, log, job, start in jobs:
+        code = job.wait()
+        log.close()
+        if code:
+            sys.exit(f"training {MODELS[name][0]} failed (exit {code}); see {log.name}")
+        print(f"--- train {MODELS[name][0]}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def _requests(eval_dir: Path, cfg: dict) -> list[dict]:
@@ -126,7 +148,7 @@ def _sample(root: Path, name: str, runs: list[tuple[str, float]], requests: list
             cfg: dict) -> dict[tuple[str, float], Path]:
     """Generates every held-out scene in each (mode, t_c); returns the manifests."""
     run_dir = root / "runs" / MODELS[name][1]
-    loaded = load_model(run_dir / "checkpoints", device=cfg["device"])
+    loaded = load_model(run_dir / "checkpoints", weights=WEIGHTS, device=cfg["device"])
     encoder = build_text_encoder("minilm")
     kit = Toolkit(loaded, build_codec("pixel:2", device=cfg["device"]),
                   PromptEncoder(encoder, loaded.config), progress=False, fps=6)
@@ -251,15 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     train_dir, eval_dir = root / "train", root / "heldout"
-    _synth(train_dir, cfg["train_scenes"], TRAIN_SEED, cfg["size"])
-    _synth(eval_dir, cfg["eval_scenes"], EVAL_SEED, cfg["size"])
+    _synth(train_dir, cfg["train_scenes"], TRAIN_SEED, cfg)
+    _synth(eval_dir, cfg["eval_scenes"], EVAL_SEED, cfg)
     if not (root / "data" / "dataset.json").is_file():
         _run([sys.executable, "-m", "data_tools.cli", "build", str(train_dir / "manifest.jsonl"),
               str(root / "data"), "--vae", "pixel:2", "--text-encoder", "minilm", "--area",
               str(cfg["size"] ** 2), "--patch", "2", "--fps", "4", "--max-frames",
               str(cfg["frames"]), "--scenes-per-shard", "4"], "scene shards", root / "build.log")
-    for name in MODELS:
-        _train(root, name, cfg, cfg["causal_steps"] if name == "c" else cfg["steps"])
+    _train_side_by_side(root, ["a", "b"], cfg)
+    _train_side_by_side(root, ["c"], cfg)
     requests = _requests(eval_dir, cfg)
     truth_dir = eval_dir / "gt"
     rows = {}

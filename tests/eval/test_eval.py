@@ -9,7 +9,13 @@ import sys
 import torch
 
 from lct_train.eval.metrics import histogram_intersection, shot_ssim
-from lct_train.eval.report import interval95, score_scene
+from lct_train.eval.report import (
+    add_shuffled_control,
+    interval95,
+    score_scene,
+    shuffled_shots,
+    summarise,
+)
 from lct_train.eval.scenes import read_eval_manifest, read_truth, shot_frames
 
 
@@ -78,3 +84,20 @@ def test_bad_input_is_one_line_exit_2(hidden_synth, tmp_path):
     result = _lct_eval(bad)
     assert result.returncode == 2
     assert "nowhere.mp4 does not exist" in result.stderr
+
+
+def test_noise_and_a_scene_independent_output_earn_nothing(hidden_synth):
+    """Noise has no flat room or character colour; a model that draws every scene the same
+    agrees with itself, but exactly as much across scenes: no excess over its own chance."""
+    scenes = read_eval_manifest(hidden_synth / "manifest.jsonl")
+    truths = [read_truth(hidden_synth / "gt", s.key) for s in scenes]
+    gen = torch.Generator().manual_seed(0)
+    noise = [[torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=gen)
+              for _ in s.shots] for s in scenes]
+    assert all(score_scene(n, t)["hidden_agreement"] == 0.0 for n, t in zip(noise, truths))
+    same = shot_frames(scenes[0].shots[0])  # one true shot, used for every shot of every scene
+    copies = [[same for _ in s.shots] for s in scenes]
+    scores = [score_scene(c, t) for c, t in zip(copies, truths)]
+    add_shuffled_control(scores, [score_scene(c, t) for c, t in zip(shuffled_shots(copies), truths)])
+    assert all(s["hidden_excess"] == 0.0 for s in scores)
+    assert summarise(scores)["hidden_excess"] == 0.0

@@ -5,7 +5,9 @@ MANIFEST is a JSONL of scenes (key, shots with video paths): the synthetic set i
 folder's ``manifest.jsonl``, keyed by the scene it followed). GT_DIR holds ``<key>.json``
 ground truths (``lct-shards synth``'s ``gt/``); without ``--truth`` only the weight-free
 scores are computed. Prints one row per scene, the means with 95 % intervals, and as its last
-line one JSON object (``hidden_agreement`` in [0, 1], ...). Formulas: docs/eval.md.
+line one JSON object (``hidden_agreement`` in [0, 1], ...). With two or more scenes it also
+scores the same shots shuffled across scenes (``shuffled_agreement``: chance for this set of
+videos) and ``hidden_excess`` = agreement - that chance. Formulas: docs/eval.md.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ import argparse
 import json
 import sys
 
-from lct_train.eval.report import format_table, score_scene, shuffled_shots, summarise
+from lct_train.eval.report import (
+    add_shuffled_control,
+    format_table,
+    score_scene,
+    shuffled_shots,
+    summarise,
+)
 from lct_train.eval.scenes import EvalInputError, read_eval_manifest, read_truth, shot_frames
 
 
@@ -31,6 +39,9 @@ def evaluate(manifest: str, truth_dir: str | None, shuffle: bool = False) -> tup
         frames = shuffled_shots(frames)
     scores = [score_scene(shots, truth, [shot.context for shot in scene.shots])
               for scene, truth, shots in zip(scenes, truths, frames)]
+    if truth_dir and not shuffle and len(scenes) >= 2:
+        add_shuffled_control(scores, [score_scene(shots, truth) for truth, shots
+                                      in zip(truths, shuffled_shots(frames))])
     return [s.key for s in scenes], scores, summarise(scores)
 
 

@@ -15,6 +15,13 @@ generated shots need not put anything where the truth did. Per shot:
   the share ``1 - CORE_QUANTILE`` of its pixels farthest from the room (edges blurred into the
   room by the codec, and small shapes' anti-aliased rims, are left out).
 
+A measurement must describe a flat colour to count: the room only if at least ``MIN_FLAT``
+of the border pixels are shades of it (within ``FG_DISTANCE``), a character colour only if at
+least ``MIN_FLAT`` of its core lies within ``CHARACTER_TOLERANCE`` of it and it is a colour a
+character can have (HSV saturation and value at least ``MIN_SATURATION``, ``MIN_VALUE``: the
+world's characters are bright and saturated). Noise has a median too, and two noise or grey
+shots would otherwise "agree"; items with an invalid measurement disagree.
+
 Items of a scene: every pair of shots ``(i, j)`` gives one room item, ``|b_i - b_j| <=
 ROOM_TOLERANCE``, and one item per character both shots should show: the clusters of the two
 shots are matched (the assignment of least total distance) and a matched pair agrees when its
@@ -34,23 +41,29 @@ SHADE_RANGE = (0.5, 1.1)
 CHARACTER_TOLERANCE = 48.0  # RGB L2
 ROOM_TOLERANCE = 32.0
 MIN_CLUSTER_PIXELS = 4
+MIN_FLAT = 0.5
+MIN_SATURATION = 0.35
+MIN_VALUE = 0.35
 CORE_QUANTILE = 0.5
 KMEANS_ITERS = 10
 
 
 @dataclass
 class ShotMeasure:
-    room: torch.Tensor  # [3] float RGB
-    characters: list[torch.Tensor]  # [3] float RGB per cluster (may be fewer than expected)
+    room: torch.Tensor | None  # [3] float RGB; None: the border is no flat colour
+    characters: list[torch.Tensor]  # [3] float RGB per valid cluster (may be fewer than expected)
 
 
-def room_colour(frames: torch.Tensor) -> torch.Tensor:
-    """Per-channel median RGB of the frames' border ring."""
+def room_colour(frames: torch.Tensor) -> torch.Tensor | None:
+    """Per-channel median RGB of the frames' border ring (None unless flat, module doc)."""
     _, h, w, _ = frames.shape
     bh, bw = max(1, round(h * BORDER)), max(1, round(w * BORDER))
     ring = torch.ones(h, w, dtype=torch.bool)
     ring[bh:h - bh, bw:w - bw] = False
-    return frames[:, ring].reshape(-1, 3).double().median(dim=0).values
+    border = frames[:, ring].reshape(-1, 3).double()
+    room = border.median(dim=0).values
+    flat = float((shade_distance(border, room) <= FG_DISTANCE).double().mean())
+    return room if flat >= MIN_FLAT else None
 
 
 def shade_distance(pixels: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
@@ -77,6 +90,8 @@ def _kmeans(features: torch.Tensor, k: int) -> torch.Tensor:
 def measure_shot(frames: torch.Tensor, num_characters: int) -> ShotMeasure:
     """Room colour and up to ``num_characters`` character colours of one shot."""
     room = room_colour(frames)
+    if room is None:
+        return ShotMeasure(None, [])
     pixels = frames.reshape(-1, 3).double()
     dist = shade_distance(pixels, room)
     keep = dist > FG_DISTANCE
@@ -90,9 +105,20 @@ def measure_shot(frames: torch.Tensor, num_characters: int) -> ShotMeasure:
     for j in range(k):
         member = labels == j
         if int(member.sum()) >= MIN_CLUSTER_PIXELS:
-            core = dist[member] >= dist[member].quantile(CORE_QUANTILE)
-            colours.append(fg[member][core].median(dim=0).values)
+            core = fg[member][dist[member] >= dist[member].quantile(CORE_QUANTILE)]
+            colour = core.median(dim=0).values
+            if _flat(core, colour) and _character_like(colour):
+                colours.append(colour)
     return ShotMeasure(room, colours)
+
+
+def _flat(pixels: torch.Tensor, colour: torch.Tensor) -> bool:
+    return float(((pixels - colour).norm(dim=1) <= CHARACTER_TOLERANCE).double().mean()) >= MIN_FLAT
+
+
+def _character_like(colour: torch.Tensor) -> bool:
+    high, low = float(colour.max()), float(colour.min())
+    return high >= 255 * MIN_VALUE and (high - low) >= MIN_SATURATION * high
 
 
 def _matched_agreements(a: list[torch.Tensor], b: list[torch.Tensor], n: int) -> list[bool]:
@@ -127,7 +153,8 @@ def scene_items(measures: list[ShotMeasure], truth: dict, pairs) -> dict:
     visible = visible_characters(truth)
     chars, room = [], []
     for i, j in pairs:
-        room.append(float((measures[i].room - measures[j].room).norm()) <= ROOM_TOLERANCE)
+        a, b = measures[i].room, measures[j].room
+        room.append(a is not None and b is not None and float((a - b).norm()) <= ROOM_TOLERANCE)
         common = len(set(visible[i]) & set(visible[j]))
         if common:
             chars += _matched_agreements(measures[i].characters, measures[j].characters, common)

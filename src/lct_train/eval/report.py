@@ -17,7 +17,8 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 22: 2.074, 24: 2.064, 26: 2.056, 28: 2.048,
         30: 2.042}
 SUMMARY_KEYS = ("hidden_agreement", "character_agreement", "room_agreement",
-                "palette_similarity", "ssim", "condition_palette", "condition_agreement")
+                "shuffled_agreement", "hidden_excess", "palette_similarity", "ssim",
+                "condition_palette", "condition_agreement")
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -87,9 +88,11 @@ def _cell(value) -> str:
 
 def format_table(keys: Sequence[str], scores: Sequence[dict], summary: dict) -> str:
     """A readable table: one row per scene, then the means with their 95 % intervals."""
-    cols = ("hidden_agreement", "character_agreement", "room_agreement", "palette_similarity",
-            "ssim", "condition_palette", "condition_agreement")
-    names = ("hidden", "chars", "room", "palette", "ssim", "cond-pal", "cond-hid")
+    cols = ("hidden_agreement", "character_agreement", "room_agreement", "shuffled_agreement",
+            "hidden_excess", "palette_similarity", "ssim", "condition_palette",
+            "condition_agreement")
+    names = ("hidden", "chars", "room", "shuffled", "excess", "palette", "ssim", "cond-pal",
+             "cond-hid")
     width = max([len(k) for k in keys] + [len("mean (95% CI)")])
     lines = [f"{'scene':<{width}} {'shots':>5} " + " ".join(f"{n:>9}" for n in names)]
     for key, s in zip(keys, scores):
@@ -101,6 +104,17 @@ def format_table(keys: Sequence[str], scores: Sequence[dict], summary: dict) -> 
     lines.append(f"{'95% CI':<{width}} {'':>5} " + " ".join(
         f"{'-' if v is None else f'±{(v[1] - v[0]) / 2:.3f}':>9}" for v in ci))
     return "\n".join(lines)
+
+
+def add_shuffled_control(scores: list[dict], shuffled: list[dict]) -> None:
+    """Per scene: the agreement of the same shots set in other scenes (``shuffled_agreement``:
+    what the set scores by chance, e.g. a model that draws every scene alike) and
+    ``hidden_excess`` = ``hidden_agreement - shuffled_agreement``."""
+    for score, control in zip(scores, shuffled):
+        chance = control.get("hidden_agreement")
+        score["shuffled_agreement"] = chance
+        if chance is not None and score.get("hidden_agreement") is not None:
+            score["hidden_excess"] = score["hidden_agreement"] - chance
 
 
 def shuffled_shots(scenes: Sequence[Sequence[torch.Tensor]]) -> list[list[torch.Tensor]]:
