@@ -25,10 +25,12 @@ install:
 	$(PIP) install -e ".[dev]"
 
 demo: install
-	$(PYTHON) -m lct_train.demo $(ARGS)
+	$(PYTHON) -m data_tools.demo $(ARGS)
 
+# ruff, then the layer contracts of setup.cfg ([importlinter]).
 lint:
 	$(PYTHON) -m ruff check src data_tools tests bench
+	$(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command()" --no-cache
 
 test: lint
 	$(PYTHON) -m pytest -q

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 
 import torch
 
 from lct_train.model.config import ModelConfig
+from lct_train.model.geometry import patch_grid
 from lct_train.model.mmdit import LCTModel
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.modes import AR, AR_KV, PlannedShot, generate_scene
@@ -56,9 +58,8 @@ def _prompt(gen: torch.Generator, cfg: ModelConfig) -> PromptEmbedding:
 
 def _group_tokens(cfg: ModelConfig, text_tokens: int = TEXT_TOKENS) -> tuple[int, int]:
     """Joint tokens of the global group and of one shot, each with ``text_tokens`` text."""
-    pt, ph, pw = cfg.patch_size
-    _c, f, h, w = SHOT_LATENT
-    return text_tokens + cfg.num_dummy_tokens, text_tokens + (f // pt) * (h // ph) * (w // pw)
+    return (text_tokens + cfg.num_dummy_tokens,
+            text_tokens + math.prod(patch_grid(SHOT_LATENT, cfg.patch_size)))
 
 
 def _pairs(prefix: int, groups: list[int]) -> int:

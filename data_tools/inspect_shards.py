@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from lct_train.data.loader import list_shards
-from lct_train.data.schema import META_EXT, BadSampleError, DatasetInfo, decode_scene, scene_tokens
+from lct_train.data.schema import META_EXT, BadSampleError, DatasetInfo, decode_scene
 from lct_train.data.tario import MemberReader, index_shard
+from lct_train.model.geometry import scene_spec
 
 HISTOGRAM_BINS = 10
 
@@ -48,7 +49,7 @@ def inspect_dataset(root: str | Path, patch=(1, 2, 2), dummy_grid=(1, 1, 1)) -> 
     tokens, shots, frames, heights, widths, sources = [], [], [], [], [], Counter()
     for _, _, meta in iter_meta(root):
         shapes = [tuple(s) for s in meta["shapes"]]
-        tokens.append(scene_tokens(shapes, meta["text_lens"], patch, dummy_grid))
+        tokens.append(scene_spec(meta["text_lens"], shapes, patch, dummy_grid).num_tokens)
         shots.append(len(shapes))
         frames += [s[1] for s in shapes]
         heights += [s[2] for s in shapes]

@@ -12,6 +12,7 @@ import av
 from scenedetect import ContentDetector, detect
 
 from data_tools.manifest import write_manifest
+from lct_train.data.config import DEFAULT_MAX_SHOTS
 
 TODO_GLOBAL = "TODO Character 1: <description>. <environment>. <story>."
 TODO_SHOT = "TODO <event in this shot, naming Character K>"
@@ -37,7 +38,7 @@ def video_duration(video: str | Path) -> float:
         return sum(1 for _ in container.decode(stream)) / float(stream.average_rate)
 
 
-def split_video(video: str | Path, out_manifest: str | Path, *, max_shots: int = 9,
+def split_video(video: str | Path, out_manifest: str | Path, *, max_shots: int = DEFAULT_MAX_SHOTS,
                 threshold: float = DEFAULT_THRESHOLD, min_scene_len: int = 15) -> list[dict]:
     shots = detect_shots(video, threshold, min_scene_len)
     if not shots or shots[0][1] <= 0:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tiny_hunyuan import make_tiny_diffusers
+
+from tests.convert.tiny_hunyuan import make_tiny_diffusers
 
 
 @pytest.fixture(scope="session")

@@ -25,20 +25,12 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 
-from lct_train.model.config import ModelConfig
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.parallelize import apply_fsdp, mixed_precision
+from tests.testutils import tiny_config
 
 STEP = 7
 EMA_OFFSET = 0.5  # makes the EMA weights differ from the raw ones
-TINY_PRESET = Path(__file__).resolve().parents[2] / "conf" / "model" / "tiny.yaml"
-
-
-def tiny_config() -> ModelConfig:
-    """The tiny test preset (dual, single and refiner blocks)."""
-    return ModelConfig.from_yaml(TINY_PRESET)
-
-
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()

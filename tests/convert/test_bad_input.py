@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lct_train.convert.cli import main
-from lct_train.convert.errors import ConversionError
 from lct_train.convert.model_spec import read_model_config
 from lct_train.convert.verify import load_lct_model
+from lct_train.core.errors import ConversionError
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRUNCATE_BYTES = 100
@@ -118,7 +118,7 @@ def test_export_loads_strictly_against_its_config(source, tmp_path):
 
 def test_failure_mid_write_leaves_nothing(source, tmp_path, monkeypatch, capsys):
     """The 2nd shard fails to write: neither the output nor its temporary directory remains."""
-    import lct_train.convert.safetensors_io as safetensors_io
+    import lct_train.core.safetensors_io as safetensors_io
 
     written = []
     save_file_ = safetensors_io.save_file

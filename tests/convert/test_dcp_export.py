@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -12,16 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from dcp_worker import STEP, tiny_config
 from safetensors.torch import load_file
 
 from lct_train.convert.cli import main
 from lct_train.convert.dcp_export import load_dcp_weights
-from lct_train.convert.errors import ConversionError
 from lct_train.convert.model_spec import build_model, read_model_config
-from lct_train.convert.safetensors_io import SafetensorsReader
 from lct_train.convert.verify import load_lct_model
+from lct_train.core.errors import ConversionError
+from lct_train.core.safetensors_io import SafetensorsReader
 from lct_train.sample.checkpoint_io import load_model
+from tests.convert.dcp_worker import STEP
+from tests.testutils import tiny_config
+from tests.train.torchrun import env
 
 WORKER = Path(__file__).with_name("dcp_worker.py")
 NUM_RANKS = 2
@@ -182,10 +183,9 @@ def test_wrapper_prefixes_are_dropped(tmp_path):
 @pytest.mark.slow
 def test_two_rank_fsdp_checkpoint_exports_full_weights(tmp_path):
     """FSDP2 on 2 gloo ranks writes the checkpoint; one process consolidates it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += [f"--nproc_per_node={NUM_RANKS}", str(WORKER), str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env())
     assert result.returncode == 0, result.stderr[-4000:]
     ckpt = tmp_path / "checkpoints" / f"step-{STEP:08d}"
     assert len(list(ckpt.glob("*.distcp"))) == NUM_RANKS

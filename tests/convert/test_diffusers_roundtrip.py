@@ -11,7 +11,7 @@ from diffusers import HunyuanVideoTransformer3DModel
 from lct_train.convert.cli import main
 from lct_train.convert.model_spec import read_model_config
 from lct_train.convert.reference import fixed_input, run_diffusers
-from lct_train.convert.safetensors_io import SafetensorsReader
+from lct_train.core.safetensors_io import SafetensorsReader
 
 DIFFUSERS_TIMESTEP_SCALE = 1000.0
 SMALL_SHARD = "4KB"  # forces several shards and an index

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_hunyuan import TINY_DIFFUSERS_CONFIG, make_tiny_diffusers
 
 from lct_train.convert.cli import main
 from lct_train.convert.diffusers_io import diffusers_expected_shapes
@@ -14,6 +13,7 @@ from lct_train.convert.key_plan import check_plan
 from lct_train.convert.model_spec import expected_shapes, read_model_config
 from lct_train.convert.reference import fixed_input, run_diffusers, run_lct
 from lct_train.convert.verify import load_lct_model
+from tests.convert.tiny_hunyuan import TINY_DIFFUSERS_CONFIG, make_tiny_diffusers
 
 RTOL = 1e-5  # fp32: max |lct - diffusers| / max |diffusers|
 DIFFUSERS_TIMESTEP_SCALE = 1000.0

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from lct_train.convert.errors import ConversionError
-from lct_train.convert.safetensors_io import (
+from lct_train.core.errors import ConversionError
+from lct_train.core.safetensors_io import (
     SafetensorsReader,
     atomic_output_dir,
     plan_shards,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_hunyuan import make_tiny_diffusers
 
 from lct_train.convert.cli import main
-from lct_train.convert.errors import ConversionError
 from lct_train.convert.verify import verify
+from lct_train.core.errors import ConversionError
+from tests.convert.tiny_hunyuan import make_tiny_diffusers
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from data_tools.scene_encoder import FrameSpec, shot_frames
 from lct_train.data.codecs import PixelCodec
 from lct_train.data.schema import DatasetInfo, load_empty_prompt
 from lct_train.data.text_encoders import TinyTextEncoder
-
-from .conftest import TINY_AREA, TINY_SYNTH, build_tiny
+from tests.data.conftest import TINY_AREA, TINY_SYNTH, build_tiny
 
 
 def test_dataset_files_and_info(dataset_dir):

@@ -13,9 +13,9 @@ from safetensors.torch import load
 
 from lct_train.data.config import DataConfig
 from lct_train.data.loader import SceneLoader
-from lct_train.data.packing import BestFitPacker, patchify_into
+from lct_train.data.packing import BestFitPacker
 from lct_train.data.schema import LATENTS_EXT, SHARDS_DIR, load_empty_prompt
-from lct_train.model.layout import patchify
+from lct_train.model.geometry import patchify
 
 
 def take(cfg, n, **kw):
@@ -82,14 +82,6 @@ def test_video_stream_is_patchified_latents(make_cfg, dataset_dir):
     assert scenes >= 3
 
 
-@pytest.mark.parametrize("patch", [(1, 2, 2), (2, 1, 2)])
-def test_patchify_into_matches_layout_patchify(patch):
-    latent = torch.randn(3, 4, 6, 8)
-    out = torch.empty(patchify(latent, patch).shape)
-    patchify_into(out, latent, patch)
-    assert torch.equal(out, patchify(latent, patch))
-
-
 def test_over_budget_cut_keeps_global_and_first_shots(make_cfg, dataset_dir):
     budget = 800
     cfg = make_cfg(max_tokens=budget, packing="cut")
@@ -142,7 +134,7 @@ def test_context_window_truncation(make_cfg):
 
 
 def test_source_mixing_by_weight(dataset_dir, synth_dir, tmp_path):
-    from .conftest import build_tiny
+    from tests.data.conftest import build_tiny
 
     segments = tmp_path / "segments"
     build_tiny(synth_dir / "manifest_segments.jsonl", segments)

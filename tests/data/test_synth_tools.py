@@ -12,8 +12,7 @@ from data_tools.split import split_video
 from data_tools.synth import SynthConfig, write_synth
 from data_tools.synth_world import render_frame, sample_world
 from lct_train.sample.writers import write_mp4
-
-from .conftest import TINY_SYNTH
+from tests.data.conftest import TINY_SYNTH
 
 
 def test_synth_prompts_follow_spec(synth_dir):

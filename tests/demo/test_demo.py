@@ -25,7 +25,7 @@ def _build_summary(stdout: str) -> dict:
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     out = (tmp_path / "demo").resolve()
-    cmd = [sys.executable, "-m", "lct_train.demo", "--out", str(out), "--scenes", "4",
+    cmd = [sys.executable, "-m", "data_tools.demo", "--out", str(out), "--scenes", "4",
            "--stage1-steps", "2", "--causal-steps", "2"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -1,18 +1,9 @@
-"""Model-test helpers: the tiny preset and random inputs for a packed batch."""
-
-from pathlib import Path
+"""Model-test helpers: scene specs and random inputs for a packed batch."""
 
 import torch
 
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import GroupSpec, PackedMeta, SceneSpec
-
-PRESETS = Path(__file__).resolve().parents[2] / "conf" / "model"
-
-
-def tiny_config(**overrides) -> ModelConfig:
-    cfg = ModelConfig.from_yaml(PRESETS / "tiny.yaml")
-    return ModelConfig.from_dict({**cfg.to_dict(), **overrides})
 
 
 def scene(*shots, text_global: int | None = 3, dummy=(1, 2, 2)) -> SceneSpec:

@@ -4,7 +4,6 @@ import warnings
 
 import pytest
 import torch
-from model_testutils import group_is_global, group_scene, random_inputs, scene, tiny_config
 from torch.nn.attention.flex_attention import create_block_mask
 
 from lct_train.model.attention import attend, get_backend
@@ -17,6 +16,8 @@ from lct_train.model.attention.reference import ReferenceAttention
 from lct_train.model.attention.varlen import VarlenAttention, emulate_varlen, ghost_plan, run_plan
 from lct_train.model.layout import SceneSpec, build_packed_meta
 from lct_train.model.mmdit import LCTModel
+from tests.model.model_testutils import group_is_global, group_scene, random_inputs, scene
+from tests.testutils import tiny_config
 
 BATCH = [
     scene((2, (1, 2, 2)), (3, (2, 1, 2)), (1, (1, 2, 1))),

@@ -1,13 +1,14 @@
 """One dual-stream block traces with torch.compile(fullgraph=True) on the reference path."""
 
 import torch
-from model_testutils import scene, tiny_config
 
 from lct_train.model.attention import get_backend
 from lct_train.model.blocks import BlockContext
 from lct_train.model.layout import build_packed_meta
 from lct_train.model.mmdit import LCTModel
 from lct_train.model.rope import rope_cos_sin
+from tests.model.model_testutils import scene
+from tests.testutils import tiny_config
 
 
 def test_compile_one_block_without_graph_break():

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lct_train.core.errors import ConfigError
 from lct_train.model.config import ModelConfig
 
 
@@ -35,10 +36,10 @@ def test_derived_sizes():
     ],
 )
 def test_validation_names_the_field(overrides, field):
-    with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
+    with pytest.raises(ConfigError, match=rf"^model\.{field}: "):
         ModelConfig(**overrides)
 
 
 def test_unknown_field_rejected():
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ConfigError, match=r"^model: unknown field"):
         ModelConfig.from_dict({"hidden": 3})

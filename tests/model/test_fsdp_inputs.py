@@ -2,23 +2,23 @@
 reaches every block untouched: the attention plans are built once per batch and RoPE runs in
 fp32, as in sampling. One process, a 1-rank gloo group, CPU."""
 
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
-from model_testutils import random_inputs, scene, tiny_config
 
 import lct_train.model.blocks as blocks_mod
+from lct_train.config.schema import ParallelConfig
 from lct_train.model.attention.reference import ReferenceAttention
 from lct_train.model.layout import build_packed_meta
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import build_mesh
 from lct_train.parallel.parallelize import parallelize
 from lct_train.train.optim import clip_grad_norm
+from tests.model.model_testutils import random_inputs, scene
+from tests.testutils import tiny_config
 
-BF16 = SimpleNamespace(activation_checkpoint="none", compile=False, param_dtype="bfloat16",
-                       reduce_dtype="float32", reshard_after_forward=True)
+BF16 = ParallelConfig(activation_checkpoint="none", param_dtype="bfloat16", reduce_dtype="float32")
 
 
 @pytest.fixture

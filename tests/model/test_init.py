@@ -1,10 +1,11 @@
 """From-scratch initialisation: blocks start as the identity and the first prediction is zero."""
 
 import torch
-from model_testutils import random_inputs, scene, tiny_config
 
 from lct_train.model import LCTModel, build_packed_meta
 from lct_train.model.init import init_weights
+from tests.model.model_testutils import random_inputs, scene
+from tests.testutils import tiny_config
 
 
 def test_init_zero_output_then_learns():

@@ -4,15 +4,9 @@ import itertools
 
 import pytest
 import torch
-from model_testutils import group_is_global, group_scene, joint_is_text
 
-from lct_train.model.layout import (
-    GroupSpec,
-    SceneSpec,
-    build_packed_meta,
-    patchify,
-    unpatchify,
-)
+from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
+from tests.model.model_testutils import group_is_global, group_scene, joint_is_text
 
 # Hand-worked example: global group (2 text, dummy grid 1x1x2), shot 1 (3 text, grid 2x2x3),
 # shot 2 (1 text, grid 1x2x2).
@@ -171,18 +165,3 @@ def test_bad_specs_name_the_culprit(kwargs, message):
     specs = kwargs.pop("specs")
     with pytest.raises(ValueError, match=message):
         build_packed_meta(specs, **kwargs)
-
-
-def test_patchify_matches_conv3d_weight_order_and_round_trips():
-    channels, patch = 3, (1, 2, 2)
-    latent = torch.randn(channels, 2, 4, 6, dtype=torch.float64)
-    tokens = patchify(latent, patch)
-    assert tokens.shape == (2 * 2 * 3, channels * 4)
-    conv = torch.nn.Conv3d(channels, 5, kernel_size=patch, stride=patch, dtype=torch.float64)
-    expected = conv(latent[None])[0].flatten(1).T  # (f, y, x) row-major tokens
-    torch.testing.assert_close(tokens @ conv.weight.flatten(1).T + conv.bias, expected)
-    torch.testing.assert_close(unpatchify(tokens, (2, 2, 3), patch, channels), latent)
-    with pytest.raises(ValueError, match="not divisible"):
-        patchify(latent[:, :, :3], patch)
-    with pytest.raises(ValueError, match="tokens must have shape"):
-        unpatchify(tokens[1:], (2, 2, 3), patch, channels)

@@ -5,10 +5,12 @@ import warnings
 
 import pytest
 import torch
-from model_testutils import group_scene, random_inputs, scene, tiny_config
 
-from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta, patchify, unpatchify
+from lct_train.model.geometry import patchify, unpatchify
+from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
 from lct_train.model.mmdit import LCTModel
+from tests.model.model_testutils import group_scene, random_inputs, scene
+from tests.testutils import tiny_config
 
 
 def _model(**overrides) -> LCTModel:

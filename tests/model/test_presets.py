@@ -4,10 +4,10 @@ import warnings
 
 import pytest
 import torch
-from model_testutils import PRESETS
 
 from lct_train.model.config import ModelConfig
 from lct_train.model.mmdit import LCTModel
+from tests.testutils import PRESETS, tiny_config
 
 EXPECTED_PARAMS = {
     "tiny": 107_888,
@@ -63,6 +63,6 @@ def test_hunyuan_video_preset_has_the_source_models_parameters():
 
 @pytest.mark.parametrize("overrides", [{"text_rope": False}, {"attn_backend": "flex"}])
 def test_lct_switches_add_no_parameters(overrides):
-    cfg = ModelConfig.from_yaml(PRESETS / "tiny.yaml")
+    cfg = tiny_config()
     switched = ModelConfig.from_dict({**cfg.to_dict(), **overrides})
     assert _count(_build_on_meta(switched)) == _count(_build_on_meta(cfg))

@@ -12,8 +12,7 @@ from lct_train.model.config import ModelConfig
 from lct_train.model.mmdit import LCTModel
 from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.sampler import Sampler, SamplingSettings
-
-from .tiny import PIXEL_FACTOR, tiny_config, tiny_model
+from tests.sample.tiny import PIXEL_FACTOR, tiny_config, tiny_model
 
 
 @pytest.fixture(scope="session")

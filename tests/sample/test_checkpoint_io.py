@@ -10,8 +10,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from lct_train.sample.checkpoint_io import DEFAULT_WINDOW, CheckpointError, load_model
-
-from .tiny import tiny_model, write_consolidated
+from tests.sample.tiny import tiny_model, write_consolidated
 
 
 def _same_weights(a, b) -> bool:

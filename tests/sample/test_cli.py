@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 
 from lct_train.sample.cli import main
 from lct_train.sample.history_pool import HistoryPool
-
-from .tiny import tiny_model, write_consolidated
+from tests.sample.tiny import tiny_model, write_consolidated
 
 SIZE = {"frames": 2, "height": 16, "width": 16}
 TOOLS = ["--codec", "pixel:2", "--text-encoder", "tiny", "--no-progress"]
@@ -139,7 +138,7 @@ def test_interactive_direction_on_a_pool(tmp_path, ckpt):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--mode", "ar-kv"], "mode 'ar-kv' needs a context-causal checkpoint"),
+        (["--mode", "ar-kv"], "mode 'ar-kv' needs a context-causal model"),
         (["--window", "2"], "3 shots in mode 'joint' exceed the model's window of 2"),
     ],
 )

@@ -12,8 +12,7 @@ from lct_train.sample.inputs import ConditionShot, TargetShot
 from lct_train.sample.kv_context import ContextCache
 from lct_train.sample.modes import AR, AR_KV, JOINT, PlannedShot, generate_scene, next_shot
 from lct_train.sample.sampler import SamplingError
-
-from .tiny import LATENT_CHANNELS
+from tests.sample.tiny import LATENT_CHANNELS
 
 SHAPES = [(LATENT_CHANNELS, 2, 4, 4), (LATENT_CHANNELS, 1, 4, 6), (LATENT_CHANNELS, 2, 4, 4),
           (LATENT_CHANNELS, 1, 2, 4), (LATENT_CHANNELS, 2, 4, 2)]

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lct_train.model.layout import patchify
+from lct_train.model.geometry import patchify
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, TargetShot
 from lct_train.sample.sampler import Sampler, SamplingError, SamplingSettings
-
-from .tiny import LATENT_CHANNELS
+from tests.sample.tiny import LATENT_CHANNELS
 
 
 class FlowOracle(torch.nn.Module):
@@ -98,7 +97,7 @@ def test_prompt_embedding_checks_its_shapes():
 
 
 def test_a_bfloat16_model_integrates_in_float32(config, prompts):
-    from .tiny import tiny_model
+    from tests.sample.tiny import tiny_model
 
     model = tiny_model(config, torch.bfloat16)
     sampler = Sampler(model, config, prompts.empty, mask="causal", window=9,

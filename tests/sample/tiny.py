@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 
 from lct_train.model.config import ModelConfig
 from lct_train.model.mmdit import LCTModel
+from tests import testutils
 
-REPO = Path(__file__).resolve().parents[2]
 PIXEL_FACTOR = 2
 LATENT_CHANNELS = 3 * PIXEL_FACTOR**2  # the pixel codec's channels
 MODEL_SEED = 1234
 
 
 def tiny_config() -> ModelConfig:
-    base = ModelConfig.from_yaml(REPO / "conf" / "model" / "tiny.yaml")
-    return dataclasses.replace(base, latent_channels=LATENT_CHANNELS, attn_backend="reference")
+    """The tiny preset over the pixel codec's latents, on the reference attention."""
+    return testutils.tiny_config(latent_channels=LATENT_CHANNELS, attn_backend="reference")
 
 
 def tiny_model(config: ModelConfig, dtype: torch.dtype = torch.float64) -> LCTModel:

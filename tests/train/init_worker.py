@@ -4,27 +4,19 @@ on this world size; rank 0 saves the full state dict to ``argv[1]``."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-import yaml
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from lct_train.model.config import ModelConfig
+from lct_train.config.schema import ParallelConfig
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import build_mesh
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
+from tests.testutils import tiny_config
 
 SEED = 3
-TINY = Path(__file__).parents[2] / "conf" / "model" / "tiny.yaml"
-PARALLEL = SimpleNamespace(activation_checkpoint="full", compile=False, param_dtype="float32",
-                           reduce_dtype="float32", reshard_after_forward=True)
-
-
-def tiny_config() -> ModelConfig:
-    return ModelConfig.from_dict(yaml.safe_load(TINY.read_text()))
+PARALLEL = ParallelConfig(activation_checkpoint="full", param_dtype="float32", reduce_dtype="float32")
 
 
 def main(out: str) -> None:

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from lct_train.config.build import data_config, model_config
 from lct_train.config.store import compose_config, one_line_error
 
 
@@ -17,8 +16,8 @@ def test_stages_compose(stage, mask, init):
     assert cfg.stage.mask == mask
     assert cfg.stage.init_from == init
     assert cfg.run_dir == f"outputs/{stage}"
-    data = data_config(cfg)
-    assert data.patch_size == model_config(cfg).patch_size  # geometry follows the model
+    assert cfg.data.patch_size == cfg.model.patch_size  # geometry follows the model
+    assert cfg.data.dummy_grid == cfg.model.dummy_grid
 
 
 @pytest.mark.parametrize("preset", ["lct-3b", "hunyuan-video"])
@@ -30,11 +29,6 @@ def test_memory_presets(preset, memory, tokens):
     # an explicit override still wins over the preset
     cfg = compose_config([f"model={preset}", f"memory={memory}", "data.max_tokens=8192"])
     assert cfg.data.max_tokens == 8192
-
-
-def build_all(overrides):
-    cfg = compose_config(overrides)
-    return model_config(cfg), data_config(cfg)
 
 
 @pytest.mark.parametrize(("override", "key"), [
@@ -50,7 +44,7 @@ def build_all(overrides):
 ])
 def test_errors_name_the_key(override, key):
     with pytest.raises(Exception) as info:
-        build_all(["model=tiny", override])
+        compose_config(["model=tiny", override])
     message = one_line_error(info.value)
     assert message.startswith(key), message
     assert "\n" not in message

@@ -3,7 +3,6 @@
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lct_train.config.build import model_config
 from lct_train.config.store import compose_config
 from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
 from lct_train.model.mmdit import LCTModel
@@ -13,7 +12,7 @@ LINEAR_OPS = ("addmm", "mm")
 
 
 def tiny():
-    return model_config(compose_config(["model=tiny"]))
+    return compose_config(["model=tiny"]).model
 
 
 def specs(cfg):

@@ -12,7 +12,8 @@ import torch
 
 from lct_train.model.init import init_weights
 from lct_train.model.mmdit import LCTModel
-from tests.train.init_worker import SEED, tiny_config
+from tests.testutils import tiny_config
+from tests.train.init_worker import SEED
 from tests.train.torchrun import LAUNCH_TIMEOUT_S, env
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 
 from data_tools.build import BuildConfig, build
 from data_tools.synth import SynthConfig, write_synth
-from lct_train.train.checkpoint_layout import is_valid, step_name
+from lct_train.core.checkpoint_layout import is_valid, step_name
 from tests.train.torchrun import kill_job, losses, run, start
 
 pytestmark = pytest.mark.slow

@@ -5,14 +5,14 @@ import math
 
 import pytest
 
-from lct_train.train.checkpoint import retained_steps
-from lct_train.train.checkpoint_layout import (
+from lct_train.core.checkpoint_layout import (
     META_FILE,
     list_checkpoints,
     newest_checkpoint,
     resolve_checkpoint,
     step_name,
 )
+from lct_train.train.checkpoint import retained_steps
 from lct_train.train.optim import lr_factor
 
 

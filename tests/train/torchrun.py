@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]  # worker scripts import tests.*
 LAUNCH_TIMEOUT_S = 240
 # Small, fast, fp32 CPU runs; every test adds its own overrides.
 BASE = ["model=tiny", "parallel=cpu", "logging.tensorboard=false", "logging.console=false",
@@ -25,6 +26,7 @@ def torchrun_cmd(nproc: int, overrides: list[str]) -> list[str]:
 
 def env() -> dict:
     out = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     out.pop("RANK", None)
     return out
 

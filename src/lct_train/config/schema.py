@@ -2,19 +2,23 @@
 
 Every key a run can take is declared here with its type and default; Hydra merges the YAML
 tree of ``conf/`` into these dataclasses, so a key that is not declared is rejected when the
-config is composed. Range and choice checks live in ``lct_train.config.validate``.
+config is composed, and ``compose_config`` turns the result into these typed objects.
 
-``model`` and ``data`` are the model and data packages' own dataclasses (``ModelConfig``,
-``DataConfig``): Hydra checks their keys and types when composing; their ``__post_init__``
-checks run at start (``lct_train.config.build``).
+Each config is validated in one place, when its object is built, and every error is a
+``ConfigError`` naming the full dotted key: ``ModelConfig`` and ``DataConfig`` (the model and
+data packages' own dataclasses) in their ``__post_init__``, the groups declared here by
+``lct_train.config.validate`` from ``TrainConfig.__post_init__``, which also copies the model's
+geometry into the data config (the one place it is injected).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from lct_train.config.validate import validate
 from lct_train.data.config import DataConfig
 from lct_train.model.config import ModelConfig
 
@@ -204,3 +208,9 @@ class TrainConfig:
     seed: int = 0
     # "auto" (newest valid checkpoint of run_dir, else start), "none", or a step-N directory.
     resume: str = "auto"
+
+    def __post_init__(self) -> None:
+        validate(self)
+        # The data geometry always follows the model (design.md §3).
+        self.data = dataclasses.replace(self.data, patch_size=self.model.patch_size,
+                                        dummy_grid=self.model.dummy_grid)

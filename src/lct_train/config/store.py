@@ -11,11 +11,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lct_train.config.schema import TrainConfig
-from lct_train.config.validate import ConfigError, validate
+from lct_train.core.errors import ConfigError
 
 SCHEMA_NAME = "train_schema"
 ROOT_CONFIG = "train"
@@ -59,8 +59,9 @@ def one_line_error(exc: BaseException) -> str:
     return " | ".join(dict.fromkeys(lines)) or type(exc).__name__
 
 
-def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> DictConfig:
-    """Composes and validates the run config (raises; callers print ``one_line_error``)."""
+def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> TrainConfig:
+    """Composes the run config into a typed, validated ``TrainConfig`` (raises; callers print
+    ``one_line_error``)."""
     register_schema()
     conf_dir = conf_dir or find_conf_dir()
     if not (conf_dir / f"{ROOT_CONFIG}.yaml").is_file():
@@ -74,10 +75,13 @@ def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], "is required but has no value")
-    validate(cfg)
-    OmegaConf.set_readonly(cfg, True)
-    return cfg
+    return OmegaConf.to_object(cfg)  # builds the dataclasses: each validates itself
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+def to_dict(cfg: TrainConfig) -> dict:
+    """Plain containers (lists for tuples), as recorded in a checkpoint's ``lct_meta.json``."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)

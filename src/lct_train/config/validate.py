@@ -1,8 +1,10 @@
-"""Start-up validation of a composed ``TrainConfig``: ranges and choices, errors name the key.
+"""Validation of the ``TrainConfig`` groups (run by ``TrainConfig.__post_init__``): ranges and
+choices, errors name the key.
 
 Types and unknown keys are already checked by OmegaConf when the config is composed; this
 module checks what types cannot say (a learning rate is positive, a schedule is one of a few
-names, ...). Every failure raises ``ConfigError`` whose message starts with the dotted key.
+names, ...). ``model`` and ``data`` validate themselves (their ``__post_init__``). Every failure
+raises ``ConfigError`` whose message starts with the dotted key.
 """
 
 from __future__ import annotations
@@ -10,16 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from lct_train.core.dtypes import TRAIN_DTYPES
+from lct_train.core.errors import ConfigError
 from lct_train.model.layout import MASKS
-from lct_train.parallel.parallelize import DTYPES
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; ``key`` is its dotted path."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 def _choice(key: str, value: Any, choices: Iterable[str]) -> None:
@@ -57,8 +52,8 @@ def validate_parallel(c: Any) -> None:
     _positive("parallel.dp_replicate", c.dp_replicate)
     if c.dp_shard != -1 and c.dp_shard < 1:
         raise ConfigError("parallel.dp_shard", f"must be -1 (auto) or >= 1, got {c.dp_shard}")
-    _choice("parallel.param_dtype", c.param_dtype, DTYPES)
-    _choice("parallel.reduce_dtype", c.reduce_dtype, DTYPES)
+    _choice("parallel.param_dtype", c.param_dtype, TRAIN_DTYPES)
+    _choice("parallel.reduce_dtype", c.reduce_dtype, TRAIN_DTYPES)
     _choice("parallel.activation_checkpoint", c.activation_checkpoint, ("none", "full"))
     _positive("parallel.init_timeout_s", c.init_timeout_s)
     _positive("parallel.train_timeout_s", c.train_timeout_s)
@@ -122,7 +117,7 @@ def validate_eval(c: Any) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Checks every group of a composed config; raises ``ConfigError`` naming the key."""
+    """Checks the groups of a ``TrainConfig``; raises ``ConfigError`` naming the key."""
     validate_optim(cfg.optim)
     validate_parallel(cfg.parallel)
     validate_checkpoint(cfg.checkpoint)

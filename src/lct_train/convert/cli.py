@@ -22,7 +22,6 @@ import yaml
 
 from lct_train.convert.dcp_export import export_checkpoint
 from lct_train.convert.diffusers_io import export_diffusers, import_diffusers
-from lct_train.convert.errors import ConversionError
 from lct_train.convert.key_plan import KeyRule, convert_with_plan
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
@@ -34,9 +33,10 @@ from lct_train.convert.model_spec import (
     parse_model_config,
     read_model_config,
 )
-from lct_train.convert.safetensors_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsReader
 from lct_train.convert.verify import verify
-from lct_train.train.checkpoint_layout import WEIGHT_SETS, holds_checkpoint
+from lct_train.core.checkpoint_layout import WEIGHT_SETS, holds_checkpoint
+from lct_train.core.errors import ConversionError
+from lct_train.core.safetensors_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsReader
 
 SIZE_UNITS = {
     "": 1,

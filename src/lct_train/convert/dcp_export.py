@@ -22,16 +22,20 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from lct_train.convert.errors import ConversionError, check_keys_and_shapes, format_keys
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
     EXPORT_INFO_FILE,
     WEIGHTS_BASE,
     cast,
+    checkpoint_model_config,
     expected_shapes,
     parse_model_config,
 )
-from lct_train.convert.safetensors_io import (
+from lct_train.core import checkpoint_layout as layout
+from lct_train.core.checkpoint_layout import WEIGHT_SETS, run_settings
+from lct_train.core.errors import ConversionError, check_keys_and_shapes, format_keys
+from lct_train.core.fqn import clean_fqn
+from lct_train.core.safetensors_io import (
     DEFAULT_MAX_SHARD_BYTES,
     atomic_output_dir,
     plan_shards,
@@ -39,9 +43,6 @@ from lct_train.convert.safetensors_io import (
     write_json,
     write_sharded,
 )
-from lct_train.train import checkpoint_layout as layout
-from lct_train.train.checkpoint_layout import WEIGHT_SETS, run_settings
-from lct_train.train.ema import clean_fqn
 
 
 @contextlib.contextmanager
@@ -156,7 +157,7 @@ def export_checkpoint(
     ckpt, weights, entries = stored.ckpt, stored.weights, stored.entries
     with layout_errors():
         meta = layout.read_meta(ckpt)
-        cfg = layout.model_config(meta, ckpt)
+        cfg = checkpoint_model_config(meta, ckpt)
     if config_overrides:
         cfg = parse_model_config({**cfg.to_dict(), **config_overrides}, "config overrides")
     check_keys_and_shapes(

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from lct_train.convert.errors import ConversionError, check_keys_and_shapes
 from lct_train.convert.hunyuan_config import (
     DIFFUSERS_CLASS,
     config_from_diffusers,
@@ -31,7 +30,8 @@ from lct_train.convert.model_spec import (
     expected_shapes,
     read_model_config,
 )
-from lct_train.convert.safetensors_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsReader
+from lct_train.core.errors import ConversionError, check_keys_and_shapes
+from lct_train.core.safetensors_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsReader
 from lct_train.model.config import ModelConfig
 
 DIFFUSERS_WEIGHTS_BASE = "diffusion_pytorch_model"

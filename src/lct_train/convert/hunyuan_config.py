@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lct_train.convert.errors import ConversionError
+from lct_train.core.errors import ConversionError
 from lct_train.model.config import ModelConfig
 
 DIFFUSERS_CLASS = "HunyuanVideoTransformer3DModel"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from lct_train.convert.errors import ConversionError, check_keys_and_shapes, format_keys
 from lct_train.convert.model_spec import cast
-from lct_train.convert.safetensors_io import (
+from lct_train.core.errors import ConversionError, check_keys_and_shapes, format_keys
+from lct_train.core.safetensors_io import (
     SafetensorsReader,
     atomic_output_dir,
     plan_shards,

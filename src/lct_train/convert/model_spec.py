@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from lct_train.convert.errors import ConversionError
+from lct_train.core.checkpoint_layout import META_FILE, BadMetaError
+from lct_train.core.dtypes import CONVERT_DTYPES, dtype_of
+from lct_train.core.errors import ConversionError
 from lct_train.model.config import ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -66,6 +68,21 @@ def read_config_json(path: str | os.PathLike) -> tuple[Path, dict]:
     return file, data
 
 
+def checkpoint_model_config(meta: dict, ckpt: str | os.PathLike) -> ModelConfig:
+    """The ``ModelConfig`` recorded in a checkpoint's ``lct_meta.json`` under ``config.model``
+    (the resolved run config the trainer writes); ``BadMetaError`` naming the file when absent or
+    invalid."""
+    file = Path(ckpt) / META_FILE
+    config = meta.get("config")
+    data = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(data, dict):
+        raise BadMetaError(f"{file} holds no model config (config.model)")
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise BadMetaError(f"{file}: config.model is not a valid ModelConfig: {err}") from err
+
+
 def read_model_config(path: str | os.PathLike) -> ModelConfig:
     """The `ModelConfig` of an export: given its directory, a weights file in it, or its
     `config.json` (`config_file`)."""
@@ -82,19 +99,9 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     """`bf16`/`fp16`/`fp32` (or torch names) -> dtype; None keeps the stored dtype."""
     if name is None:
         return None
-    aliases = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "half": torch.float16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "float": torch.float32,
-    }
-    if name not in aliases:
-        raise ConversionError(f"unknown dtype {name!r}; choose one of {sorted(aliases)}")
-    return aliases[name]
+    if name not in CONVERT_DTYPES:
+        raise ConversionError(f"unknown dtype {name!r}; choose one of {sorted(CONVERT_DTYPES)}")
+    return dtype_of(name)
 
 
 def cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from lct_train.model.config import ModelConfig
-from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta, patchify, unpatchify
+from lct_train.model.geometry import patch_grid, patchify, unpatchify
+from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
 
 DEFAULT_GRID = (2, 2, 3)  # (F', H', W') latent patches: small, and not symmetric in h / w
 DEFAULT_TEXT_LEN = 5
@@ -69,7 +70,7 @@ def fixed_input(
 def run_lct(model: torch.nn.Module, cfg: ModelConfig, inp: SingleShotInput) -> torch.Tensor:
     """The LCT model's velocity `[C, F, H, W]` on a one-shot scene without global group."""
     latent = inp.latent
-    grid = tuple(d // p for d, p in zip(latent.shape[1:], cfg.patch_size))
+    grid = patch_grid(latent.shape, cfg.patch_size)
     spec = SceneSpec(groups=(GroupSpec(text_len=inp.text_len, grid=grid),))
     meta = build_packed_meta(
         [spec], mask="bidirectional", text_rope=cfg.text_rope, device=latent.device

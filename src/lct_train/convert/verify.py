@@ -21,7 +21,6 @@ from lct_train.convert.diffusers_io import (
     diffusers_transformer_dir,
     read_diffusers_config,
 )
-from lct_train.convert.errors import ConversionError, check_keys_and_shapes
 from lct_train.convert.hunyuan_config import DIFFUSERS_TIMESTEP_SCALE, config_from_diffusers
 from lct_train.convert.model_spec import (
     build_model,
@@ -31,7 +30,8 @@ from lct_train.convert.model_spec import (
     read_model_config,
 )
 from lct_train.convert.reference import fixed_input, run_diffusers, run_lct
-from lct_train.convert.safetensors_io import SafetensorsReader
+from lct_train.core.errors import ConversionError, check_keys_and_shapes
+from lct_train.core.safetensors_io import SafetensorsReader
 from lct_train.model.config import ModelConfig
 
 # max |a - b| / max(|b|) allowed between two models on the reference input, per compute dtype

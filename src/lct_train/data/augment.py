@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from lct_train.data.config import DataConfig
-from lct_train.data.schema import BadSampleError, DatasetInfo, SceneRecord, scene_tokens
+from lct_train.data.schema import BadSampleError, DatasetInfo, SceneRecord
 from lct_train.data.seeding import stable_seed
+from lct_train.model.geometry import patch_grid, scene_spec
+from lct_train.model.layout import SceneSpec
 
 IMAGE_FRAME_FIRST = "first"  # causal VAEs: only latent frame 0 encodes a lone image
 
@@ -27,8 +29,13 @@ class Scene:
     latents: list[torch.Tensor]  # shots [C, F, H, W]
     text: list[torch.Tensor]  # groups [L_g, D], global first
     pooled: torch.Tensor  # [G, Dp]
-    tokens: int  # joint tokens (text + video + dummy)
+    spec: SceneSpec  # the token layout, built once here; packing and training read it
     truncated: bool = False  # cut to the context window or the token budget
+
+    @property
+    def tokens(self) -> int:
+        """Joint tokens (text + video + dummy)."""
+        return self.spec.num_tokens
 
     @property
     def shot_is_image(self) -> list[bool]:
@@ -38,8 +45,10 @@ class Scene:
 def check_geometry(rec: SceneRecord, patch: tuple[int, int, int]) -> None:
     """Latent frames/height/width must be multiples of the model patch."""
     for i, z in enumerate(rec.latents):
-        if any(z.shape[1 + d] % patch[d] for d in range(3)):
-            raise BadSampleError(rec.shard, rec.key, f"shot_{i} shape {tuple(z.shape)} not divisible by patch {patch}")
+        try:
+            patch_grid(z.shape, patch)
+        except ValueError:
+            raise BadSampleError(rec.shard, rec.key, f"shot_{i} shape {tuple(z.shape)} not divisible by patch {patch}") from None
 
 
 class Augmenter:
@@ -49,9 +58,9 @@ class Augmenter:
         self.cfg, self.info = cfg, info
         self.empty_tokens, self.empty_pooled = empty_tokens.float(), empty_pooled.float()
 
-    def tokens(self, latents: list[torch.Tensor], text: list[torch.Tensor]) -> int:
-        return scene_tokens([tuple(z.shape) for z in latents], [t.shape[0] for t in text],
-                            self.cfg.patch_size, self.cfg.dummy_grid)
+    def spec(self, latents: list[torch.Tensor], text: list[torch.Tensor]) -> SceneSpec:
+        return scene_spec([t.shape[0] for t in text], [z.shape for z in latents],
+                          self.cfg.patch_size, self.cfg.dummy_grid)
 
     def __call__(self, rec: SceneRecord, source: str, epoch: int) -> Scene:
         cfg = self.cfg
@@ -79,7 +88,7 @@ class Augmenter:
             for g in torch.nonzero(drop).flatten().tolist():
                 text[g] = self.empty_tokens
                 pooled[g] = self.empty_pooled
-        return Scene(rec.key, source, latents, text, pooled, self.tokens(latents, text), truncated)
+        return Scene(rec.key, source, latents, text, pooled, self.spec(latents, text), truncated)
 
     def fit_budget(self, scene: Scene) -> Scene | None:
         """Cuts trailing shots until the scene fits ``max_tokens`` (policy ``cut``), else None."""
@@ -89,8 +98,8 @@ class Augmenter:
         if cfg.packing == "skip":
             return None
         for k in range(len(scene.latents) - 1, 0, -1):
-            tokens = self.tokens(scene.latents[:k], scene.text[: k + 1])
-            if tokens <= cfg.max_tokens:
+            spec = SceneSpec(scene.spec.groups[: k + 1])  # the global group and shots 1..k
+            if spec.num_tokens <= cfg.max_tokens:
                 return Scene(scene.key, scene.source, scene.latents[:k], scene.text[: k + 1],
-                             scene.pooled[: k + 1], tokens, True)
+                             scene.pooled[: k + 1], spec, True)
         return None

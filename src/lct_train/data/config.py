@@ -8,13 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lct_train.core.errors import ConfigError
+
 PACKING_POLICIES = ("cut", "skip")
 RESUME_POLICIES = ("strict", "reshuffle")
-DEFAULT_MAX_SHOTS = 9  # the paper's context window (SPEC §1)
+DEFAULT_MAX_SHOTS = 9  # the paper's context window N (SPEC §1); also the sampler's default
 
 
 def _fail(key: str, msg: str) -> None:
-    raise ValueError(f"data.{key}: {msg}")
+    raise ConfigError(f"data.{key}", msg)
 
 
 def _check_prob(key: str, value: float) -> None:
@@ -50,7 +52,8 @@ class SourceConfig:
 class DataConfig:
     """Everything the scene loader needs; the model geometry comes from the model config.
 
-    ``patch_size`` and ``dummy_grid`` must equal the model's (the trainer copies them over).
+    ``patch_size`` and ``dummy_grid`` must equal the model's: a run never sets them, the typed
+    ``TrainConfig`` copies them from its ``model`` (``lct_train.config.schema``).
     """
 
     sources: list[SourceConfig] = field(default_factory=list)

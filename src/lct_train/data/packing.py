@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from lct_train.data.augment import Scene
-from lct_train.model.layout import GroupSpec, SceneSpec
+from lct_train.model.geometry import patchify
+from lct_train.model.layout import SceneSpec
 
 
 @dataclass
@@ -45,39 +46,24 @@ class PackedScenes:
         return self
 
 
-def scene_spec(scene: Scene, patch: tuple[int, int, int], dummy_grid: tuple[int, int, int]) -> SceneSpec:
-    groups = [GroupSpec(text_len=int(scene.text[0].shape[0]), grid=tuple(dummy_grid), is_global=True)]
-    for z, t in zip(scene.latents, scene.text[1:]):
-        grid = tuple(int(z.shape[1 + d] // patch[d]) for d in range(3))
-        groups.append(GroupSpec(text_len=int(t.shape[0]), grid=grid))
-    return SceneSpec(groups=tuple(groups))
-
-
-def patchify_into(out: torch.Tensor, latent: torch.Tensor, patch: tuple[int, int, int]) -> None:
-    """Writes ``layout.patchify(latent, patch)`` into ``out`` (its rows) with a single copy."""
-    c, f, h, w = latent.shape
-    pt, ph, pw = patch
-    src = latent.reshape(c, f // pt, pt, h // ph, ph, w // pw, pw).permute(1, 3, 5, 0, 2, 4, 6)
-    out.view(f // pt, h // ph, w // pw, c, pt, ph, pw).copy_(src)
-
-
-def collate(scenes: list[Scene], patch, dummy_grid, max_tokens: int) -> PackedScenes:
-    """Concatenates scenes into the two streams; dummy tokens are zero rows."""
+def collate(scenes: list[Scene], patch, max_tokens: int) -> PackedScenes:
+    """Concatenates scenes (laid out by their ``spec``) into the two streams; dummy tokens are
+    zero rows."""
     if not scenes:
         raise ValueError("collate needs at least one scene")
-    patch, dummy_grid = tuple(patch), tuple(dummy_grid)
-    specs = [scene_spec(s, patch, dummy_grid) for s in scenes]
+    patch = tuple(patch)
+    specs = [s.spec for s in scenes]
     channels = scenes[0].latents[0].shape[0]
-    video = torch.empty(sum(math.prod(g.grid) for sp in specs for g in sp.groups), channels * math.prod(patch))
-    dummy_rows, row = math.prod(dummy_grid), 0
+    video = torch.empty(sum(g.video_len for sp in specs for g in sp.groups), channels * math.prod(patch))
+    row = 0
     text, pooled, images = [], [], []
     for s, sp in zip(scenes, specs):
+        dummy_rows = sp.groups[0].video_len
         video[row : row + dummy_rows].zero_()
         row += dummy_rows
         for z, g in zip(s.latents, sp.groups[1:]):
-            n = math.prod(g.grid)
-            patchify_into(video[row : row + n], z, patch)
-            row += n
+            patchify(z, patch, out=video[row : row + g.video_len])
+            row += g.video_len
         text.extend(s.text)
         pooled.append(s.pooled)
         images.extend(s.shot_is_image)

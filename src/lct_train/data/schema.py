@@ -14,7 +14,6 @@ Decoding validates everything and raises :class:`BadSampleError` naming shard an
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -197,8 +196,3 @@ def decode_scene(members: dict[str, bytes], shard: str, key: str, info: DatasetI
     _finite(shard, key, "pooled", pooled)
     return SceneRecord(key, shard, latents, text, pooled.float(), meta)
 
-
-def scene_tokens(shapes: list[tuple[int, ...]], text_lens: list[int], patch, dummy_grid) -> int:
-    """Joint tokens of a scene (global group first) from latent shapes ``[C,F,H,W]``."""
-    video = sum(math.prod(s[1 + d] // patch[d] for d in range(3)) for s in shapes)
-    return video + math.prod(dummy_grid) + sum(text_lens)

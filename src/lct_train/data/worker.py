@@ -166,7 +166,7 @@ class _WorkerRun:
         while True:
             self._fill()
             items = self.packer.take()
-            packed = collate([i.scene for i in items], cfg.patch_size, cfg.dummy_grid, cfg.max_tokens)
+            packed = collate([i.scene for i in items], cfg.patch_size, cfg.max_tokens)
             self.counters["batches"] += 1
             self.counters["tokens"] += int(packed.stats["tokens"])
             new_bad, self.new_bad = self.new_bad, []

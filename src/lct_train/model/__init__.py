@@ -2,14 +2,8 @@
 
 from lct_train.model.attention import KVCache
 from lct_train.model.config import ModelConfig
-from lct_train.model.layout import (
-    GroupSpec,
-    PackedMeta,
-    SceneSpec,
-    build_packed_meta,
-    patchify,
-    unpatchify,
-)
+from lct_train.model.geometry import patch_grid, patchify, scene_spec, unpatchify
+from lct_train.model.layout import GroupSpec, PackedMeta, SceneSpec, build_packed_meta
 from lct_train.model.mmdit import LCTModel
 
 __all__ = [
@@ -20,6 +14,8 @@ __all__ = [
     "PackedMeta",
     "SceneSpec",
     "build_packed_meta",
+    "patch_grid",
     "patchify",
+    "scene_spec",
     "unpatchify",
 ]

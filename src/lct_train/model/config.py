@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from lct_train.core.errors import ConfigError
+
 ATTN_BACKENDS = ("auto", "reference", "flex", "flash-varlen")
 
 
@@ -145,19 +147,19 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"ModelConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError("model", f"unknown field(s) {unknown}; known: {sorted(known)}")
         return cls(**dict(data))
 
 
 def _check(name: str, ok: bool, expected: str, value: Any) -> None:
     if not ok:
-        raise ValueError(f"ModelConfig.{name} must be {expected}, got {value!r}")
+        raise ConfigError(f"model.{name}", f"must be {expected}, got {value!r}")
 
 
 def _int_triple(name: str, value: Any) -> tuple[int, int, int]:
     try:
         triple = tuple(int(v) for v in value)
     except TypeError as err:
-        raise ValueError(f"ModelConfig.{name} must be 3 ints, got {value!r}") from err
+        raise ConfigError(f"model.{name}", f"must be 3 ints, got {value!r}") from err
     _check(name, len(triple) == 3 and all(int(v) == v for v in value), "3 ints", value)
     return triple  # type: ignore[return-value]

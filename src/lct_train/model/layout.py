@@ -3,7 +3,7 @@
 A scene is `[T_G D_G] [T_1 V_1] ... [T_n V_n]` in *joint* (group) order. The model keeps a text
 stream and a video stream; `PackedMeta` holds every index that maps between the streams and the
 joint sequence, the RoPE coordinates (SPEC §3), and the per-row key intervals of the attention mask
-(SPEC §4). Layers only consume it. Also here: `patchify` / `unpatchify` of one latent.
+(SPEC §4). Layers only consume it. Latent -> grid -> tokens lives in `model.geometry`.
 """
 
 from __future__ import annotations
@@ -334,31 +334,3 @@ def build_packed_meta(
     )
     return meta.to(device) if device is not None else meta
 
-
-def patchify(latent: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
-    """``[C, F, H, W] -> [F'H'W', C*pt*ph*pw]``: tokens in (f, y, x) order, vectors (c, pt, ph, pw)."""
-    if latent.dim() != 4:
-        raise ValueError(f"patchify: latent must be [C, F, H, W], got shape {tuple(latent.shape)}")
-    c, f, h, w = latent.shape
-    pt, ph, pw = patch
-    if f % pt or h % ph or w % pw:
-        raise ValueError(f"patchify: latent (F, H, W)={(f, h, w)} not divisible by patch {patch}")
-    x = latent.reshape(c, f // pt, pt, h // ph, ph, w // pw, pw)
-    return x.permute(1, 3, 5, 0, 2, 4, 6).reshape(
-        (f // pt) * (h // ph) * (w // pw), c * pt * ph * pw
-    )
-
-
-def unpatchify(
-    tokens: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int
-) -> torch.Tensor:
-    """Inverse of `patchify`: ``[F'H'W', C*pt*ph*pw] -> [C, F, H, W]``."""
-    f, h, w = grid
-    pt, ph, pw = patch
-    expected = (f * h * w, channels * pt * ph * pw)
-    if tuple(tokens.shape) != expected:
-        raise ValueError(
-            f"unpatchify: tokens must have shape {expected}, got {tuple(tokens.shape)}"
-        )
-    x = tokens.reshape(f, h, w, channels, pt, ph, pw).permute(3, 0, 4, 1, 5, 2, 6)
-    return x.reshape(channels, f * pt, h * ph, w * pw)

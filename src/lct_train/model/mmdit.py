@@ -3,7 +3,7 @@
 ``model(video, text, pooled, timesteps, meta, guidance=None, kv_cache=None) -> [Nv, patch_dim]``.
 Per-batch work (RoPE cos/sin, attention backend and its plan, conditioning vectors) happens once
 at the top of `forward`; blocks consume it. Activation checkpointing, compile and sharding are
-applied from outside to ``transformer_blocks`` / ``single_transformer_blocks``.
+applied from outside to the block lists the model declares (``LCTModel.block_lists``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ class LCTModel(nn.Module):
         )
         self.norm_out = AdaLayerNormContinuous(dim, eps)
         self.proj_out = nn.Linear(dim, cfg.patch_dim)
+
+    def block_lists(self) -> tuple[nn.ModuleList, ...]:
+        """The repeated blocks, in forward order: the units ``parallelize`` wraps (activation
+        checkpointing, compile, one FSDP unit per block), listed as torchtitan's Flux does."""
+        refiner = self.context_embedder.token_refiner
+        lists = (self.transformer_blocks, self.single_transformer_blocks)
+        return lists if refiner is None else (refiner.refiner_blocks, *lists)
 
     @property
     def num_attention_layers(self) -> int:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from lct_train.config.validate import ConfigError
+from lct_train.core.errors import ConfigError
 
 MESH_DIMS = ("dp_replicate", "dp_shard")
 LOCALHOST = "127.0.0.1"

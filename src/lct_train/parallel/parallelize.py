@@ -30,19 +30,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from lct_train.core.dtypes import dtype_of
 from lct_train.model.init import init_plan
-
-BLOCK_LIST_SUFFIX = "blocks"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
-    """Every ``nn.ModuleList`` named ``*blocks`` (in module order)."""
-    return [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1].endswith(BLOCK_LIST_SUFFIX)
-    ]
 
 
 def apply_ac(model: nn.Module, mode: str) -> None:
@@ -51,21 +40,21 @@ def apply_ac(model: nn.Module, mode: str) -> None:
         return
     if mode != "full":
         raise ValueError(f"parallel.activation_checkpoint: unknown mode {mode!r}")
-    for _, blocks in block_lists(model):
+    for blocks in model.block_lists():
         for i, block in enumerate(blocks):
             blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
 def apply_compile(model: nn.Module) -> None:
     """Compiles every block in place (regional compile: one graph per block type)."""
-    for _, blocks in block_lists(model):
+    for blocks in model.block_lists():
         for block in blocks:
             block.compile()
 
 
 def mixed_precision(param_dtype: str, reduce_dtype: str) -> MixedPrecisionPolicy:
     """Blocks cast their (activation) inputs to the compute dtype."""
-    return MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype],
+    return MixedPrecisionPolicy(param_dtype=dtype_of(param_dtype), reduce_dtype=dtype_of(reduce_dtype),
                                 cast_forward_inputs=True)
 
 
@@ -77,7 +66,7 @@ def apply_fsdp(
 ) -> None:
     """``fully_shard`` per block, then the root; HSDP when ``mesh`` is 2-D (replicate, shard)."""
     mesh = mesh if mesh.size(0) > 1 else mesh["dp_shard"]
-    for _, blocks in block_lists(model):
+    for blocks in model.block_lists():
         for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=mp_policy,
                         reshard_after_forward=reshard_after_forward)

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 
-from lct_train.convert.model_spec import EXPORT_INFO_FILE
+from lct_train.convert.model_spec import EXPORT_INFO_FILE, checkpoint_model_config
+from lct_train.core import checkpoint_layout as layout
+from lct_train.core.checkpoint_layout import META_FILE, WEIGHT_SETS
+from lct_train.data.config import DEFAULT_MAX_SHOTS
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import MASKS
-from lct_train.train import checkpoint_layout as layout
-from lct_train.train.checkpoint_layout import META_FILE, WEIGHT_SETS
 
-DEFAULT_WINDOW = 9  # SPEC §1: N = 9 shots unless the checkpoint says otherwise
+DEFAULT_WINDOW = DEFAULT_MAX_SHOTS  # the training window (SPEC §1) unless the checkpoint says otherwise
 DEFAULT_MASK = "bidirectional"
 
 
@@ -67,7 +68,7 @@ def load_model(
         path = layout.resolve_checkpoint(path)
         meta = _read_meta(path)
         try:
-            config = layout.model_config(meta, path)
+            config = checkpoint_model_config(meta, path)
         except layout.CheckpointLayoutError as exc:
             raise CheckpointError(str(exc)) from exc
         state = _load_dcp(path, weights)
@@ -83,9 +84,9 @@ def load_model(
 
 
 def _load_consolidated(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    from lct_train.convert.errors import ConversionError
     from lct_train.convert.model_spec import config_file, read_model_config
-    from lct_train.convert.safetensors_io import SafetensorsReader
+    from lct_train.core.errors import ConversionError
+    from lct_train.core.safetensors_io import SafetensorsReader
 
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -145,7 +146,7 @@ def _build(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> 
 
 def _load_dcp(path: Path, weights: str | None) -> dict[str, torch.Tensor]:
     from lct_train.convert.dcp_export import load_dcp_weights
-    from lct_train.convert.errors import ConversionError
+    from lct_train.core.errors import ConversionError
 
     try:
         return load_dcp_weights(path, weights)

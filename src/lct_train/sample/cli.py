@@ -30,8 +30,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
+from lct_train.core.dtypes import SAMPLE_DTYPES, dtype_of
 from lct_train.data.schema import shot_prompt
 from lct_train.model.layout import MASKS
 from lct_train.sample import scene_file
@@ -46,7 +45,6 @@ from lct_train.sample.sampler import SamplingError, SamplingSettings
 from lct_train.sample.scene_file import SceneFileError, ShotSize, load_scene_file
 from lct_train.sample.writers import DEFAULT_FPS
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "codec", "text_encoder", "device", "dtype",
                  "fps")
 SAMPLING_OPTIONS = ("steps", "guidance", "embedded_guidance", "t_c", "shift")
@@ -81,7 +79,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--codec", help="pixel[:F] | tiny-hunyuan | hunyuan:PATH")
     g.add_argument("--text-encoder", dest="text_encoder", help="minilm | tiny | hf:PATH")
     g.add_argument("--device", help="cpu | cuda (default cpu)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), help="model dtype (default float32)")
+    g.add_argument("--dtype", choices=sorted(SAMPLE_DTYPES), help="model dtype (default float32)")
     g.add_argument("--fps", type=int, help=f"mp4 frame rate (default {DEFAULT_FPS})")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     s = p.add_argument_group("sampling (override the scene file / the pool)")
@@ -154,7 +152,7 @@ def _toolkit(opts: dict, progress: bool) -> Toolkit:
     if missing:
         raise SamplingError(f"missing {', '.join(missing)} (give it, or init the pool with it)")
     loaded = load_model(opts["ckpt"], weights=opts["weights"], mask=opts["mask"],
-                        window=opts["window"], device=opts["device"], dtype=DTYPES[opts["dtype"]])
+                        window=opts["window"], device=opts["device"], dtype=dtype_of(opts["dtype"]))
     prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
     codec = build_codec(opts["codec"], device=opts["device"])
     return Toolkit(loaded, codec, prompts, progress=progress, fps=int(opts["fps"]))

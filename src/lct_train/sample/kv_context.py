@@ -17,15 +17,20 @@ from lct_train.sample.inputs import ConditionShot, PromptEmbedding
 from lct_train.sample.sampler import Group, Sampler, SamplingError
 
 
+def require_causal(mask: str, model: str = "this checkpoint") -> None:
+    """The one check that mode ar-kv has a context-causal model (``SamplingError`` otherwise)."""
+    if mask != "causal":
+        raise SamplingError(
+            "mode 'ar-kv' needs a context-causal model (KV-cache sampling is exact only with "
+            f"mask='causal', i.e. after causal fine-tuning); {model} uses mask={mask!r}: use mode "
+            "'ar' (recompute) instead, or pass --mask causal for a causal-FT export")
+
+
 class ContextCache:
     """Per-branch KV caches of ``[global] + context`` for one scene (module docstring)."""
 
     def __init__(self, sampler: Sampler, global_prompt: PromptEmbedding) -> None:
-        if sampler.mask != "causal":
-            raise SamplingError(
-                "KV-cache sampling (mode ar-kv) needs a context-causal model (trained with "
-                f"mask='causal', i.e. after causal fine-tuning); this checkpoint uses "
-                f"mask={sampler.mask!r}: use mode 'ar' (recompute) instead")
+        require_causal(sampler.mask)
         self.sampler = sampler
         self.global_prompt = global_prompt
         self.context: tuple[int, ...] | None = None  # None: nothing cached yet

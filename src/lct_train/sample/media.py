@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from lct_train.data.codecs import frames_to_tensor
 from lct_train.data.video_io import read_video
+from lct_train.model.geometry import patch_grid
 from lct_train.sample.scene_file import ShotSize
 
 LATENT_SUFFIX = ".safetensors"
@@ -38,9 +39,10 @@ def latent_shape(codec, size: ShotSize, patch: tuple[int, int, int]) -> tuple[in
         raise MediaError(f"size {size.height}x{size.width} is not a multiple of the codec's "
                          f"spatial factor {sf}")
     shape = (codec.latent_channels, codec.latent_frames(frames), size.height // sf, size.width // sf)
-    bad = [d for d, p in zip(shape[1:], patch) if d % p]
-    if bad:
-        raise MediaError(f"size {size} gives latent {shape}, not divisible by the patch {patch}")
+    try:
+        patch_grid(shape, patch)
+    except ValueError:
+        raise MediaError(f"size {size} gives latent {shape}, not divisible by the patch {patch}") from None
     return shape
 
 

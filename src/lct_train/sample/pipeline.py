@@ -23,6 +23,7 @@ from pathlib import Path
 from lct_train.sample.checkpoint_io import LoadedModel
 from lct_train.sample.history_pool import PENDING_FILE, HistoryPool, PoolShot
 from lct_train.sample.inputs import PromptEmbedding
+from lct_train.sample.kv_context import require_causal
 from lct_train.sample.media import MediaError, encode_condition, latent_shape, read_frames
 from lct_train.sample.modes import AR_KV, AR_MODES, GIVEN, PlannedShot, generate_scene
 from lct_train.sample.prompts import PromptEncoder
@@ -68,11 +69,11 @@ def settings_of(request: SceneRequest) -> SamplingSettings:
 
 def check_request(request: SceneRequest, loaded: LoadedModel) -> None:
     """Window and mode errors before any work (the scene file is already validated)."""
-    if request.mode == AR_KV and loaded.mask != "causal":
-        raise SamplingError(
-            f"scene {request.source}: mode 'ar-kv' needs a context-causal checkpoint, but "
-            f"{loaded.source} uses mask={loaded.mask!r}; use mode 'ar' (or pass --mask causal "
-            "for a causal-FT export)")
+    if request.mode == AR_KV:
+        try:
+            require_causal(loaded.mask, str(loaded.source))
+        except SamplingError as err:
+            raise SamplingError(f"scene {request.source}: {err}") from None
     window = loaded.window
     if request.mode not in AR_MODES and any(s.context is not None for s in request.shots):
         raise SamplingError(f"scene {request.source}: shot contexts are only used by the ar / "

@@ -27,18 +27,17 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from lct_train.core.flow import euler_step, noise_latents
 from lct_train.model.config import ModelConfig
+from lct_train.model.geometry import patch_grid, patchify, unpatchify
 from lct_train.model.layout import (
     GroupSpec,
     PackedMeta,
     SceneSpec,
     build_packed_meta,
-    patchify,
-    unpatchify,
 )
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, Shot, TargetShot
 from lct_train.sample.schedule import resolution_shift, sampling_timesteps, shot_noise
-from lct_train.train.flow import euler_step, noise_latents
 
 COND, UNCOND = "cond", "uncond"
 GLOBAL_TIMESTEP = 0.0
@@ -61,12 +60,15 @@ class SamplingSettings:
     shift: float | None = None  # None: schedule.resolution_shift of the generated shot
 
     def __post_init__(self) -> None:
+        """The one check of the sampling settings (scene files, the CLI and the API build these)."""
         if self.steps < 1:
-            raise SamplingError(f"SamplingSettings.steps must be >= 1, got {self.steps}")
+            raise SamplingError(f"steps must be >= 1, got {self.steps}")
         if self.guidance < 1.0:
-            raise SamplingError(f"SamplingSettings.guidance must be >= 1, got {self.guidance}")
+            raise SamplingError(f"guidance must be >= 1 (1 = no guidance), got {self.guidance}")
         if not 0.0 <= self.t_c < 1.0:
-            raise SamplingError(f"SamplingSettings.t_c must be in [0, 1), got {self.t_c}")
+            raise SamplingError(f"t_c must be in [0, 1), got {self.t_c}")
+        if self.shift is not None and self.shift <= 0:
+            raise SamplingError(f"shift must be > 0, got {self.shift}")
 
 
 @dataclass(eq=False)
@@ -128,15 +130,14 @@ class Sampler:
 
     def grid_of(self, latent_shape: Sequence[int]) -> tuple[int, int, int]:
         """Patch grid of a ``[C, F, H, W]`` latent (``SamplingError`` if it does not fit)."""
-        c, *fhw = latent_shape
+        c = latent_shape[0]
         if c != self.config.latent_channels:
             raise SamplingError(f"latent has {c} channels, the model takes "
                                 f"{self.config.latent_channels}")
-        bad = [d for d, p in zip(fhw, self.config.patch_size) if d % p]
-        if bad or len(fhw) != 3:
-            raise SamplingError(f"latent (F, H, W)={tuple(fhw)} is not divisible by the patch "
-                                f"size {self.config.patch_size}")
-        return tuple(d // p for d, p in zip(fhw, self.config.patch_size))  # type: ignore[return-value]
+        try:
+            return patch_grid(latent_shape, self.config.patch_size)
+        except ValueError as err:
+            raise SamplingError(str(err)) from None
 
     def global_group(self, prompt: PromptEmbedding) -> Group:
         dummy = torch.zeros(self.config.num_dummy_tokens, self.config.patch_dim,

@@ -35,7 +35,13 @@ import yaml
 
 from lct_train.data.schema import SHOT_CUT, shot_prompt, strip_cut
 from lct_train.sample.modes import AR, JOINT, MODES
-from lct_train.sample.sampler import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_T_C
+from lct_train.sample.sampler import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    DEFAULT_T_C,
+    SamplingError,
+    SamplingSettings,
+)
 
 MODE_ALIASES = {"conditioned": JOINT, "visual-conditioned": JOINT, "autoregressive": AR}
 DEFAULT_SEED = 0
@@ -127,20 +133,18 @@ def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = No
     mode = MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
         raise fail(f"mode {mode!r} is not one of {MODES} (aliases: {sorted(MODE_ALIASES)})")
-    steps = _int(data.get("steps", DEFAULT_STEPS), "steps", fail, minimum=1)
+    steps = _int(data.get("steps", DEFAULT_STEPS), "steps", fail)
     guidance = _float(data.get("guidance", DEFAULT_GUIDANCE), "guidance", fail)
-    if guidance < 1.0:
-        raise fail(f"guidance must be >= 1 (1 = no guidance), got {guidance}")
     emb = data.get("embedded_guidance")
     embedded_guidance = None if emb is None else _float(emb, "embedded_guidance", fail)
     t_c = _float(data.get("t_c", DEFAULT_T_C), "t_c", fail)
-    if not 0.0 <= t_c < 1.0:
-        raise fail(f"t_c must be in [0, 1), got {t_c}")
     shift = data.get("shift")
     if shift is not None:
         shift = _float(shift, "shift", fail)
-        if shift <= 0:
-            raise fail(f"shift must be > 0, got {shift}")
+    try:  # the ranges: SamplingSettings checks them
+        SamplingSettings(steps, guidance, embedded_guidance, t_c, shift)
+    except SamplingError as err:
+        raise fail(str(err)) from None
     seed = _int(data.get("seed", DEFAULT_SEED), "seed", fail)
     default_size = _size(data["size"], "size", fail) if "size" in data else None
     global_prompt = data.get("global_prompt", "")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lct_train.train.flow import shift_timesteps
+from lct_train.core.flow import shift_timesteps
 
 SD3_REFERENCE_TOKENS = 4096
 SD3_REFERENCE_SHIFT = 3.0

@@ -13,7 +13,7 @@ import random
 
 import torch
 
-from lct_train.config.validate import ConfigError
+from lct_train.core.errors import ConfigError
 from lct_train.data.config import DataConfig
 from lct_train.data.packing import PackedScenes
 from lct_train.data.schema import GEOMETRY_KEYS  # dataset.json vs ModelConfig

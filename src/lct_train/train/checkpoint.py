@@ -16,7 +16,7 @@ entry, next to ``world_size``; it can only be restored on the same data-parallel
 reshard freely (save on 2 ranks, load on 1 and the reverse).
 
 Naming, what counts as a checkpoint, newest-valid resolution and ``lct_meta.json`` reading are
-``lct_train.train.checkpoint_layout`` (shared with convert and sample).
+``lct_train.core.checkpoint_layout`` (shared with convert and sample).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from lct_train.train.checkpoint_layout import (
+from lct_train.core.checkpoint_layout import (
     FORMAT,
     META_FILE,
     TMP_MARK,

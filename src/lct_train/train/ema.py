@@ -10,14 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
-
-
-def clean_fqn(name: str) -> str:
-    """The bare model's FQN of a parameter seen through AC / compile wrappers."""
-    for prefix in WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
+from lct_train.core.fqn import clean_fqn
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

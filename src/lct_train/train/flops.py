@@ -25,6 +25,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from lct_train.core.fqn import clean_fqn
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import (
     AttnIntervals,
@@ -33,7 +34,6 @@ from lct_train.model.layout import (
     SceneSpec,
     build_packed_meta,
 )
-from lct_train.train.ema import clean_fqn
 
 MATMUL_FLOPS = 2  # multiply + add
 ATTN_MATMULS = 2  # QK^T and PV

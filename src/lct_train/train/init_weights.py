@@ -27,12 +27,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 
-from lct_train.config.validate import ConfigError
-from lct_train.convert.errors import ConversionError, check_keys_and_shapes
-from lct_train.convert.safetensors_io import SafetensorsReader
+from lct_train.convert.model_spec import checkpoint_model_config
+from lct_train.core import checkpoint_layout as layout
+from lct_train.core.errors import ConfigError, ConversionError, check_keys_and_shapes
+from lct_train.core.safetensors_io import SafetensorsReader
 from lct_train.model.config import ModelConfig
 from lct_train.parallel.parallelize import init_sharded
-from lct_train.train import checkpoint_layout as layout
 from lct_train.train.checkpoint import load_model_weights
 
 # Model settings that do not change the parameters (may differ between stages).
@@ -57,7 +57,7 @@ def load_safetensors(model: nn.Module, path: Path, is_main: bool) -> None:
 
 def check_same_architecture(ours: ModelConfig, ckpt: Path) -> None:
     try:
-        theirs = layout.model_config(layout.read_meta(ckpt), ckpt).to_dict()
+        theirs = checkpoint_model_config(layout.read_meta(ckpt), ckpt).to_dict()
     except layout.CheckpointLayoutError as err:
         raise ConfigError("model", f"cannot compare with the model of {ckpt}: {err}") from err
     diffs = [f"{k}: checkpoint {theirs[k]!r} != run {v!r}" for k, v in ours.to_dict().items()

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lct_train.core import flow
 from lct_train.data.seeding import stable_seed
 from lct_train.model.layout import PackedMeta
-from lct_train.train import flow
 
 NOISE_STREAM = "lct-train/noise"
 

@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(cfg) -> int:
-    from lct_train.config.validate import ConfigError
+    from lct_train.core.errors import ConfigError
     from lct_train.parallel.dist import init_distributed, shutdown
     from lct_train.train.trainer import Trainer
 

@@ -20,15 +20,16 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from lct_train.config.build import data_config, model_config
-from lct_train.config.validate import ConfigError
+from lct_train.config.schema import TrainConfig
+from lct_train.config.store import to_dict, to_yaml
+from lct_train.core import checkpoint_layout as layout
+from lct_train.core.dtypes import dtype_of
+from lct_train.core.errors import ConfigError
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import World, set_train_timeout
-from lct_train.parallel.parallelize import DTYPES, materialize, parallelize
+from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.train import checkpoint as ckpt_lib
-from lct_train.train import checkpoint_layout as layout
 from lct_train.train.batches import LoaderBatches, SyntheticBatches
 from lct_train.train.ema import EMA
 from lct_train.train.flops import FlopCounter, peak_flops
@@ -57,14 +58,14 @@ def git_revision() -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, world: World):
+    def __init__(self, cfg: TrainConfig, world: World):
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run_dir)
-        self.model_cfg = model_config(cfg)
+        self.model_cfg = cfg.model
         self.state = {"step": 0, "skipped_steps": 0, "consecutive_skips": 0}
         if world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         self.git_revision = git_revision() if world.is_main else ""
 
         torch.manual_seed(cfg.seed)
@@ -83,7 +84,7 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, world.is_main, cfg.steps,
                                      world.size, peak_flops(cfg.logging.peak_tflops, world.device))
         self.step_inputs = StepInputs(
-            device=world.device, compute_dtype=DTYPES[cfg.parallel.param_dtype],
+            device=world.device, compute_dtype=dtype_of(cfg.parallel.param_dtype),
             mask=cfg.stage.mask, text_rope=self.model_cfg.text_rope, seed=cfg.seed,
             dp_rank=world.dp_rank, dp_size=world.dp_size, grad_accum=cfg.optim.grad_accum,
             t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
@@ -104,7 +105,7 @@ class Trainer:
         if cfg.data_source == "synthetic":
             return SyntheticBatches(self.model_cfg, cfg.synthetic, cfg.seed, w.dp_rank,
                                     cfg.optim.grad_accum)
-        return LoaderBatches(data_config(cfg), self.model_cfg, w.dp_rank, w.dp_size, cfg.optim.grad_accum)
+        return LoaderBatches(cfg.data, self.model_cfg, w.dp_rank, w.dp_size, cfg.optim.grad_accum)
 
     def _resume_path(self) -> Path | None:
         resume = self.cfg.resume
@@ -157,7 +158,7 @@ class Trainer:
         meta = {"stage": self.cfg.stage.name, "mask": self.cfg.stage.mask,
                 "world_size": self.world.size, "dp_world_size": self.world.dp_size,
                 "git_revision": self.git_revision, "keys": sorted(states),
-                "config": OmegaConf.to_container(self.cfg, resolve=True),
+                "config": to_dict(self.cfg),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path = self.ckpt.save(step, states, meta)
         self.metrics.text(f"lct-train: saved {path}")

@@ -21,16 +21,17 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from lct_train.config.validate import ConfigError
+from lct_train.core.errors import ConfigError
 from lct_train.data.augment import Scene
 from lct_train.data.codecs import build_codec
 from lct_train.data.loader import list_shards
 from lct_train.data.packing import collate
-from lct_train.data.schema import DatasetInfo, decode_scene, load_empty_prompt, scene_tokens
+from lct_train.data.schema import DatasetInfo, decode_scene, load_empty_prompt
 from lct_train.data.seeding import stable_seed
 from lct_train.data.tario import MemberReader, index_shard
 from lct_train.eval.report import score_scene
 from lct_train.eval.scenes import EvalInputError, read_truth
+from lct_train.model.geometry import scene_spec
 from lct_train.model.layout import build_packed_meta
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.modes import JOINT, PlannedShot, generate_scene
@@ -58,8 +59,8 @@ def load_heldout(root: str, limit: int, patch, dummy_grid) -> list[Scene]:
         raise ConfigError("eval.data", f"{root} holds no scenes")
     records = sorted(records, key=lambda r: r.key)[:limit]
     return [Scene(r.key, "validation", r.latents, r.text, r.pooled,
-                  scene_tokens([tuple(z.shape) for z in r.latents], [t.shape[0] for t in r.text],
-                               patch, dummy_grid)) for r in records]
+                  scene_spec([t.shape[0] for t in r.text], [z.shape for z in r.latents], patch,
+                             dummy_grid)) for r in records]
 
 
 class Validator:
@@ -95,8 +96,7 @@ class Validator:
             index = rank + i * dp
             weight = 1.0 if index < n else 0.0
             scene = self.scenes[index if index < n else 0]
-            mb = collate([scene], self.model_cfg.patch_size, self.model_cfg.dummy_grid,
-                         scene.tokens)
+            mb = collate([scene], self.model_cfg.patch_size, scene.tokens)
             meta = build_packed_meta(mb.specs, mask=inp.mask, text_rope=inp.text_rope, device=dev)
             video = mb.video.to(dev).float()
             gen = torch.Generator(device=dev)

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from lct_train.convert.errors import ConversionError, format_keys
+from lct_train.core.errors import ConversionError, format_keys
 
 INDEX_SUFFIX = ".safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # 5 GiB, the Hugging Face default shard size

@@ -1,6 +1,7 @@
-"""Conversion errors and the strict key/shape check shared by every conversion path.
+"""The error types shared across packages, and the strict key/shape check of every weight path.
 
-Every failure names its culprit: the file, the missing / unexpected keys, the mismatched shapes.
+Every failure names its culprit: the dotted config key, the file, the missing / unexpected keys,
+the mismatched shapes.
 """
 
 from __future__ import annotations
@@ -8,6 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 MAX_KEYS_LISTED = 40  # keys printed per category before the list is elided
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; ``key`` is its dotted path."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
 
 
 class ConversionError(RuntimeError):

@@ -2,9 +2,9 @@
 
 Owns: the directory naming (``<run>/checkpoints/step-<NNNNNNNN>/``, temporary ``*.tmp-*``
 names), what counts as a checkpoint (a directory holding ``lct_meta.json``; ``*.tmp-*`` never
-does), the choice of the newest valid one, reading ``lct_meta.json`` (and the model config,
-mask and context window it records), and which weight sets (``ema`` / ``model``) a checkpoint
-stores. Nothing here needs a process group or imports torch.distributed at import time.
+does), the choice of the newest valid one, reading ``lct_meta.json`` (and the mask and context
+window it records; ``convert.model_spec`` reads its model config), and which weight sets
+(``ema`` / ``model``) a checkpoint stores. Nothing here needs a process group or imports torch.distributed at import time.
 
 Errors name the culprit path: ``NoCheckpointError`` (a ``FileNotFoundError``) and
 ``BadMetaError`` (a ``ValueError``), both ``CheckpointLayoutError``; callers re-raise them as
@@ -115,21 +115,6 @@ def read_meta(ckpt: str | os.PathLike) -> dict:
         raise BadMetaError(f"{file} does not hold a JSON object")
     return meta
 
-
-def model_config(meta: dict, ckpt: str | os.PathLike):
-    """The ``ModelConfig`` recorded in ``lct_meta.json`` under ``config.model`` (the resolved
-    run config the trainer writes); ``BadMetaError`` naming the file when absent or invalid."""
-    from lct_train.model.config import ModelConfig
-
-    file = Path(ckpt) / META_FILE
-    config = meta.get("config")
-    data = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(data, dict):
-        raise BadMetaError(f"{file} holds no model config (config.model)")
-    try:
-        return ModelConfig.from_dict(data)
-    except (TypeError, ValueError) as err:
-        raise BadMetaError(f"{file}: config.model is not a valid ModelConfig: {err}") from err
 
 
 def run_settings(meta: dict) -> dict:

@@ -87,7 +87,7 @@ def _fmt(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lct_train.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m data_tools.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default demo_out)")
     parser.add_argument("--stage1-steps", type=int, default=None, help="override stage-1 steps")
