@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
               "rows": list(rows.values()),
               "expectation": {text: ok for text, ok, _ in verdicts}}
     (root / "consistency.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps({f"{k}_{m}": rows[(k, m)][f"hidden_{s}"] for k, m in
+    print(json.dumps({f"{k}_{m}_{s}": rows[(k, m)][f"hidden_{s}"] for k, m in
                       (("a", "joint"), ("b", "joint"), ("c", "ar-kv"))
                       for s in ("agreement", "excess")}
                      | {"expectation_met": all(ok for _, ok, _ in verdicts)}))
