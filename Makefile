@@ -6,6 +6,8 @@ NPROC   ?= 1
 NNODES  ?= 1
 ARGS    ?=
 TORCHRUN := $(PYTHON) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(NPROC)
+# stamp of the last `make install`
+INSTALLED := .installed
 
 .PHONY: help install demo test test-fast lint stage1 causal-ft bench
 
@@ -23,28 +25,34 @@ install:
 	  && echo "torch $$($(PYTHON) -c 'import torch; print(torch.__version__)') found: leaving it alone" \
 	  || $(PIP) install "torch==$(TORCH_VERSION)"
 	$(PIP) install -e ".[dev]"
+	@touch $(INSTALLED)
 
-demo: install
+# Every command below stands alone on a fresh clone: it installs first when the package (or
+# its dependencies' declaration) is newer than the last install.
+$(INSTALLED): setup.py setup.cfg pyproject.toml
+	$(MAKE) install
+
+demo: $(INSTALLED)
 	$(PYTHON) -m data_tools.demo $(ARGS)
 
 # ruff, then the layer contracts of setup.cfg ([importlinter]).
-lint:
+lint: $(INSTALLED)
 	$(PYTHON) -m ruff check src data_tools tests bench
 	$(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command()" --no-cache
 
 test: lint
 	$(PYTHON) -m pytest -q
 
-test-fast:
+test-fast: $(INSTALLED)
 	$(PYTHON) -m pytest -q -m "not slow"
 
-stage1:
+stage1: $(INSTALLED)
 	$(TORCHRUN) -m lct_train.train.main stage=lct $(ARGS)
 
-causal-ft:
+causal-ft: $(INSTALLED)
 	$(TORCHRUN) -m lct_train.train.main stage=causal_ft $(ARGS)
 
-bench:
+bench: $(INSTALLED)
 	$(PYTHON) bench/attention_block.py
 	$(PYTHON) bench/loader_throughput.py
 	$(PYTHON) bench/train_step.py

@@ -16,6 +16,8 @@ import argparse
 import dataclasses
 import math
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +27,7 @@ from lct_train.model.mmdit import LCTModel
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.modes import AR, AR_KV, PlannedShot, generate_scene
 from lct_train.sample.sampler import COND, UNCOND, Sampler, SamplingSettings
+from lct_train.train.flops import ATTN_MATMULS, MATMUL_FLOPS
 
 GOAL_FRACTION = 0.8
 SEED = 0
@@ -45,21 +48,27 @@ BENCH_MODEL = dict(  # attention-heavy for its size, like long scenes are
     dummy_grid=(1, 2, 2),
     attn_backend="reference",
 )
-FLOPS_PER_MAC = 2
-ATTN_MATMULS = 2  # Q K^T and P V
 
 
-def _prompt(gen: torch.Generator, cfg: ModelConfig) -> PromptEmbedding:
+@dataclass(frozen=True)
+class ShotGeometry:
+    """Every shot's latent and every prompt's text length (global and shots)."""
+
+    text_tokens: int = TEXT_TOKENS
+    shot_latent: tuple[int, int, int, int] = SHOT_LATENT
+
+
+def _prompt(gen: torch.Generator, cfg: ModelConfig, text_tokens: int) -> PromptEmbedding:
     return PromptEmbedding(
-        torch.randn(TEXT_TOKENS, cfg.text_dim, generator=gen),
+        torch.randn(text_tokens, cfg.text_dim, generator=gen),
         torch.randn(cfg.pooled_dim, generator=gen),
     )
 
 
-def _group_tokens(cfg: ModelConfig, text_tokens: int = TEXT_TOKENS) -> tuple[int, int]:
+def _group_tokens(cfg: ModelConfig, geo: ShotGeometry, text_tokens: int) -> tuple[int, int]:
     """Joint tokens of the global group and of one shot, each with ``text_tokens`` text."""
     return (text_tokens + cfg.num_dummy_tokens,
-            text_tokens + math.prod(patch_grid(SHOT_LATENT, cfg.patch_size)))
+            text_tokens + math.prod(patch_grid(geo.shot_latent, cfg.patch_size)))
 
 
 def _pairs(prefix: int, groups: list[int]) -> int:
@@ -71,21 +80,22 @@ def _pairs(prefix: int, groups: list[int]) -> int:
     return total
 
 
-def branch_text_tokens(branches) -> list[int]:
+def branch_text_tokens(branches, geo: ShotGeometry) -> list[int]:
     """Text tokens per group in each guidance branch: the prompts (cond), the empty prompt
     (uncond)."""
-    return [{COND: TEXT_TOKENS, UNCOND: EMPTY_PROMPT_TOKENS}[b] for b in branches]
+    return [{COND: geo.text_tokens, UNCOND: EMPTY_PROMPT_TOKENS}[b] for b in branches]
 
 
-def flop_counts(cfg: ModelConfig, n: int, steps: int, text_tokens: list[int], block_params: int):
+def flop_counts(cfg: ModelConfig, geo: ShotGeometry, n: int, steps: int, text_tokens: list[int],
+                block_params: int):
     """(attention FLOPs, total FLOPs) of recompute and of the KV cache for n AR shots;
     ``text_tokens``: text tokens per group of each guidance branch (``branch_text_tokens``)."""
-    per_pair = FLOPS_PER_MAC * ATTN_MATMULS * cfg.hidden_size
+    per_pair = MATMUL_FLOPS * ATTN_MATMULS * cfg.hidden_size
     layers = cfg.num_dual_blocks + cfg.num_single_blocks
-    per_token = FLOPS_PER_MAC * block_params
+    per_token = MATMUL_FLOPS * block_params
     rec_attn = rec_tok = kv_attn = kv_tok = 0
     for text in text_tokens:  # one forward per branch, each with its own prompt lengths
-        glob, shot = _group_tokens(cfg, text)
+        glob, shot = _group_tokens(cfg, geo, text)
         for k in range(n):  # shot k after k history shots
             groups = [glob] + [shot] * (k + 1)
             rec_attn += steps * _pairs(0, groups)
@@ -101,24 +111,77 @@ def flop_counts(cfg: ModelConfig, n: int, steps: int, text_tokens: list[int], bl
     )
 
 
-def run(n: int, sampler: Sampler, cfg: ModelConfig, mode: str):
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(n: int, sampler: Sampler, cfg: ModelConfig, geo: ShotGeometry, mode: str):
     gen = torch.Generator().manual_seed(SEED)
-    global_prompt = _prompt(gen, cfg)
-    shots = [PlannedShot(f"shot {i}", _prompt(gen, cfg), SEED + i, SHOT_LATENT) for i in range(n)]
+    global_prompt = _prompt(gen, cfg, geo.text_tokens)
+    shots = [PlannedShot(f"shot {i}", _prompt(gen, cfg, geo.text_tokens), SEED + i,
+                         geo.shot_latent) for i in range(n)]
+    sync(sampler.device)
     start = time.perf_counter()
-    out = generate_scene(sampler, global_prompt, shots, mode)
+    out = generate_scene(sampler, global_prompt, shots, mode)  # shots come back on the host
     return time.perf_counter() - start, torch.stack([s.latent for s in out])
 
 
-def best_of(repeat: int, n: int, sampler: Sampler, cfg: ModelConfig):
+def best_of(repeat: int, n: int, sampler: Sampler, cfg: ModelConfig, geo: ShotGeometry):
     """Best wall time of each mode over ``repeat`` interleaved runs (the CPUs are shared)."""
     times: dict[str, list[float]] = {AR: [], AR_KV: []}
     latents = {}
     for _ in range(repeat):
         for mode in (AR, AR_KV):
-            seconds, latents[mode] = run(n, sampler, cfg, mode)
+            seconds, latents[mode] = run(n, sampler, cfg, geo, mode)
             times[mode].append(seconds)
     return min(times[AR]), min(times[AR_KV]), latents[AR], latents[AR_KV]
+
+
+def bench_model_config(**overrides) -> ModelConfig:
+    """The benchmark's context-causal model: ``BENCH_MODEL`` unless overridden."""
+    return dataclasses.replace(ModelConfig(), **{**BENCH_MODEL, **overrides})
+
+
+def build_sampler(cfg: ModelConfig, steps: int, guidance: float, window: int,
+                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """(sampler, parameters of the blocks) of a random context-causal model."""
+    torch.manual_seed(SEED)
+    model = LCTModel(cfg).to(device, dtype).eval()
+    block_params = sum(
+        p.numel()
+        for m in (model.transformer_blocks, model.single_transformer_blocks)
+        for p in m.parameters()
+    )
+    settings = SamplingSettings(steps=steps, guidance=guidance, t_c=0.3)
+    sampler = Sampler(
+        model,
+        cfg,
+        PromptEmbedding(torch.zeros(EMPTY_PROMPT_TOKENS, cfg.text_dim), torch.zeros(cfg.pooled_dim)),
+        mask="causal",
+        window=window,
+        settings=settings,
+    )
+    return sampler, block_params
+
+
+def kv_rows(sampler: Sampler, cfg: ModelConfig, geo: ShotGeometry, block_params: int,
+            shots: Iterable[int], repeat: int, warmup: bool = True) -> Iterator[dict]:
+    """One row per n: both wall times, speedup, FLOPs and ratios, max |diff|, goal."""
+    for mode in (AR, AR_KV) if warmup else ():  # warm-up (on CUDA: compile) both paths
+        run(2, sampler, cfg, geo, mode)
+    steps = sampler.settings.steps
+    for n in shots:
+        t_rec, t_kv, z_rec, z_kv = best_of(repeat, n, sampler, cfg, geo)
+        (a_rec, f_rec), (a_kv, f_kv) = flop_counts(
+            cfg, geo, n, steps, branch_text_tokens(sampler.branches, geo), block_params
+        )
+        speedup, ratio = t_rec / t_kv, a_rec / a_kv
+        yield {"n": n, "recompute_s": t_rec, "kv_s": t_kv, "speedup": speedup,
+               "attn_gflop_recompute": a_rec / 1e9, "attn_gflop_kv": a_kv / 1e9,
+               "attn_ratio": ratio, "total_ratio": f_rec / f_kv,
+               "max_abs_diff": (z_rec.float() - z_kv.float()).abs().max().item(),
+               "goal": "PASS" if speedup >= GOAL_FRACTION * ratio else "FAIL"}
 
 
 def main() -> None:
@@ -133,25 +196,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="best of R runs (shared CPUs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = dataclasses.replace(ModelConfig(), **BENCH_MODEL)
-    torch.manual_seed(SEED)
-    model = LCTModel(cfg).eval()
-    block_params = sum(
-        p.numel()
-        for m in (model.transformer_blocks, model.single_transformer_blocks)
-        for p in m.parameters()
-    )
-    settings = SamplingSettings(steps=args.steps, guidance=args.guidance, t_c=0.3)
-    sampler = Sampler(
-        model,
-        cfg,
-        PromptEmbedding(torch.zeros(EMPTY_PROMPT_TOKENS, cfg.text_dim), torch.zeros(cfg.pooled_dim)),
-        mask="causal",
-        window=args.max_shots,
-        settings=settings,
-    )
-    run(2, sampler, cfg, AR_KV)  # warm-up
-    glob, shot = _group_tokens(cfg)
+    cfg, geo = bench_model_config(), ShotGeometry()
+    sampler, block_params = build_sampler(cfg, args.steps, args.guidance, args.max_shots)
+    glob, shot = _group_tokens(cfg, geo, geo.text_tokens)
     print(
         f"kv_cache_sampling: hidden={cfg.hidden_size} layers="
         f"{cfg.num_dual_blocks}+{cfg.num_single_blocks} shot={shot} tokens global={glob} "
@@ -163,17 +210,13 @@ def main() -> None:
         f"{'attn GF kv':>10} {'attn ratio':>10} {'total ratio':>11} {'max|diff|':>9} "
         f"goal(>={GOAL_FRACTION}x attn)"
     )
-    for n in range(args.min_shots, args.max_shots + 1):
-        t_rec, t_kv, z_rec, z_kv = best_of(args.repeat, n, sampler, cfg)
-        (a_rec, f_rec), (a_kv, f_kv) = flop_counts(
-            cfg, n, args.steps, branch_text_tokens(sampler.branches), block_params
-        )
-        speedup, ratio = t_rec / t_kv, a_rec / a_kv
-        ok = "PASS" if speedup >= GOAL_FRACTION * ratio else "FAIL"
+    for r in kv_rows(sampler, cfg, geo, block_params, range(args.min_shots, args.max_shots + 1),
+                     args.repeat):
         print(
-            f"{n:>2} {t_rec:>11.2f} {t_kv:>7.2f} {speedup:>7.2f} {a_rec / 1e9:>11.2f} "
-            f"{a_kv / 1e9:>10.2f} {ratio:>10.2f} {f_rec / f_kv:>11.2f} "
-            f"{(z_rec - z_kv).abs().max().item():>9.1e} {ok}"
+            f"{r['n']:>2} {r['recompute_s']:>11.2f} {r['kv_s']:>7.2f} {r['speedup']:>7.2f} "
+            f"{r['attn_gflop_recompute']:>11.2f} {r['attn_gflop_kv']:>10.2f} "
+            f"{r['attn_ratio']:>10.2f} {r['total_ratio']:>11.2f} {r['max_abs_diff']:>9.1e} "
+            f"{r['goal']}", flush=True
         )
 
 

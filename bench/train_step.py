@@ -2,6 +2,8 @@
 
 Runs the real training step (FSDP2 over a one-rank gloo group, synthetic scenes, fp32 on CPU)
 in one process: warm-up steps, then timed steps. Prints one line per model.
+``bench/gpu_suite.py`` builds its trainers with ``make_trainer`` and summarises with
+``summarise``.
 
     python bench/train_step.py [--models tiny small] [--steps 10] [--warmup 3] [--threads 2]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Sequence
 
 import torch
 
@@ -19,26 +22,46 @@ STEPS = 10
 THREADS = 2
 
 
-def bench(model: str, steps: int, warmup: int, device: str, extra: list[str]) -> dict:
+def bench_overrides(model: str, steps: int, device: str, run_dir: str) -> list[str]:
+    """Hydra overrides of a benchmark run: synthetic scenes, nothing written, no resume."""
+    dtype = "float32" if device == "cpu" else "bfloat16"
+    return [f"model={model}", "data_source=synthetic", f"steps={steps}", "resume=none",
+            f"run_dir={run_dir}", "checkpoint.enabled=false", "logging.console=false",
+            "logging.tensorboard=false", "logging.jsonl=false", f"parallel.device={device}",
+            f"parallel.param_dtype={dtype}"]
+
+
+def make_trainer(overrides: Sequence[str]):
+    """The real ``Trainer`` of the composed config, in a one-process group."""
     from lct_train.config.store import compose_config
     from lct_train.parallel.dist import init_distributed
     from lct_train.train.trainer import Trainer
 
-    dtype = "float32" if device == "cpu" else "bfloat16"
-    cfg = compose_config([
-        f"model={model}", "data_source=synthetic", f"steps={warmup + steps}", "resume=none",
-        f"run_dir=/tmp/lct-bench-{model}", "checkpoint.enabled=false", "logging.console=false",
-        "logging.tensorboard=false", "logging.jsonl=false", f"parallel.device={device}",
-        f"parallel.param_dtype={dtype}", "synthetic.scenes_per_batch=2", "synthetic.max_shots=3",
-        "synthetic.max_grid=[4,8,8]", "synthetic.max_text_len=32", *extra])
-    trainer = Trainer(cfg, init_distributed(cfg.parallel))
-    records = trainer.train()[warmup:]
-    step_s = statistics.median(r["step_time_s"] for r in records)
-    return {"model": model, "step_s": step_s,
-            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
-            "tflops": statistics.median(r["tflops_per_device"] for r in records),
-            "tokens_per_step": statistics.median(r["tokens_per_s"] * r["step_time_s"]
-                                                 for r in records)}
+    cfg = compose_config(list(overrides))
+    return Trainer(cfg, init_distributed(cfg.parallel))
+
+
+def summarise(records: Sequence[dict]) -> dict:
+    """Medians over the timed steps' records (``MetricsLogger.record``); peak memory: the max."""
+    def median(key):
+        return statistics.median(r[key] for r in records)
+
+    out = {"step_s": median("step_time_s"), "tokens_per_s": median("tokens_per_s"),
+           "tflops": median("tflops_per_device"),
+           "tokens_per_step": statistics.median(r["tokens_per_s"] * r["step_time_s"]
+                                                for r in records),
+           "peak_memory_gb": max(r["peak_memory_gb"] for r in records)}
+    if all("mfu" in r for r in records):
+        out["mfu"] = median("mfu")
+    return out
+
+
+def bench(model: str, steps: int, warmup: int, device: str, extra: list[str]) -> dict:
+    overrides = [*bench_overrides(model, warmup + steps, device, f"/tmp/lct-bench-{model}"),
+                 "synthetic.scenes_per_batch=2", "synthetic.max_shots=3",
+                 "synthetic.max_grid=[4,8,8]", "synthetic.max_text_len=32", *extra]
+    records = make_trainer(overrides).train()[warmup:]
+    return {"model": model, **summarise(records)}
 
 
 def main() -> int:

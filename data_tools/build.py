@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_tools.manifest import SceneEntry, read_manifest
+from data_tools.manifest import PLACEHOLDER, SceneEntry, placeholder_prompts, read_manifest
 from data_tools.scene_encoder import FrameSpec, encode_prompts, encode_scene_entry
 from data_tools.shard_writer import ChunkWriter, remove_chunk
 from lct_train.data.codecs import build_codec
-from lct_train.data.schema import SHARDS_DIR, DatasetInfo, save_empty_prompt
+from lct_train.data.schema import CHECKSUM_KIND, SHARDS_DIR, DatasetInfo, save_empty_prompt
 from lct_train.data.text_encoders import build_text_encoder
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class BuildConfig:
     shard_size_mb: float = 512.0
     workers: int = 1  # processes per rank
     device: str = "cpu"
+    allow_placeholder_prompts: bool = False  # build scenes whose prompts are split's TODOs
 
 
 def _dist() -> tuple[int, int]:
@@ -67,6 +68,7 @@ def write_dataset_info(cfg: BuildConfig, codec, text_encoder) -> DatasetInfo:
         temporal_factor=codec.temporal_factor, spatial_factor=codec.spatial_factor,
         image_frame=codec.image_frame, fps=cfg.fps, area=cfg.area,
         extra={"scaling_factor": codec.scaling_factor, "patch": cfg.patch, "build": asdict(cfg)},
+        member_checksums=CHECKSUM_KIND,
     )
     info.write(cfg.out)
     return info
@@ -121,10 +123,22 @@ def _watch(procs: list, counter, total: int) -> None:
         raise RuntimeError(f"{len(bad)} build worker(s) failed (exit codes {bad}); re-run to resume")
 
 
+def refuse_placeholders(manifest: str, scenes: list[SceneEntry]) -> None:
+    """``ValueError`` naming the first scenes whose prompts are still ``split``'s placeholders."""
+    found = [(s.key, where) for s in scenes if (where := placeholder_prompts(s))]
+    if found:
+        named = "; ".join(f"scene {key}: {', '.join(where)}" for key, where in found[:3])
+        more = f" (and {len(found) - 3} more scenes)" if len(found) > 3 else ""
+        raise ValueError(f"{manifest}: placeholder {PLACEHOLDER} prompts left by lct-shards split "
+                         f"in {named}{more}: caption them, or pass --allow-placeholder-prompts")
+
+
 def build(cfg: BuildConfig) -> dict:
     """Builds (or resumes) the dataset; returns a summary."""
     rank, world = _dist()
     scenes = read_manifest(cfg.manifest)
+    if not cfg.allow_placeholder_prompts:
+        refuse_placeholders(cfg.manifest, scenes)
     shard_dir = Path(cfg.out) / SHARDS_DIR
     (shard_dir / DONE_DIR).mkdir(parents=True, exist_ok=True)
     workers = max(1, cfg.workers)

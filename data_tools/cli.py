@@ -8,65 +8,103 @@ import logging
 import sys
 
 from data_tools.build import BuildConfig, build
-from data_tools.inspect_shards import inspect_dataset, verify_dataset
+from data_tools.inspect_shards import format_summary, inspect_dataset, verify_dataset
 from data_tools.split import DEFAULT_THRESHOLD, split_video
 from data_tools.synth import SynthConfig, write_synth
+from lct_train.data.schema import DEFAULT_MAX_LATENT_ABS
+
+ERROR_STATUS = 2
+# Help of the synth options (one per SynthConfig field).
+SYNTH_HELP = {
+    "num_scenes": "scenes to render",
+    "min_shots": "fewest shots per scene",
+    "max_shots": "most shots per scene",
+    "min_frames": "fewest frames per shot",
+    "max_frames": "most frames per shot",
+    "height": "frame height in pixels (even)",
+    "width": "frame width in pixels (even)",
+    "fps": "frames per second of the rendered mp4s",
+    "p_continuous": "share of scenes that are one continuous take split into segments",
+    "max_characters": "most characters per scene",
+    "seed": "random seed (the same seed renders the same set)",
+    "hidden": "characters' colours, sizes, textures and the room's colour and pattern drawn "
+              "per scene and named in no prompt (--no-hidden: named and prompted)",
+}
 
 
 def _triple(text: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in text.split(","))  # type: ignore[return-value]
 
 
+def _sub(sub, name: str, text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text,
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lct-shards", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    b = sub.add_parser("build", help="encode a JSONL scene manifest into webdataset shards")
-    b.add_argument("manifest")
+    b = _sub(sub, "build", "encode a JSONL scene manifest into webdataset scene shards")
+    b.add_argument("manifest", help="JSONL manifest, one scene per line (see README: Data)")
     b.add_argument("out", help="dataset directory (shards/, dataset.json, empty_prompt.safetensors)")
     b.add_argument("--vae", default="pixel:2", help="pixel[:F] | tiny-hunyuan | hunyuan:PATH")
     b.add_argument("--text-encoder", default="minilm", help="minilm | tiny | hf:PATH")
-    b.add_argument("--fps", type=float, default=8.0)
-    b.add_argument("--area", type=int, default=64 * 64, help="target pixel area (paper: 230400 = 480x480)")
-    b.add_argument("--patch", type=int, default=2, help="model spatial patch size")
-    b.add_argument("--max-frames", type=int, default=None)
-    b.add_argument("--scenes-per-shard", type=int, default=64)
-    b.add_argument("--shard-size-mb", type=float, default=512.0)
+    b.add_argument("--fps", type=float, default=8.0, help="frames sampled per second of video")
+    b.add_argument("--area", type=int, default=64 * 64,
+                   help="target pixel area per frame, aspect kept (paper: 230400 = 480x480)")
+    b.add_argument("--patch", type=int, default=2,
+                   help="model spatial patch size (sizes are multiples of VAE factor x patch)")
+    b.add_argument("--max-frames", type=int, default=None,
+                   help="most frames per shot (None: no limit)")
+    b.add_argument("--scenes-per-shard", type=int, default=64, help="scenes per build chunk")
+    b.add_argument("--shard-size-mb", type=float, default=512.0,
+                   help="a chunk's shard rolls over to a new part beyond this size")
     b.add_argument("--workers", type=int, default=1, help="processes per rank (torchrun adds ranks)")
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", default="cpu", help="device of the VAE and text encoder")
+    b.add_argument("--allow-placeholder-prompts", action="store_true",
+                   help="build scenes whose prompts are still split's TODO placeholders")
 
-    s = sub.add_parser("split", help="shot-detect a long video into a manifest skeleton")
-    s.add_argument("video")
-    s.add_argument("out_manifest")
-    s.add_argument("--max-shots", type=int, default=9)
-    s.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    s.add_argument("--min-scene-len", type=int, default=15, help="frames")
+    s = _sub(sub, "split", "shot-detect a long video into a manifest skeleton (TODO prompts)")
+    s.add_argument("video", help="the video file to cut into shots")
+    s.add_argument("out_manifest", help="JSONL manifest to write")
+    s.add_argument("--max-shots", type=int, default=9, help="most shots per scene")
+    s.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="PySceneDetect ContentDetector threshold")
+    s.add_argument("--min-scene-len", type=int, default=15, help="shortest shot, in frames")
 
-    y = sub.add_parser("synth", help="render a procedural multi-shot dataset (mp4 + manifest + gt)")
-    y.add_argument("out")
+    y = _sub(sub, "synth", "render a procedural multi-shot dataset (mp4 + manifest + ground truth)")
+    y.add_argument("out", help="output directory")
     for name, field in SynthConfig.__dataclass_fields__.items():
         flag = f"--{name.replace('_', '-')}"
         if isinstance(field.default, bool):  # --hidden / --no-hidden
-            y.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            y.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                           help=SYNTH_HELP[name])
         else:
-            y.add_argument(flag, type=type(field.default), default=field.default)
+            y.add_argument(flag, type=type(field.default), default=field.default,
+                           help=SYNTH_HELP[name])
 
-    for name, text in (("inspect", "dataset statistics"), ("verify", "decode every sample")):
-        q = sub.add_parser(name, help=text)
-        q.add_argument("dataset")
-        if name == "inspect":
-            q.add_argument("--patch-size", type=_triple, default=(1, 2, 2))
-            q.add_argument("--dummy-grid", type=_triple, default=(1, 1, 1))
+    q = _sub(sub, "inspect", "dataset statistics: counts, shot sizes, tokens-per-scene histogram")
+    q.add_argument("dataset", help="dataset directory written by lct-shards build")
+    q.add_argument("--patch-size", type=_triple, default=(1, 2, 2),
+                   help="model patch pt,ph,pw used to count tokens")
+    q.add_argument("--dummy-grid", type=_triple, default=(1, 1, 1),
+                   help="model global-group dummy grid F,H,W used to count tokens")
+    q.add_argument("--json", action="store_true", help="print the figures as JSON (for scripts)")
+
+    v = _sub(sub, "verify", "decode and check every sample as the loader does; exit 1 if any is bad")
+    v.add_argument("dataset", help="dataset directory written by lct-shards build")
+    v.add_argument("--max-latent-abs", type=float, default=DEFAULT_MAX_LATENT_ABS,
+                   help="a latent value beyond this makes a sample bad (data.max_latent_abs; 0: "
+                        "only NaN/inf)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+def _run(args) -> int:
     if args.cmd == "build":
         cfg = BuildConfig(args.manifest, args.out, args.vae, args.text_encoder, args.fps, args.area,
                           args.patch, args.max_frames, args.scenes_per_shard, args.shard_size_mb,
-                          args.workers, args.device)
+                          args.workers, args.device, args.allow_placeholder_prompts)
         print(json.dumps(build(cfg)))
     elif args.cmd == "split":
         scenes = split_video(args.video, args.out_manifest, max_shots=args.max_shots,
@@ -77,14 +115,25 @@ def main(argv: list[str] | None = None) -> int:
         scenes = write_synth(SynthConfig(**opts), args.out)
         print(f"{len(scenes)} scenes -> {args.out}/manifest.jsonl")
     elif args.cmd == "inspect":
-        print(json.dumps(inspect_dataset(args.dataset, args.patch_size, args.dummy_grid), indent=2))
+        stats = inspect_dataset(args.dataset, args.patch_size, args.dummy_grid)
+        print(json.dumps(stats, indent=2) if args.json else format_summary(args.dataset, stats))
     elif args.cmd == "verify":
-        good, bad = verify_dataset(args.dataset)
+        good, bad = verify_dataset(args.dataset, args.max_latent_abs)
         for shard, key, reason in bad:
             print(f"BAD {shard} {key}: {reason}")
         print(f"{good} good, {len(bad)} bad samples")
         return 1 if bad or good == 0 else 0
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, OSError) as exc:  # bad manifest, paths, dataset: one line
+        print(f"lct-shards {args.cmd}: error: {exc}", file=sys.stderr)
+        return ERROR_STATUS
 
 
 if __name__ == "__main__":

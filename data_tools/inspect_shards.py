@@ -14,11 +14,18 @@ from pathlib import Path
 import torch
 
 from lct_train.data.loader import list_shards
-from lct_train.data.schema import META_EXT, BadSampleError, DatasetInfo, decode_scene
+from lct_train.data.schema import (
+    DEFAULT_MAX_LATENT_ABS,
+    META_EXT,
+    BadSampleError,
+    DatasetInfo,
+    decode_scene,
+)
 from lct_train.data.tario import MemberReader, index_shard
 from lct_train.model.geometry import scene_spec
 
 HISTOGRAM_BINS = 10
+BAR_WIDTH = 40
 
 
 def iter_meta(root: str | Path):
@@ -72,8 +79,34 @@ def inspect_dataset(root: str | Path, patch=(1, 2, 2), dummy_grid=(1, 1, 1)) -> 
     }
 
 
-def verify_dataset(root: str | Path) -> tuple[int, list[tuple[str, str, str]]]:
-    """``(good sample count, [(shard, key, reason), ...])``."""
+def format_summary(root: str | Path, stats: dict, bar_width: int = BAR_WIDTH) -> str:
+    """``inspect_dataset``'s figures as a readable report with a tokens-per-scene histogram."""
+
+    def row(name: str, s: dict) -> str:
+        return f"  {name:<18} min {s['min']:>7}   mean {s['mean']:>9}   max {s['max']:>7}"
+
+    grid = "x".join(map(str, stats["patch"])), "x".join(map(str, stats["dummy_grid"]))
+    sources = ", ".join(f"{k or '(none)'} {v}" for k, v in stats["sources"].items())
+    lines = [f"{root}: {stats['shards']} shards, {stats['scenes']} scenes, {stats['shots']} shots"
+             f" (sources: {sources})",
+             f"  encoders: vae {stats['encoders']['vae']}, text {stats['encoders']['text']}",
+             row("shots per scene", stats["shots_per_scene"]),
+             row("latent frames", stats["latent_frames"]),
+             row("latent height", stats["latent_height"]),
+             row("latent width", stats["latent_width"]),
+             row("tokens per scene", stats["tokens_per_scene"]),
+             f"  tokens per scene (patch {grid[0]}, global dummy grid {grid[1]}):"]
+    top = max(count for _, _, count in stats["tokens_histogram"])
+    for lo, hi, count in stats["tokens_histogram"]:
+        bar = "#" * round(bar_width * count / top) if top else ""
+        lines.append(f"  {lo:>8}-{hi:<8} | {bar:<{bar_width}} {count}")
+    return "\n".join(lines)
+
+
+def verify_dataset(root: str | Path, max_latent_abs: float = DEFAULT_MAX_LATENT_ABS,
+                   ) -> tuple[int, list[tuple[str, str, str]]]:
+    """``(good sample count, [(shard, key, reason), ...])``; checks like the loader (member
+    checksums, shapes, NaN/inf, ``|latent| <= max_latent_abs``)."""
     info = DatasetInfo.read(root)
     shards = list_shards(root)
     if not shards:
@@ -85,7 +118,7 @@ def verify_dataset(root: str | Path) -> tuple[int, list[tuple[str, str, str]]]:
                 bad.append((shard, ref.key, ref.error))
                 continue
             try:
-                decode_scene(reader.read(ref), shard, ref.key, info)
+                decode_scene(reader.read(ref), shard, ref.key, info, max_latent_abs)
                 good += 1
             except BadSampleError as exc:
                 bad.append((shard, ref.key, exc.reason))

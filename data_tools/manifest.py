@@ -15,9 +15,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lct_train.data.schema import shot_prompt
+from lct_train.data.schema import shot_prompt, strip_cut
 
 KEY_FORMAT = "scene-{:08d}"
+PLACEHOLDER = "TODO"  # ``lct-shards split`` leaves prompts starting with it for a captioner
 
 
 @dataclass
@@ -44,6 +45,14 @@ class SceneEntry:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+
+def placeholder_prompts(scene: SceneEntry) -> list[str]:
+    """Where a manifest scene still has ``split``'s placeholder prompts:
+    ``["global_prompt", "shots[2].prompt", ...]``."""
+    found = ["global_prompt"] if strip_cut(scene.global_prompt).startswith(PLACEHOLDER) else []
+    return found + [f"shots[{i}].prompt" for i, shot in enumerate(scene.shots)
+                    if strip_cut(shot.prompt).startswith(PLACEHOLDER)]
 
 
 def _scene(data: dict, where: str, root: Path, index: int) -> SceneEntry:

@@ -11,11 +11,11 @@ from pathlib import Path
 import av
 from scenedetect import ContentDetector, detect
 
-from data_tools.manifest import write_manifest
+from data_tools.manifest import PLACEHOLDER, write_manifest
 from lct_train.data.config import DEFAULT_MAX_SHOTS
 
-TODO_GLOBAL = "TODO Character 1: <description>. <environment>. <story>."
-TODO_SHOT = "TODO <event in this shot, naming Character K>"
+TODO_GLOBAL = f"{PLACEHOLDER} Character 1: <description>. <environment>. <story>."
+TODO_SHOT = f"{PLACEHOLDER} <event in this shot, naming Character K>"
 DEFAULT_THRESHOLD = 27.0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import shutil
 
@@ -13,6 +14,7 @@ from safetensors.torch import load, save
 
 from data_tools.cli import main as cli_main
 from lct_train.data.loader import SceneLoader
+from lct_train.data.schema import CHECKSUM_EXT, SAMPLE_EXTS, member_checksum
 from lct_train.data.stream import EmptyDatasetError
 from lct_train.data.worker import DataQualityError
 
@@ -22,12 +24,20 @@ def copy_dataset(src, dst):
     return sorted((dst / "shards").glob("*.tar"))
 
 
-def rewrite(shard, change):
+def rewrite(shard, change, checksums=True):
+    """Rewrites every sample of a shard through ``change``, as a faulty producer would: the
+    member checksums are recomputed, so what is tested is the check of the content itself."""
     samples = list(wds.WebDataset(str(shard), shardshuffle=False))
     with open(shard, "wb") as f, wds.TarWriter(f) as w:
         for s in samples:
-            w.write(change(dict(s)))
+            s = change(dict(s))
+            w.write(with_checksums(s) if checksums else s)
     return [s["__key__"] for s in samples]
+
+
+def with_checksums(s):
+    sums = {ext: member_checksum(s[ext]) for ext in SAMPLE_EXTS if ext in s}
+    return {**s, CHECKSUM_EXT: json.dumps(sums).encode()}
 
 
 def nan_latents(s):
@@ -120,7 +130,7 @@ def test_no_shards_is_an_error(dataset_dir, tmp_path, make_cfg):
     copy_dataset(dataset_dir, tmp_path / "ds")
     for p in (tmp_path / "ds" / "shards").glob("*.tar"):
         p.unlink()
-    with pytest.raises(ValueError, match="has 0 shards"):
+    with pytest.raises(ValueError, match=r"data\.sources\[0\]\.path: .* holds no shards"):
         SceneLoader(make_cfg(sources=[{"path": str(tmp_path / "ds")}]))
 
 

@@ -78,7 +78,7 @@ def test_build_resume_skips_done_and_rebuilds_partial(synth_dir, tmp_path):
 def test_cli_verify_and_inspect(dataset_dir, capsys):
     assert cli_main(["verify", str(dataset_dir)]) == 0
     assert f"{TINY_SYNTH['num_scenes']} good, 0 bad" in capsys.readouterr().out
-    assert cli_main(["inspect", str(dataset_dir)]) == 0
+    assert cli_main(["inspect", str(dataset_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["scenes"] == TINY_SYNTH["num_scenes"]
     assert sum(c for _, _, c in report["tokens_histogram"]) == report["scenes"]

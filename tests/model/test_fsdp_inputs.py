@@ -12,7 +12,7 @@ from lct_train.config.schema import ParallelConfig
 from lct_train.model.attention.reference import ReferenceAttention
 from lct_train.model.layout import build_packed_meta
 from lct_train.model.mmdit import LCTModel
-from lct_train.parallel.dist import build_mesh
+from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import parallelize
 from lct_train.train.optim import clip_grad_norm
 from tests.model.model_testutils import random_inputs, scene
@@ -27,7 +27,7 @@ def one_rank_group(tmp_path):
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
-        yield build_mesh(torch.device("cpu"), 1, 1, -1)
+        yield build_mesh("cpu", mesh_shape(1, 1, -1, 1))
     finally:
         dist.destroy_process_group()
 

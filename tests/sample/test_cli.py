@@ -140,13 +140,17 @@ def test_interactive_direction_on_a_pool(tmp_path, ckpt):
     [
         (["--mode", "ar-kv"], "mode 'ar-kv' needs a context-causal model"),
         (["--window", "2"], "3 shots in mode 'joint' exceed the model's window of 2"),
+        (["--text-encoder", "minilm"], "--text-encoder minilm: text encoder gives text_dim=384"),
+        (["--text-encoder", "bert"], "--text-encoder bert: unknown text encoder"),
     ],
 )
 def test_scene_command_errors(tmp_path, ckpt, capsys, args, message):
     rc = main(["scene", str(_scene(tmp_path)), "--ckpt", ckpt, "--out", str(tmp_path / "o"),
-               *args, *TOOLS])
+               *TOOLS, *args])
     assert rc == 2
-    assert message in capsys.readouterr().err
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after any loading progress bar
+    assert last.startswith("lct-sample scene: error: ")
+    assert message in last
 
 
 def test_malformed_scene_file_is_reported(tmp_path, ckpt, capsys):

@@ -11,7 +11,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from lct_train.config.schema import ParallelConfig
 from lct_train.model.mmdit import LCTModel
-from lct_train.parallel.dist import build_mesh
+from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
 from tests.testutils import tiny_config
 
@@ -21,7 +21,7 @@ PARALLEL = ParallelConfig(activation_checkpoint="full", param_dtype="float32", r
 
 def main(out: str) -> None:
     dist.init_process_group("gloo")
-    mesh = build_mesh(torch.device("cpu"), dist.get_world_size(), 1, -1)
+    mesh = build_mesh("cpu", mesh_shape(dist.get_world_size(), 1, -1, 1))
     with torch.device("meta"):
         model = LCTModel(tiny_config())
     model = materialize(parallelize(model, mesh, PARALLEL), torch.device("cpu"))

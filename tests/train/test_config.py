@@ -38,6 +38,7 @@ def test_memory_presets(preset, memory, tokens):
     ("optim.lr=-1", "optim.lr"),
     ("optim.schedule=linear", "optim.schedule"),
     ("parallel.activation_checkpoint=some", "parallel.activation_checkpoint"),
+    ("parallel.compile_backend=tvm", "parallel.compile_backend"),
     ("data.p_image=2", "data.p_image"),
     ("model.num_heads=oops", "model.num_heads"),
     ("model.head_dim=30", "model.rope_axes_dim"),

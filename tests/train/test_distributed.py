@@ -9,42 +9,22 @@ import subprocess
 
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from tests.train.torchrun import SYNTHETIC, env, losses, run, torchrun_cmd
+from tests.train.torchrun import DIST_COMMON as COMMON
+from tests.train.torchrun import DIST_STEPS as STEPS
+from tests.train.torchrun import (
+    SYNTHETIC,
+    assert_same_losses,
+    env,
+    losses,
+    model_weights,
+    run,
+    torchrun_cmd,
+)
 
 pytestmark = pytest.mark.slow
-STEPS = 4
-TOL = dict(rel=1e-5, abs=1e-6)
-COMMON = [*SYNTHETIC, f"steps={STEPS}", "checkpoint.every=2"]
-
-
-@pytest.fixture(scope="module")
-def one_rank(tmp_path_factory):
-    """1 rank x 2 micro-batches per step."""
-    run_dir = tmp_path_factory.mktemp("one_rank")
-    run(1, [*COMMON, f"run_dir={run_dir}", "optim.grad_accum=2"])
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """2 ranks x 1 micro-batch per step: the same global batch."""
-    run_dir = tmp_path_factory.mktemp("two_ranks")
-    run(2, [*COMMON, f"run_dir={run_dir}"])
-    return run_dir
-
-
-def assert_same_losses(got: dict, want: dict, steps) -> None:
-    for step in steps:
-        assert got[step] == pytest.approx(want[step], **TOL), (step, got, want)
-
-
-def model_weights(ckpt, tmp_path, key="model") -> dict[str, torch.Tensor]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    out = tmp_path / f"{ckpt.parent.parent.name}-{ckpt.name}.pt"
-    dcp_to_torch_save(ckpt, out)
-    return torch.load(out, weights_only=False)[key]
+# The runs `one_rank` (1 rank x 2 micro-batches per step) and `two_ranks` (2 ranks x 1, the same
+# global batch) are session fixtures of conftest.py (shared with test_sp_train.py).
 
 
 def test_fsdp_two_ranks_equal_one_rank(one_rank, two_ranks):

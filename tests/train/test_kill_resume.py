@@ -27,6 +27,11 @@ DATA_GEOMETRY = ["model.latent_channels=12"]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
+    return build_dataset(tmp_path_factory)
+
+
+def build_dataset(tmp_path_factory):
+    """8 one-scene shards of the synthetic set (pixel:2 VAE, tiny text encoder)."""
     synth = tmp_path_factory.mktemp("synth")
     out = tmp_path_factory.mktemp("scenes")
     write_synth(SynthConfig(**SYNTH), synth)

@@ -11,12 +11,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
 REPO = Path(__file__).resolve().parents[2]  # worker scripts import tests.*
 LAUNCH_TIMEOUT_S = 240
+TOL = dict(rel=1e-5, abs=1e-6)  # fp32 losses of equivalent runs
 # Small, fast, fp32 CPU runs; every test adds its own overrides.
 BASE = ["model=tiny", "parallel=cpu", "logging.tensorboard=false", "logging.console=false",
         "optim.warmup_steps=0", "optim.lr=1e-3", "optim.ema_decay=0.9"]
 SYNTHETIC = ["data_source=synthetic", "synthetic.scenes_per_batch=2"]
+# The reference runs of the distributed tests (conftest.py: one_rank, two_ranks).
+DIST_STEPS = 4
+DIST_COMMON = [*SYNTHETIC, f"steps={DIST_STEPS}", "checkpoint.every=2"]
 
 
 def torchrun_cmd(nproc: int, overrides: list[str]) -> list[str]:
@@ -90,3 +98,15 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie is dead, only not reaped yet
+
+
+def assert_same_losses(got: dict, want: dict, steps) -> None:
+    for step in steps:
+        assert got[step] == pytest.approx(want[step], **TOL), (step, got, want)
+
+
+def model_weights(ckpt, tmp_path, key="model") -> dict[str, torch.Tensor]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / f"{ckpt.parent.parent.name}-{ckpt.name}.pt"
+    dcp_to_torch_save(ckpt, out)
+    return torch.load(out, weights_only=False)[key]

@@ -59,6 +59,9 @@ class ParallelConfig:
     # HSDP: replicate groups x shard groups; -1 = world_size / dp_replicate.
     dp_replicate: int = 1
     dp_shard: int = -1
+    # Ulysses sequence parallelism: ranks per packed micro-batch (divides model.num_heads and
+    # the world size); world = dp_replicate x dp_shard x sp_degree.
+    sp_degree: int = 1
     # FSDP2 mixed precision: parameter (compute) dtype and gradient reduce dtype.
     param_dtype: str = "bfloat16"
     reduce_dtype: str = "float32"
@@ -66,8 +69,10 @@ class ParallelConfig:
     reshard_after_forward: bool = True
     # Activation checkpointing of every block: "none" | "full".
     activation_checkpoint: str = "none"
-    # torch.compile of every block (applied after AC, before FSDP).
+    # torch.compile of every block (applied after AC, before FSDP), and its backend
+    # ("inductor"; "aot_eager" / "eager" trace without code generation, for debugging).
     compile: bool = False
+    compile_backend: str = "inductor"
     # Collective timeouts: long while starting (loading, first step), short afterwards.
     init_timeout_s: int = 600
     train_timeout_s: int = 300

@@ -5,12 +5,15 @@ composition or validation failure into one line that names the offending key.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -28,14 +31,19 @@ def register_schema() -> None:
 
 
 def find_conf_dir() -> Path:
-    """``$LCT_CONF_DIR``, else ``./conf`` when it holds train.yaml, else the repository's conf/."""
+    """``$LCT_CONF_DIR``, else ``./conf`` when it holds train.yaml, else the configs shipped in
+    the package (``lct_train/conf``: a wheel / non-editable install), else the repository's
+    conf/ (a source checkout or an editable install)."""
     if os.environ.get(CONF_DIR_ENV):
         return Path(os.environ[CONF_DIR_ENV]).resolve()
     local = Path.cwd() / "conf"
     if (local / f"{ROOT_CONFIG}.yaml").is_file():
         return local.resolve()
-    # src/lct_train/config/store.py -> repository root
-    return Path(__file__).resolve().parents[3] / "conf"
+    here = Path(__file__).resolve()
+    shipped = here.parents[1] / "conf"  # site-packages/lct_train/conf
+    if (shipped / f"{ROOT_CONFIG}.yaml").is_file():
+        return shipped
+    return here.parents[3] / "conf"  # src/lct_train/config/store.py -> repository root
 
 
 def one_line_error(exc: BaseException) -> str:
@@ -59,6 +67,28 @@ def one_line_error(exc: BaseException) -> str:
     return " | ".join(dict.fromkeys(lines)) or type(exc).__name__
 
 
+def _list_item_error(err: ConfigCompositionException,
+                     overrides: Sequence[str]) -> ConfigError | None:
+    """An unknown key inside a list override (``data.sources='[{pth: x}]'``): OmegaConf names
+    only ``pth``; this finds the item and returns ``ConfigError('data.sources[0].pth', ...)``."""
+    match = re.match(r"Could not override '([\w.]+)'", str(err))
+    cause = err.__cause__ or err.__context__
+    key = getattr(cause, "full_key", None)
+    if match is None or not isinstance(cause, OmegaConfBaseException) or not key:
+        return None
+    target = match.group(1)
+    for text in overrides:
+        if not text.startswith(f"{target}="):
+            continue
+        value = OverridesParser.create().parse_overrides([text])[0].value()
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and key.split(".")[0] in item:
+                    msg = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
+                    return ConfigError(f"{target}[{i}].{key}", msg)
+    return None
+
+
 def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> TrainConfig:
     """Composes the run config into a typed, validated ``TrainConfig`` (raises; callers print
     ``one_line_error``)."""
@@ -68,7 +98,13 @@ def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) 
         raise ConfigError("conf", f"no {ROOT_CONFIG}.yaml in {conf_dir} (set ${CONF_DIR_ENV})")
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir), version_base="1.3", job_name="lct_train"):
-        cfg = compose(config_name=ROOT_CONFIG, overrides=list(overrides))
+        try:
+            cfg = compose(config_name=ROOT_CONFIG, overrides=list(overrides))
+        except ConfigCompositionException as err:
+            item = _list_item_error(err, overrides)
+            if item is None:
+                raise
+            raise item from err
     OmegaConf.resolve(cfg)
     # `+key=value` overrides bypass the struct flag; re-merging into the schema rejects them.
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg))

@@ -16,6 +16,9 @@ from lct_train.core.dtypes import TRAIN_DTYPES
 from lct_train.core.errors import ConfigError
 from lct_train.model.layout import MASKS
 
+# torch.compile backends of parallel.compile_backend ("aot_eager" / "eager": no code generation)
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+
 
 def _choice(key: str, value: Any, choices: Iterable[str]) -> None:
     choices = tuple(choices)
@@ -52,9 +55,11 @@ def validate_parallel(c: Any) -> None:
     _positive("parallel.dp_replicate", c.dp_replicate)
     if c.dp_shard != -1 and c.dp_shard < 1:
         raise ConfigError("parallel.dp_shard", f"must be -1 (auto) or >= 1, got {c.dp_shard}")
+    _positive("parallel.sp_degree", c.sp_degree)
     _choice("parallel.param_dtype", c.param_dtype, TRAIN_DTYPES)
     _choice("parallel.reduce_dtype", c.reduce_dtype, TRAIN_DTYPES)
     _choice("parallel.activation_checkpoint", c.activation_checkpoint, ("none", "full"))
+    _choice("parallel.compile_backend", c.compile_backend, COMPILE_BACKENDS)
     _positive("parallel.init_timeout_s", c.init_timeout_s)
     _positive("parallel.train_timeout_s", c.train_timeout_s)
 
@@ -120,6 +125,10 @@ def validate(cfg: Any) -> None:
     """Checks the groups of a ``TrainConfig``; raises ``ConfigError`` naming the key."""
     validate_optim(cfg.optim)
     validate_parallel(cfg.parallel)
+    heads = cfg.model.num_heads
+    if heads % cfg.parallel.sp_degree:
+        raise ConfigError("parallel.sp_degree", f"{cfg.parallel.sp_degree} does not divide "
+                          f"model.num_heads ({heads})")
     validate_checkpoint(cfg.checkpoint)
     validate_logging(cfg.logging)
     validate_stage(cfg.stage)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lct_train.core.errors import ConfigError
+from lct_train.data.schema import DEFAULT_MAX_LATENT_ABS
 
 PACKING_POLICIES = ("cut", "skip")
 RESUME_POLICIES = ("strict", "reshuffle")
@@ -72,6 +73,7 @@ class DataConfig:
     seed: int = 0
     max_bad_fraction: float = 0.05  # a loader worker stops when more of its samples were bad
     bad_check_min_samples: int = 32  # ... judged once the worker has seen this many samples
+    max_latent_abs: float = DEFAULT_MAX_LATENT_ABS  # a larger |latent| makes a sample bad; 0: off
     resume_policy: str = "strict"  # world size / workers changed: "strict" fails, "reshuffle"
     patch_size: tuple[int, int, int] = (1, 2, 2)  # model patch (pt, ph, pw)
     dummy_grid: tuple[int, int, int] = (1, 1, 1)  # model global-group dummy grid
@@ -96,6 +98,8 @@ class DataConfig:
             _fail("resume_policy", f"must be one of {RESUME_POLICIES}, got {self.resume_policy!r}")
         for key in ("p_image", "p_drop_global", "p_drop_shot", "max_bad_fraction"):
             _check_prob(key, getattr(self, key))
+        if float(self.max_latent_abs) < 0:
+            _fail("max_latent_abs", f"must be >= 0 (0 disables the bound), got {self.max_latent_abs!r}")
         if int(self.bad_check_min_samples) < 1:
             _fail("bad_check_min_samples", f"must be >= 1, got {self.bad_check_min_samples!r}")
         self.patch_size = _check_triple("patch_size", self.patch_size)

@@ -52,6 +52,16 @@ class LoaderStateMismatchError(RuntimeError):
     """The checkpointed loader state was written for another world size or worker count."""
 
 
+class SourceError(ValueError):
+    """A data source cannot be used (missing directory, no shards, too few); ``key`` is its
+    config key, ``data.sources[<i>].path``."""
+
+    def __init__(self, index: int, message: str):
+        self.key = f"data.sources[{index}].path"
+        super().__init__(f"{self.key}: {message}")
+        self.message = message
+
+
 def list_shards(root: str | Path) -> list[str]:
     shard_dir = Path(root) / SHARDS_DIR
     return sorted(str(p) for p in shard_dir.glob(f"*{SHARD_SUFFIX}"))
@@ -69,14 +79,17 @@ class SceneLoader:
             raise ValueError(f"dp_rank={dp_rank} outside dp_world_size={dp_world_size}")
         self.cfg, self.dp_rank, self.dp_world_size = cfg, dp_rank, dp_world_size
         self.num_workers = max(1, cfg.num_workers)
-        self.infos = [DatasetInfo.read(s.path) for s in cfg.sources]
+        self.infos = [_read_info(i, s.path) for i, s in enumerate(cfg.sources)]
         self._check_sources()
         self.shards = [list_shards(s.path) for s in cfg.sources]
         slots = dp_world_size * self.num_workers
-        for src, shards in zip(cfg.sources, self.shards):
+        for i, (src, shards) in enumerate(zip(cfg.sources, self.shards)):
+            if not shards:
+                raise SourceError(i, f"{src.path} holds no shards ({SHARDS_DIR}/*{SHARD_SUFFIX}): "
+                                  "write them with lct-shards build")
             if len(shards) < slots:
-                raise ValueError(
-                    f"data source {src.name!r} ({src.path}) has {len(shards)} shards but "
+                raise SourceError(
+                    i, f"data source {src.name!r} ({src.path}) has {len(shards)} shards but "
                     f"{dp_world_size} ranks x {self.num_workers} workers = {slots} readers need one "
                     f"each: write more, smaller shards (lct-shards build --scenes-per-shard) or "
                     f"lower data.num_workers"
@@ -171,6 +184,15 @@ class SceneLoader:
         logger.warning("%s: resume_policy=reshuffle, new split salted with %d", msg, batches)
         self.batches, self.seed_salt = 0, max(1, batches)
         self.worker_states = [None] * self.num_workers
+
+
+def _read_info(index: int, path: str) -> DatasetInfo:
+    if not Path(path).is_dir():
+        raise SourceError(index, f"{path} is not a directory")
+    try:
+        return DatasetInfo.read(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise SourceError(index, str(exc)) from exc
 
 
 def _any_batches(state: dict) -> int:

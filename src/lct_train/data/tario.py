@@ -54,8 +54,9 @@ def index_shard(path: str) -> list[SampleRef]:
                     continue
                 k, ext = split_name(info.name)
                 if info.offset_data + info.size > size:
-                    flush()
-                    key, members = None, []
+                    if k != key:  # the truncated member starts a new sample: the last is whole
+                        flush()
+                    key, members = None, []  # one bad ref per truncated sample, not two
                     refs.append(SampleRef(path, k, (), f"member {info.name} truncated"))
                     return refs
                 if k != key:

@@ -119,7 +119,8 @@ class _WorkerRun:
             return None
         source = self.cfg.sources[origin.source].name
         try:
-            rec = decode_scene(self.reader.read(ref), ref.shard, ref.key, self.plan.info)
+            rec = decode_scene(self.reader.read(ref), ref.shard, ref.key, self.plan.info,
+                               self.cfg.max_latent_abs)
             scene = self.augment(rec, source, origin.epoch)
         except BadSampleError as exc:
             self._bad(exc.shard, exc.key, exc.reason)

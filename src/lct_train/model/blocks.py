@@ -19,6 +19,9 @@ SINGLE_CHUNKS = 3  # shift/scale/gate
 class BlockContext:
     """What every block reads: batch metadata, RoPE cos/sin [L, Dh], the backend, the KV cache.
 
+    Under sequence parallelism ``meta`` is the rank-local view (``meta.shard`` set) and the
+    attention methods exchange q/k/v and the output with the SP group around the backend.
+
     A plain class on purpose, not a dataclass: FSDP2's ``cast_forward_inputs`` walks block
     inputs with ``torch.distributed.utils._apply_to_tensors``, which rebuilds every dataclass
     it meets (``dataclasses.replace``) and casts its float tensors. Through a dataclass the
@@ -49,9 +52,25 @@ class BlockContext:
         """Joint-order ``q, k, v [L, H, Dh]`` (after QK-norm): RoPE, cache, masked attention."""
         q = apply_rope(q, self.rope_cos, self.rope_sin)
         k = apply_rope(k, self.rope_cos, self.rope_sin)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(layer, k, v)
-        return attend(self.backend, q, k, v, self.meta.attn)
+
+        def full_sequence(q, k, v):
+            if self.kv_cache is not None:
+                k, v = self.kv_cache.update(layer, k, v)
+            return attend(self.backend, q, k, v, self.meta.attn)
+
+        return self._sharded(full_sequence, q, k, v, text=False)
+
+    def text_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Text-stream ``q, k, v [Nt, H, Dh]``, each group's text attends to itself (refiner)."""
+        return self._sharded(
+            lambda q, k, v: attend(self.backend, q, k, v, self.meta.text_attn), q, k, v, text=True
+        )
+
+    def _sharded(self, fn, q, k, v, text: bool) -> torch.Tensor:
+        """``fn`` on the full sequence; under sequence parallelism (``meta.shard``) through the
+        shard's all-to-all pair, on this rank's heads (``lct_train.parallel.ulysses``)."""
+        shard = self.meta.shard
+        return fn(q, k, v) if shard is None else shard.attend(fn, q, k, v, text=text)
 
 
 class JointAttention(nn.Module):

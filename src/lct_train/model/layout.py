@@ -113,6 +113,10 @@ class PackedMeta:
     shot_video_cu: torch.Tensor  # [num_shots+1] offsets in the video stream of shots only
     cached_groups: int = 0  # KV cache: groups before this batch's groups (one scene)
     cached_tokens: int = 0
+    # Sequence parallelism: this rank's slice (``lct_train.parallel.ulysses.SequenceShard``).
+    # When set, every per-token field (and num_text / num_video) covers the slice only; attn,
+    # text_attn and the per-group / per-shot fields stay those of the whole batch.
+    shard: object | None = None
 
     @property
     def num_groups(self) -> int:

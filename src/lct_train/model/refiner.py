@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lct_train.model.attention import attend
 from lct_train.model.blocks import BlockContext
 from lct_train.model.config import ModelConfig
 from lct_train.model.embeddings import TimestepTextEmbedding
@@ -27,7 +26,7 @@ class RefinerAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         q, k, v = (heads(proj(x), self.num_heads) for proj in (self.to_q, self.to_k, self.to_v))
-        return self.to_out[0](attend(ctx.backend, q, k, v, ctx.meta.text_attn).flatten(1))
+        return self.to_out[0](ctx.text_attention(q, k, v).flatten(1))
 
 
 class RefinerGate(nn.Module):
@@ -90,6 +89,8 @@ class TokenRefiner(nn.Module):
             return hidden
         meta = ctx.meta
         sums = text.new_zeros(meta.num_groups, text.shape[1]).index_add_(0, meta.text_group, text)
+        if meta.shard is not None:  # this rank holds part of the text: sum over the SP group
+            sums = meta.shard.sum_groups(sums)
         counts = meta.group_text_count.clamp(min=1)  # built on the host: no device sync
         temb = self.time_text_embed(timestep, sums / counts[:, None].to(text.dtype))
         for block in self.token_refiner.refiner_blocks:

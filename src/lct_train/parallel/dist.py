@@ -4,8 +4,8 @@
 one-process group when launched without torchrun), with the long start-up timeout;
 ``set_train_timeout`` shortens it once the first step went through (torchtitan practice: a
 hang is then reported in minutes, not the start-up allowance). ``build_mesh`` lays out the
-data-parallel ranks as ``(dp_replicate, dp_shard)``: FSDP over ``dp_shard``, plus replication
-(HSDP) when ``dp_replicate > 1``.
+ranks as ``(dp_replicate, dp_shard, sp)`` (``lct_train.parallel.mesh``): FSDP over
+``dp_shard x sp``, replication (HSDP) when ``dp_replicate > 1``, sequence parallelism over ``sp``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 
 from lct_train.core.errors import ConfigError
+from lct_train.parallel.mesh import build_mesh, mesh_groups, mesh_shape
+from lct_train.parallel.ulysses import SPGroup
 
-MESH_DIMS = ("dp_replicate", "dp_shard")
 LOCALHOST = "127.0.0.1"
 
 
@@ -40,13 +41,25 @@ class World:
         return self.rank == 0
 
     @property
+    def sp_size(self) -> int:
+        return self.mesh["sp"].size()
+
+    @property
     def dp_rank(self) -> int:
-        """Data-parallel rank (every rank reads its own data: there is no TP/CP)."""
-        return self.rank
+        """Data-parallel rank: the ranks of one sequence-parallel group share it (and the data)."""
+        return self.rank // self.sp_size
 
     @property
     def dp_size(self) -> int:
-        return self.size
+        return self.size // self.sp_size
+
+    @property
+    def sp(self) -> SPGroup | None:
+        """This rank's sequence-parallel group; None without sequence parallelism."""
+        if self.sp_size == 1:
+            return None
+        return SPGroup(self.mesh["sp"].get_group(), self.mesh["sp"].get_local_rank(),
+                       self.sp_size)
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -83,18 +96,6 @@ def _ensure_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
 
-def build_mesh(device: torch.device, world_size: int, dp_replicate: int, dp_shard: int) -> DeviceMesh:
-    if dp_shard == -1:
-        if world_size % dp_replicate:
-            raise ConfigError("parallel.dp_replicate",
-                              f"{dp_replicate} does not divide the world size {world_size}")
-        dp_shard = world_size // dp_replicate
-    if dp_replicate * dp_shard != world_size:
-        raise ConfigError("parallel.dp_shard", f"dp_replicate ({dp_replicate}) x dp_shard "
-                          f"({dp_shard}) must equal the world size ({world_size})")
-    return init_device_mesh(device.type, (dp_replicate, dp_shard), mesh_dim_names=MESH_DIMS)
-
-
 def init_distributed(parallel_cfg) -> World:
     """Starts the default process group and the data-parallel mesh (all ranks)."""
     _ensure_env()
@@ -107,8 +108,9 @@ def init_distributed(parallel_cfg) -> World:
             timeout=timedelta(seconds=parallel_cfg.init_timeout_s),
             device_id=device if device.type == "cuda" else None,
         )
-    mesh = build_mesh(device, dist.get_world_size(), parallel_cfg.dp_replicate,
-                      parallel_cfg.dp_shard)
+    shape = mesh_shape(dist.get_world_size(), parallel_cfg.dp_replicate, parallel_cfg.dp_shard,
+                       parallel_cfg.sp_degree)
+    mesh = build_mesh(device.type, shape)
     return World(dist.get_rank(), dist.get_world_size(), local_rank, device, mesh)
 
 
@@ -118,8 +120,7 @@ def set_train_timeout(world: World, seconds: int) -> None:
     if world.device.type == "cuda":
         torch.cuda.synchronize()
     timeout = timedelta(seconds=seconds)
-    groups = [world.mesh.get_group(d) for d in range(world.mesh.ndim)]
-    for group in [None, *groups]:
+    for group in [None, *mesh_groups(world.mesh)]:
         dist.distributed_c10d._set_pg_timeout(timeout, group)
 
 

@@ -16,9 +16,10 @@ weights equal ``lct_train.model.init.init_weights`` on one process for any world
 (DTensor's own random ops draw per shard and are CUDA-only, so they are not used.)
 
 Gradient reduction: FSDP averages gradients over the data-parallel ranks (its default divide
-factor; a custom factor needs NCCL's PreMulSum, which gloo lacks). The trainer's loss is already
-the mean over the *global* batch, so it multiplies each rank's loss by the data-parallel size
-to cancel that average (``lct_train.train.loss``).
+factor; a custom factor needs NCCL's PreMulSum, which gloo lacks) over every rank of the FSDP
+mesh, sequence-parallel ranks included. The trainer's loss is already the mean over the
+*global* batch, so it multiplies each rank's loss by the world size to cancel that average
+(``lct_train.train.loss``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lct_train.core.dtypes import dtype_of
 from lct_train.model.init import init_plan
+from lct_train.parallel.mesh import fsdp_mesh
 
 
 def apply_ac(model: nn.Module, mode: str) -> None:
@@ -45,11 +47,11 @@ def apply_ac(model: nn.Module, mode: str) -> None:
             blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
-def apply_compile(model: nn.Module) -> None:
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
     """Compiles every block in place (regional compile: one graph per block type)."""
     for blocks in model.block_lists():
         for block in blocks:
-            block.compile()
+            block.compile(backend=backend)
 
 
 def mixed_precision(param_dtype: str, reduce_dtype: str) -> MixedPrecisionPolicy:
@@ -64,8 +66,9 @@ def apply_fsdp(
     mp_policy: MixedPrecisionPolicy,
     reshard_after_forward: bool = True,
 ) -> None:
-    """``fully_shard`` per block, then the root; HSDP when ``mesh`` is 2-D (replicate, shard)."""
-    mesh = mesh if mesh.size(0) > 1 else mesh["dp_shard"]
+    """``fully_shard`` per block, then the root, over ``dp_shard x sp`` (HSDP: and replicated
+    over ``dp_replicate``; ``lct_train.parallel.mesh.fsdp_mesh``)."""
+    mesh = fsdp_mesh(mesh)
     for blocks in model.block_lists():
         for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=mp_policy,
@@ -83,7 +86,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, parallel_cfg) -> nn.Module:
     """AC -> compile -> FSDP, per ``parallel_cfg`` (``lct_train.config.schema.ParallelConfig``)."""
     apply_ac(model, parallel_cfg.activation_checkpoint)
     if parallel_cfg.compile:
-        apply_compile(model)
+        apply_compile(model, parallel_cfg.compile_backend)
     apply_fsdp(
         model,
         mesh,

@@ -19,6 +19,10 @@ Commands::
     lct-sample accept --pool DIR      the pending shot joins the pool (index = len(pool))
     lct-sample show --pool DIR        list the pool
 
+``--sp N`` (scene, shot, regenerate): Ulysses sequence parallelism over N ranks under
+``torchrun --nproc_per_node=N -m lct_train.sample.cli ...``; same latents as one process,
+rank 0 writes.
+
 ``--no-cut`` writes the prompt without the "[SHOT CUT] " marker: shot extension. Any model
 option given to a pool command overrides the stored one for that call only.
 """
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (also a history pool)")
     p.add_argument("--mode", choices=MODES, help="override the scene's mode")
     _model_args(p)
+    _sp_arg(p)
     p = sub.add_parser("init", help="start an empty history pool")
     p.add_argument("--pool", required=True)
     p.add_argument("--global-prompt", dest="global_prompt", default="")
@@ -116,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=_indices, help="earlier shot indices, e.g. 0,2")
     p.add_argument("--mode", choices=AR_MODES, help="default ar-kv for causal models, else ar")
     _shot_args(p, prompt_required=True)
+    _sp_arg(p)
     p = sub.add_parser("regenerate", help="redo the pending shot with another seed / prompt")
     p.add_argument("--pool", required=True)
     p.add_argument("--context", type=_indices)
     p.add_argument("--mode", choices=AR_MODES)
     _shot_args(p, prompt_required=False)
+    _sp_arg(p)
     p = sub.add_parser("accept", help="accept the pending shot")
     p.add_argument("--pool", required=True)
     p.add_argument("--no-render", action="store_true", help="skip rewriting videos")
@@ -144,7 +151,28 @@ def _options(args: argparse.Namespace, stored: dict, names, defaults: dict) -> d
     return out
 
 
-def _toolkit(opts: dict, progress: bool) -> Toolkit:
+def _sp_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sp", type=int, default=1,
+                   help="sequence-parallel ranks per scene: run under torchrun "
+                        "--nproc_per_node=N (divides the model's heads); rank 0 writes")
+
+
+def _start_sp(sp_degree: int, device: str):
+    """The SP group of ``--sp N``: the torchrun world as one group (``parallel.dist``)."""
+    import os
+
+    from lct_train.config.schema import ParallelConfig
+    from lct_train.parallel.dist import init_distributed
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size != sp_degree:
+        raise SamplingError(f"--sp {sp_degree} needs torchrun --nproc_per_node={sp_degree} "
+                            f"(world size is {world_size})")
+    world = init_distributed(ParallelConfig(device=device, dp_shard=1, sp_degree=sp_degree))
+    return world.sp
+
+
+def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
     from lct_train.data.codecs import build_codec
     from lct_train.data.text_encoders import build_text_encoder
 
@@ -153,9 +181,21 @@ def _toolkit(opts: dict, progress: bool) -> Toolkit:
         raise SamplingError(f"missing {', '.join(missing)} (give it, or init the pool with it)")
     loaded = load_model(opts["ckpt"], weights=opts["weights"], mask=opts["mask"],
                         window=opts["window"], device=opts["device"], dtype=dtype_of(opts["dtype"]))
-    prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
-    codec = build_codec(opts["codec"], device=opts["device"])
-    return Toolkit(loaded, codec, prompts, progress=progress, fps=int(opts["fps"]))
+    if sp_degree < 1 or loaded.config.num_heads % sp_degree:
+        raise SamplingError(f"--sp {sp_degree} does not divide the model's "
+                            f"{loaded.config.num_heads} attention heads")
+    try:
+        prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
+    except (ValueError, OSError) as exc:  # an unknown spec, or a width the model cannot take
+        raise SamplingError(f"--text-encoder {opts['text_encoder']}: {exc}") from exc
+    try:
+        codec = build_codec(opts["codec"], device=opts["device"])
+    except (ValueError, OSError) as exc:
+        raise SamplingError(f"--codec {opts['codec']}: {exc}") from exc
+    sp = _start_sp(sp_degree, opts["device"]) if sp_degree > 1 else None
+    writes = sp is None or sp.rank == 0
+    return Toolkit(loaded, codec, prompts, progress=progress and writes, fps=int(opts["fps"]),
+                   sp=sp, writes=writes)
 
 
 def _cmd_scene(args) -> None:
@@ -164,7 +204,7 @@ def _cmd_scene(args) -> None:
                  if getattr(args, k, None) is not None}
     request = replace(request, **overrides)
     model_opts = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
-    kit = _toolkit(model_opts, not args.no_progress)
+    kit = _toolkit(model_opts, not args.no_progress, args.sp)
     settings = dict(model_opts, **{k: getattr(request, k) for k in SAMPLING_OPTIONS})
     if request.key is not None:
         settings["key"] = request.key  # lct-eval's manifest names the scene it follows
@@ -172,7 +212,8 @@ def _cmd_scene(args) -> None:
     if sizes:
         settings["size"] = [sizes[-1].frames, sizes[-1].height, sizes[-1].width]
     run_scene(request, kit, args.out, settings=settings)
-    print(f"wrote {len(request.shots)} shots to {args.out}")
+    if kit.writes:
+        print(f"wrote {len(request.shots)} shots to {args.out}")
 
 
 def _cmd_init(args) -> None:
@@ -218,7 +259,7 @@ def _cmd_shot(args, regenerate: bool = False) -> None:
     previous = pool.pending
     if regenerate and previous is None:
         raise PoolError(f"{args.pool} has no pending shot to regenerate")
-    kit = _toolkit(opts, not args.no_progress)
+    kit = _toolkit(opts, not args.no_progress, args.sp)
     prompt = shot_prompt(args.prompt, not args.no_cut) if args.prompt is not None else None
     fallback = None
     if regenerate:
@@ -238,6 +279,8 @@ def _cmd_shot(args, regenerate: bool = False) -> None:
         **_options(args, pool.settings, SAMPLING_OPTIONS, SAMPLING_DEFAULTS))
     shot = propose_shot(pool, kit, settings, prompt=prompt, seed=seed, size=size,
                         context=context, mode=mode)
+    if not kit.writes:
+        return
     pool.save(args.pool)
     render_pool(pool, kit, args.pool)
     print(f"pending: {caption('pending', shot)} -> {Path(args.pool) / 'pending.mp4'}")
@@ -282,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     except ERRORS as exc:
         print(f"lct-sample {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if getattr(args, "sp", 1) > 1:
+            from lct_train.parallel.dist import shutdown
+
+            shutdown()
     return 0
 
 

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lct_train.parallel.ulysses import SPGroup
 from lct_train.sample.checkpoint_io import LoadedModel
 from lct_train.sample.history_pool import PENDING_FILE, HistoryPool, PoolShot
 from lct_train.sample.inputs import PromptEmbedding
@@ -54,11 +55,13 @@ class Toolkit:
     prompts: PromptEncoder
     progress: bool = True
     fps: int = DEFAULT_FPS
+    sp: SPGroup | None = None  # sequence parallelism (lct-sample --sp under torchrun)
+    writes: bool = True  # this process writes the outputs (rank 0 of an SP group)
 
     def sampler(self, settings: SamplingSettings) -> Sampler:
         return Sampler(self.loaded.model, self.loaded.config, self.prompts.empty,
                        mask=self.loaded.mask, window=self.loaded.window, settings=settings,
-                       progress=self.progress)
+                       progress=self.progress, sp=self.sp)
 
 
 def settings_of(request: SceneRequest) -> SamplingSettings:
@@ -120,6 +123,8 @@ def run_scene(
                              request.mode)
     pool = HistoryPool(global_prompt=request.global_prompt, shots=results,
                        settings=dict(settings or {}))
+    if not kit.writes:
+        return pool
     clear_scene_outputs(out_dir)
     pool.save(out_dir)
     render_pool(pool, kit, out_dir)

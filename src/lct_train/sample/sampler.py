@@ -16,6 +16,11 @@ its own cache): one scene per forward keeps cache and recompute paths identical.
 Within one ``generate`` / ``generate_cached`` call only the video tokens and timesteps change
 between steps, so each branch's packed metadata (and the attention backend's plan memoised in
 it), text stream and pooled rows are built once per call (``branch_inputs``).
+
+Sequence parallelism (``sp``, ``lct-sample --sp N`` under torchrun): every rank of the SP group
+holds the same ODE state; a forward runs this rank's slice of the scene (its heads of every
+attention, its heads of the KV cache for all history tokens) and all-gathers the velocity.
+Noise, timesteps and the Euler update are those of one process, so the latents are the same.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from lct_train.model.layout import (
     SceneSpec,
     build_packed_meta,
 )
+from lct_train.parallel.ulysses import SPGroup, shard_meta
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, Shot, TargetShot
 from lct_train.sample.schedule import resolution_shift, sampling_timesteps, shot_noise
 
@@ -109,8 +115,10 @@ class Sampler:
         window: int,
         settings: SamplingSettings,
         progress: bool = False,
+        sp: SPGroup | None = None,
     ) -> None:
         self.model = model.eval()
+        self.sp = sp
         self.config = config
         self.mask = mask
         self.window = window
@@ -175,8 +183,11 @@ class Sampler:
         meta = build_packed_meta([spec], mask=self.mask, text_rope=self.config.text_rope,
                                  cached=None if kv_cache is None else kv_cache.spec,
                                  device=self.device)
-        return BranchInputs(meta, torch.cat([p.tokens for p in prompts]),
-                            torch.stack([p.pooled for p in prompts]))
+        text = torch.cat([p.tokens for p in prompts])
+        if self.sp is not None:  # this rank's slice of the scene (parallel.ulysses)
+            meta = shard_meta(meta, self.sp)
+            text = meta.shard.local_text(text)
+        return BranchInputs(meta, text, torch.stack([p.pooled for p in prompts]))
 
     def branch_inputs(self, groups: Sequence[Group], caches: dict | None = None) -> dict:
         """``{branch: BranchInputs}`` for every guidance branch (each after its own cache)."""
@@ -195,11 +206,14 @@ class Sampler:
             if value is None:
                 raise SamplingError("the model has a guidance embedding: set embedded_guidance")
             guidance = torch.full_like(timesteps, value)
-        velocity = self.model(
-            torch.cat([g.tokens for g in groups]).to(self.dtype),
-            inputs.text, inputs.pooled, timesteps, inputs.meta, guidance=guidance,
-            kv_cache=kv_cache,
-        )
+        video = torch.cat([g.tokens for g in groups]).to(self.dtype)
+        shard = inputs.meta.shard
+        if shard is not None:
+            video = shard.local_video(video)
+        velocity = self.model(video, inputs.text, inputs.pooled, timesteps, inputs.meta,
+                              guidance=guidance, kv_cache=kv_cache)
+        if shard is not None:  # every rank continues the ODE with the whole velocity
+            velocity = shard.gather_video(velocity)
         return velocity.to(self.state_dtype)
 
     def guided_velocity(

@@ -35,9 +35,12 @@ class LoaderBatches:
 
     def __init__(self, data_cfg: DataConfig, model_cfg: ModelConfig, dp_rank: int, dp_size: int,
                  grad_accum: int):
-        from lct_train.data.loader import SceneLoader
+        from lct_train.data.loader import SceneLoader, SourceError
 
-        self.loader = SceneLoader(data_cfg, dp_rank=dp_rank, dp_world_size=dp_size)
+        try:
+            self.loader = SceneLoader(data_cfg, dp_rank=dp_rank, dp_world_size=dp_size)
+        except SourceError as err:
+            raise ConfigError(err.key, err.message) from err
         info = self.loader.infos[0]
         for key in GEOMETRY_KEYS:
             if getattr(info, key) != getattr(model_cfg, key):
@@ -88,30 +91,36 @@ class SyntheticBatches:
         rng = random.Random(seed)
         gen = torch.Generator().manual_seed(seed)
         specs = [self._spec(rng) for _ in range(self.cfg.scenes_per_batch)]
-        mc = self.model_cfg
-        video, text = [], []
-        for spec in specs:
-            for g in spec.groups:
-                rows = torch.randn(g.video_len, mc.patch_dim, generator=gen)
-                video.append(rows.zero_() if g.is_global else rows)
-                text.append(torch.randn(g.text_len, mc.text_dim, generator=gen))
-        num_groups = sum(len(s.groups) for s in specs)
-        num_shots = sum(s.num_shots for s in specs)
-        tokens = sum(s.num_tokens for s in specs)
-        return PackedScenes(
-            keys=[f"synthetic/{step}/{global_micro}/{i}" for i in range(len(specs))],
-            sources=["synthetic"] * len(specs),
-            specs=specs,
-            video=torch.cat(video),
-            text=torch.cat(text),
-            pooled=torch.randn(num_groups, mc.pooled_dim, generator=gen),
-            shot_is_image=torch.zeros(num_shots, dtype=torch.bool),
-            stats={"scenes": float(len(specs)), "tokens": float(tokens),
-                   "packing_efficiency": 1.0},
-        )
+        keys = [f"synthetic/{step}/{global_micro}/{i}" for i in range(len(specs))]
+        return random_scenes(specs, keys, self.model_cfg, gen)
 
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         del state
+
+
+def random_scenes(specs: list[SceneSpec], keys: list[str], model_cfg: ModelConfig,
+                  gen: torch.Generator) -> PackedScenes:
+    """A packed micro-batch of ``specs`` with random latents, text and pooled rows from ``gen``
+    (dummy tokens of global groups zero, as the loader gives them)."""
+    video, text = [], []
+    for spec in specs:
+        for g in spec.groups:
+            rows = torch.randn(g.video_len, model_cfg.patch_dim, generator=gen)
+            video.append(rows.zero_() if g.is_global else rows)
+            text.append(torch.randn(g.text_len, model_cfg.text_dim, generator=gen))
+    num_groups = sum(len(s.groups) for s in specs)
+    num_shots = sum(s.num_shots for s in specs)
+    tokens = sum(s.num_tokens for s in specs)
+    return PackedScenes(
+        keys=keys,
+        sources=["synthetic"] * len(specs),
+        specs=specs,
+        video=torch.cat(video),
+        text=torch.cat(text),
+        pooled=torch.randn(num_groups, model_cfg.pooled_dim, generator=gen),
+        shot_is_image=torch.zeros(num_shots, dtype=torch.bool),
+        stats={"scenes": float(len(specs)), "tokens": float(tokens), "packing_efficiency": 1.0},
+    )

@@ -6,9 +6,11 @@ Layout: ``<run_dir>/checkpoints/step-<NNNNNNNN>/`` holds the DCP files (``.metad
 (resolved config incl. ``model``, step, git revision, world size).
 
 Atomicity: all ranks write into ``step-N.tmp-<id>``; rank 0 then writes ``lct_meta.json`` (last,
-fsynced) and renames the directory to ``step-N``. A directory without ``lct_meta.json`` is not a
-checkpoint, so a kill at any moment leaves the newest *valid* checkpoint loadable. Stale
-``*.tmp-*`` directories are removed when the next run starts.
+fsynced; it lists every file's size and CRC-32, ``checkpoint_integrity``) and renames the
+directory to ``step-N``. A directory without ``lct_meta.json`` is not a checkpoint, so a kill at
+any moment leaves the newest *valid* checkpoint loadable. Partial ``*.tmp-*`` directories are
+removed and complete ones renamed when the next run starts (``checkpoint_lineage``). Re-saving
+an existing step sets the old copy aside (never deletes it) before the rename.
 
 Per-rank state (loader position, RNG) is stored under ``dp_rank_<r>`` keys of its top-level
 entry, next to ``world_size``; it can only be restored on the same data-parallel size (see
@@ -49,6 +51,8 @@ from lct_train.core.checkpoint_layout import (
     list_checkpoints,
     step_name,
 )
+from lct_train.train import checkpoint_integrity as integrity
+from lct_train.train.checkpoint_lineage import SET_ASIDE_DIR, set_aside, stamp
 
 
 def retained_steps(steps: list[int], keep_last: int, keep_every: int) -> set[int]:
@@ -148,16 +152,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------- manager
 class CheckpointManager:
-    """Saves and loads one run's checkpoints. Every method is called on all ranks."""
+    """Saves and loads one run's checkpoints. Every method is called on all ranks.
 
-    def __init__(self, run_dir: str | os.PathLike, keep_last: int, keep_every: int, rank: int):
+    Constructing it writes nothing (a refused start leaves the run directory as it was); the
+    trainer settles the directory (``checkpoint_lineage.settle``) once the start is accepted.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int, keep_every: int, rank: int,
+                 world: int = 1):
         self.root = checkpoint_root(run_dir)
-        self.keep_last, self.keep_every, self.rank = keep_last, keep_every, rank
-        if rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(f"step-*{TMP_MARK}*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        dist.barrier()
+        self.keep_last, self.keep_every, self.rank, self.world = keep_last, keep_every, rank, world
 
     def _shared_id(self) -> str:
         box = [uuid.uuid4().hex[:12] if self.rank == 0 else None]
@@ -168,22 +172,24 @@ class CheckpointManager:
         final = self.root / step_name(step)
         tmp = self.root / f"{final.name}{TMP_MARK}{self._shared_id()}"
         dcp.save(states, checkpoint_id=str(tmp))
+        files = integrity.record_files(tmp, self.rank, self.world)
         if self.rank == 0:
-            _write_json(tmp / META_FILE, {"format": FORMAT, "step": step, **meta})
+            _write_json(tmp / META_FILE, {"format": FORMAT, "step": step, **meta,
+                                          integrity.FILES_KEY: files})
             _fsync_dir(tmp)
-            if final.exists():  # re-saving a step (e.g. after resuming from an older one)
-                old = final.with_name(f"{final.name}{TMP_MARK}old")
-                final.rename(old)
-                shutil.rmtree(old)
+            if final.exists():  # re-saving a step: keep the old copy (a kill here loses neither)
+                set_aside([final], self.root / SET_ASIDE_DIR / f"{stamp()}-resaved")
             tmp.rename(final)
             _fsync_dir(self.root)
-            self._purge()
+            self._purge(step)
         dist.barrier()
         return final
 
-    def _purge(self) -> None:
+    def _purge(self, just_saved: int) -> None:
+        """Retention over the current line; never the checkpoint just written."""
         found = list_checkpoints(self.root)
         keep = retained_steps([s for s, _ in found], self.keep_last, self.keep_every)
+        keep.add(just_saved)
         for step, path in found:
             if step not in keep:
                 shutil.rmtree(path, ignore_errors=True)

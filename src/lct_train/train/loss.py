@@ -8,10 +8,18 @@ and the draws do not depend on how a global batch is split over ranks and micro-
 
 Normalisation: the step loss is the mean of the per-shot losses over every shot of the global
 batch (all micro-batches of all ranks). Each micro-batch contributes
-``sum(its shot losses) / global_shot_count * dp_size`` where the global count is all-reduced
-on the device before the first forward (no host sync). FSDP *averages* gradients over the
-``dp_size`` data-parallel ranks, which the ``* dp_size`` cancels: the gradient is exactly that
-of the global mean whatever the packing. (The logged loss is the plain global mean.)
+``sum(its shot losses) / global_shot_count * world_size`` where the global count is all-reduced
+on the device before the first forward (no host sync). FSDP *averages* gradients over all
+``world_size = dp_size x sp_degree`` ranks, which the ``* world_size`` cancels: the gradient is
+exactly that of the global mean whatever the packing. (The logged loss is the plain global mean.)
+
+Sequence parallelism (``lct_train.parallel.ulysses``): the timesteps and the noise of a
+micro-batch are drawn for the *whole* micro-batch from the generator above (the same numbers on
+every rank of the SP group, and the same as with ``sp_degree=1``), then each rank takes its
+slice of ``z_t`` and the target. A rank's ``shot_losses`` are its tokens' part of each shot's
+mean (divided by the whole shot's element count): summed over the SP group they are the shot
+losses, so the parts join the step's one metric all-reduce and the gradients add up in FSDP's
+reduction over ``dp_shard x sp``.
 """
 
 from __future__ import annotations

@@ -62,21 +62,25 @@ def progress_bar(done: int, total: int, width: int) -> str:
 class MetricsLogger:
     """Rank-0 sinks; other ranks' instances do nothing."""
 
-    def __init__(self, run_dir: Path, logging_cfg, is_main: bool, total_steps: int,
-                 world_size: int, peak_flops: float | None):
+    def __init__(self, logging_cfg, is_main: bool, total_steps: int, world_size: int,
+                 peak_flops: float | None):
         self.cfg, self.is_main, self.total = logging_cfg, is_main, total_steps
         self.world_size, self.peak_flops = world_size, peak_flops
         self.tb = None
         self.jsonl = None
         self.started = time.perf_counter()
         self.first_step: int | None = None
-        if not is_main:
+
+    def open(self, run_dir: Path) -> None:
+        """Opens the file sinks (rank 0), once the start is accepted: until then a run writes
+        nothing."""
+        if not self.is_main:
             return
-        if logging_cfg.tensorboard:
+        if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        if logging_cfg.jsonl:
+        if self.cfg.jsonl:
             self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
 
     def record(self, step: int, m: dict, lr: float, step_time: float, device: torch.device,

@@ -71,3 +71,36 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     if max_norm > 0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
     return total
+
+
+def group_settings(optim_cfg, group_index: int) -> dict:
+    """The hyperparameters of param group ``group_index`` (0: decayed, 1: no decay)."""
+    return {"lr": optim_cfg.lr, "betas": tuple(optim_cfg.betas), "eps": optim_cfg.eps,
+            "weight_decay": optim_cfg.weight_decay if group_index == 0 else 0.0}
+
+
+def apply_config(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, optim_cfg) -> list[str]:
+    """Puts the config's optimizer and schedule settings over a restored state (resume).
+
+    The restored moments and the schedule position stay; the base learning rate, betas, eps
+    and weight decay come from ``optim_cfg`` and the current lr is recomputed from the
+    config's schedule at the restored step. Returns ``"optim.<key> old -> new"`` for each
+    setting that differed from the checkpoint's.
+    """
+    changes: dict[str, str] = {}
+    for i, group in enumerate(optimizer.param_groups):
+        want = group_settings(optim_cfg, i)
+        saved = dict(group, lr=scheduler.base_lrs[i])
+        for key, value in want.items():
+            old = tuple(saved[key]) if key == "betas" else saved[key]
+            if old != value:
+                changes.setdefault(f"optim.{key}", f"optim.{key} {old} -> {value}")
+            if key != "lr":
+                group[key] = value
+        group["initial_lr"] = want["lr"]
+    scheduler.base_lrs = [optim_cfg.lr for _ in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs,
+                                   scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return list(changes.values())

@@ -16,6 +16,7 @@ from torch import nn
 
 from lct_train.data.packing import PackedScenes
 from lct_train.model.layout import build_packed_meta
+from lct_train.parallel.ulysses import SPGroup, shard_meta
 from lct_train.train.batches import global_micro_index
 from lct_train.train.flops import FlopCounter
 from lct_train.train.loss import bucket_sums, micro_generator, noise_batch, shot_losses
@@ -43,6 +44,17 @@ class StepInputs:
     guidance: float | None
     buckets: int
     nonfinite_at_step: int = 0  # debug: poison this step's loss
+    sp: SPGroup | None = None  # sequence parallelism: this rank's group (None: sp_degree 1)
+
+    @property
+    def sp_size(self) -> int:
+        return 1 if self.sp is None else self.sp.size
+
+    @property
+    def owns_batch(self) -> float:
+        """1 on the rank that reports a micro-batch's counts (SP rank 0), else 0: counts of a
+        batch that a whole SP group works on are summed once."""
+        return 1.0 if self.sp is None or self.sp.rank == 0 else 0.0
 
 
 def _local_shots(micro: list[PackedScenes]) -> int:
@@ -63,15 +75,17 @@ def forward_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(metric vector [len(METRIC_FIELDS) + 2B] float64, per-micro loss sums)``.
 
-    Both are local to this rank; the metric vector is meant to be all-reduced (SUM).
+    Both are local to this rank; the metric vector is meant to be all-reduced (SUM). Under
+    sequence parallelism each SP rank adds its part of every shot's loss; the batch's counts
+    (shots, tokens, ...) come from SP rank 0 only.
     """
     dev = inp.device
     local_shots = float(_local_shots(micro))
     # Global shot count: known on the host per rank, summed on the device (no sync).
-    global_shots = torch.tensor(local_shots, device=dev)
+    global_shots = torch.tensor(local_shots * inp.owns_batch, device=dev)
     dist.all_reduce(global_shots)
-    # FSDP averages gradients over the dp ranks; the loss is a global mean: cancel the average.
-    scale = inp.dp_size / global_shots
+    # FSDP averages gradients over all ranks (dp x sp); the loss is a global mean: cancel it.
+    scale = inp.dp_size * inp.sp_size / global_shots
     loss_sum = torch.zeros((), device=dev)
     per_micro = torch.zeros(len(micro), device=dev)
     buckets = torch.zeros(2, inp.buckets, device=dev)
@@ -82,26 +96,35 @@ def forward_backward(
         video = mb.video.to(dev, non_blocking=True).float()
         gen = micro_generator(dev, inp.seed, step, global_micro_index(inp.dp_rank,
                                                                       inp.grad_accum, m))
+        # Drawn for the whole micro-batch (the same on every SP rank), then sliced.
         noised = noise_batch(video, meta, gen, mean=inp.t_mean, std=inp.t_std, shift=inp.t_shift)
+        z_t, target, text = noised.z_t, noised.target, mb.text.to(dev, non_blocking=True)
+        local = meta
+        if inp.sp is not None:
+            local = shard_meta(meta, inp.sp)
+            z_t, target = local.shard.local_video(z_t), local.shard.local_video(target)
+            text = local.shard.local_text(text)
         guidance = None
         if inp.guidance is not None:
             guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)
         pred = model(
-            noised.z_t.to(inp.compute_dtype),
-            mb.text.to(dev, non_blocking=True).to(inp.compute_dtype),
+            z_t.to(inp.compute_dtype),
+            text.to(inp.compute_dtype),
             mb.pooled.to(dev, non_blocking=True).to(inp.compute_dtype),
             noised.t_group,
-            meta,
+            local,
             guidance=guidance,
         )
-        losses = shot_losses(pred, noised.target, meta)
+        losses = shot_losses(pred, target, local)  # SP: this rank's part of each shot's loss
         if step == inp.nonfinite_at_step:
             losses = losses * float("nan")
         (losses.sum() * scale).backward()
         micro_sum = losses.detach().sum()
         per_micro[m] = micro_sum
         loss_sum += micro_sum
-        buckets += bucket_sums(losses, noised.t_shot, inp.buckets)
+        shot_buckets = bucket_sums(losses, noised.t_shot, inp.buckets)
+        shot_buckets[1] *= inp.owns_batch  # counts once per micro-batch; loss parts add up
+        buckets += shot_buckets
         train_flops += flops.train_flops(meta)
     host = [
         local_shots,
@@ -114,7 +137,8 @@ def forward_backward(
     ]
     vector = torch.cat([
         loss_sum.double().view(1),
-        torch.tensor(host, dtype=torch.float64).to(dev, non_blocking=True),
+        torch.tensor([x * inp.owns_batch for x in host], dtype=torch.float64).to(
+            dev, non_blocking=True),
         buckets.double().flatten(),
     ])
     return vector, per_micro

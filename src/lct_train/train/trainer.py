@@ -9,6 +9,13 @@ Per step (all ranks): fetch ``grad_accum`` micro-batches -> ``forward_backward``
 ``reduce_step_metrics`` (the one host sync) -> step or skip (non-finite loss / grad norm, per
 ``loss.nonfinite``) -> EMA -> log -> checkpoint. Resume and initial weights are described in
 ``lct_train.train.checkpoint`` and ``lct_train.train.init_weights``.
+
+A start is checked whole before it writes anything: config, run directory writability, the
+checkpoint to resume (verified against its recorded checksums; ``resume=auto`` falls back to
+the newest one that verifies), its architecture and loader state, the data. Only then
+(``_accept``) does rank 0 settle the checkpoint line (``checkpoint_lineage``), write this
+start's config and open the metric files; a refused start leaves the run directory as it was.
+On resume the config's optimizer and schedule settings are put over the restored state.
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ from __future__ import annotations
 import logging
 import math
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from lct_train.config.schema import TrainConfig
 from lct_train.config.store import to_dict, to_yaml
@@ -30,15 +40,31 @@ from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import World, set_train_timeout
 from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.train import checkpoint as ckpt_lib
+from lct_train.train import checkpoint_integrity as integrity
+from lct_train.train import checkpoint_lineage as lineage
+from lct_train.train import run_files
 from lct_train.train.batches import LoaderBatches, SyntheticBatches
 from lct_train.train.ema import EMA
 from lct_train.train.flops import FlopCounter, peak_flops
 from lct_train.train.init_weights import check_same_architecture, init_weights, model_fingerprint
 from lct_train.train.metrics import MetricsLogger, reduce_step_metrics
-from lct_train.train.optim import build_lr_scheduler, build_optimizer, clip_grad_norm
+from lct_train.train.optim import apply_config, build_lr_scheduler, build_optimizer, clip_grad_norm
 from lct_train.train.step import StepInputs, forward_backward
 
 logger = logging.getLogger(__name__)
+
+
+def load_failure(err: BaseException) -> str:
+    """One line for a failed checkpoint load: DCP wraps each rank's exception, with its
+    traceback, into one ``CheckpointException``; the first rank's own error is the cause."""
+    if isinstance(err, CheckpointException) and err.failures:
+        rank, (cause, _) = next(iter(sorted(err.failures.items())))
+        err = cause
+        prefix = f"rank {rank}: "
+    else:
+        prefix = ""
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+    return f"{prefix}{type(err).__name__}: {first}".rstrip(": ")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,10 +89,11 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.model_cfg = cfg.model
         self.state = {"step": 0, "skipped_steps": 0, "consecutive_skips": 0}
-        if world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.started = False  # a first step went through (train() may be called again)
+        run_files.check_writable(self.run_dir)  # nothing is written before _accept
         self.git_revision = git_revision() if world.is_main else ""
+        self.ckpt = ckpt_lib.CheckpointManager(self.run_dir, cfg.checkpoint.keep_last,
+                                               cfg.checkpoint.keep_every, world.rank, world.size)
 
         torch.manual_seed(cfg.seed)
         with torch.device("meta"):  # no rank ever holds the full model
@@ -79,10 +106,8 @@ class Trainer:
         self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_every) \
             if cfg.optim.ema_decay > 0 else None
         self.batches = self._build_batches()
-        self.ckpt = ckpt_lib.CheckpointManager(self.run_dir, cfg.checkpoint.keep_last,
-                                               cfg.checkpoint.keep_every, world.rank)
-        self.metrics = MetricsLogger(self.run_dir, cfg.logging, world.is_main, cfg.steps,
-                                     world.size, peak_flops(cfg.logging.peak_tflops, world.device))
+        self.metrics = MetricsLogger(cfg.logging, world.is_main, cfg.steps, world.size,
+                                     peak_flops(cfg.logging.peak_tflops, world.device))
         self.step_inputs = StepInputs(
             device=world.device, compute_dtype=dtype_of(cfg.parallel.param_dtype),
             mask=cfg.stage.mask, text_rope=self.model_cfg.text_rope, seed=cfg.seed,
@@ -90,7 +115,8 @@ class Trainer:
             t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
             t_shift=cfg.loss.timestep_shift,
             guidance=cfg.loss.guidance if self.model_cfg.guidance_embeds else None,
-            buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step)
+            buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step,
+            sp=world.sp)
         self.validator = None
         if cfg.eval.every > 0:
             from lct_train.train.validation import Validator
@@ -108,12 +134,37 @@ class Trainer:
         return LoaderBatches(cfg.data, self.model_cfg, w.dp_rank, w.dp_size, cfg.optim.grad_accum)
 
     def _resume_path(self) -> Path | None:
-        resume = self.cfg.resume
+        """The checkpoint this start continues from (verified), or None."""
+        resume, w = self.cfg.resume, self.world
         if resume == "none":
             return None
         if resume == "auto":
-            return layout.newest_checkpoint(self.run_dir)
-        return layout.resolve_checkpoint(resume, "resume")
+            return self._newest_verified()
+        try:
+            path = layout.resolve_checkpoint(resume, "resume")
+        except layout.CheckpointLayoutError as err:
+            raise ConfigError("resume", str(err).removeprefix("resume: ")) from err
+        problem = integrity.verify(path, w.rank, w.size)
+        if problem is not None:
+            raise ConfigError("resume", f"checkpoint {path} is damaged: {problem}")
+        return path
+
+    def _newest_verified(self) -> Path | None:
+        """``resume=auto``: the newest checkpoint of the run that verifies, with a warning for
+        each damaged one passed over (they are set aside when the start is accepted)."""
+        damaged = []
+        for _, path in lineage.candidates(self.ckpt.root):
+            problem = integrity.verify(path, self.world.rank, self.world.size)
+            if problem is None:
+                return path
+            damaged.append(f"{path.name}: {problem}")
+            if self.world.is_main:  # printed like every start-up line (logging may be off)
+                print(f"lct-train: WARNING: checkpoint {path} is damaged ({problem}): falling "
+                      "back to an older one", file=sys.stderr, flush=True)
+        if damaged:
+            raise ConfigError("resume", f"no checkpoint of {self.ckpt.root} verifies ("
+                              + "; ".join(damaged) + "); resume=none starts over")
+        return None
 
     def _fill_weights(self) -> str | None:
         """Initial weights into the materialised model, unless the run resumes (then the
@@ -125,14 +176,44 @@ class Trainer:
                             self.cfg.seed)
 
     def _start(self, source: str | None) -> None:
+        changes = []
         if self.resume_from is not None:
             self.load(self.resume_from)
+            changes = apply_config(self.optimizer, self.scheduler, self.cfg.optim)
+        self._accept(source)
+        if self.resume_from is not None:
             source = f"resumed from {self.resume_from} at step {self.state['step']}"
+        if changes:
+            self.metrics.text("lct-train: the config's optimizer settings replace the "
+                              f"checkpoint's: {', '.join(changes)}")
         fingerprint = model_fingerprint(self.model, self.world.device,
                                         self.cfg.parallel.dp_replicate)
         self.metrics.text(f"lct-train: stage {self.cfg.stage.name} ({self.cfg.stage.mask}), "
                           f"{self.world.size} rank(s) on {self.world.device.type}, weights: "
                           f"{source}; weight sum {fingerprint:.6e}")
+
+    def _accept(self, source: str | None) -> None:
+        """Every check passed: rank 0 settles the checkpoint line, writes this start's config
+        and opens the metric files. A write that fails is a one-line error on every rank."""
+        error, messages = None, []
+        if self.world.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.resume_from, messages = lineage.settle(self.ckpt.root, self.state["step"],
+                                                            self.resume_from)
+                weights = source or f"resumed from {self.resume_from} at step {self.state['step']}"
+                run_files.save_start_config(self.run_dir, to_yaml(self.cfg), weights)
+                self.metrics.open(self.run_dir)
+            except OSError as err:
+                error = f"cannot write in {self.run_dir}: {err}"
+        box = [error, self.resume_from]
+        if self.world.size > 1:
+            dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise ConfigError("run_dir", box[0])
+        self.resume_from = box[1]
+        for message in messages:
+            self.metrics.text(message)
 
     # ----------------------------------------------------------------------------- checkpoint
     def _states(self, per_rank: bool = True, loader: bool = True) -> dict:
@@ -175,7 +256,10 @@ class Trainer:
         fresh_ema = "ema" in states and "ema" not in saved
         if fresh_ema:
             del states["ema"]
-        self.ckpt.load(path, states)
+        try:
+            self.ckpt.load(path, states)
+        except (Exception, CheckpointException) as err:  # a refusal: nothing written yet
+            raise ConfigError("resume", f"cannot load {path}: {load_failure(err)}") from err
         if fresh_ema:  # EMA switched on at resume: start it from the loaded weights
             self.ema = EMA(self.model, self.cfg.optim.ema_decay, self.cfg.optim.ema_every)
         if loader and not same_world:
@@ -232,8 +316,9 @@ class Trainer:
             now = time.perf_counter()
             records.append(self.metrics.record(step, m, lr, now - step_started,
                                                self.world.device, skipped=not finite))
-            if len(records) == 1:  # first step of this process: start-up is over
+            if not self.started:  # first step of this trainer: start-up is over
                 set_train_timeout(self.world, self.cfg.parallel.train_timeout_s)
+                self.started = True
             if self._should_save(step):
                 self.save()
             if self.validator is not None and step % self.cfg.eval.every == 0:

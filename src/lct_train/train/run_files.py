@@ -1,0 +1,57 @@
+"""The run directory's own files: a writability check before anything is written, and the
+resolved config of every start.
+
+``config.yaml`` is the config of the latest start; ``configs/start-<NNNN>.yaml`` keeps each
+start's config (never overwritten), headed by when it started and from which checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lct_train.core.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+CONFIGS_DIR = "configs"
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(run_dir: Path) -> None:
+    """``ConfigError('run_dir', ...)`` unless ``run_dir`` (or the directory it would be created
+    in) is a writable directory. Writes nothing."""
+    base = _nearest_existing(run_dir)
+    if not base.is_dir():
+        raise ConfigError("run_dir", f"cannot create {run_dir}: {base} is not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        what = "is" if base == run_dir.absolute() else f"would be created in {base}, which is"
+        raise ConfigError("run_dir", f"{run_dir} {what} not writable")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def save_start_config(run_dir: Path, yaml_text: str, source: str) -> Path:
+    """Writes ``config.yaml`` and a new ``configs/start-<NNNN>.yaml``; returns the latter."""
+    history = run_dir / CONFIGS_DIR
+    history.mkdir(parents=True, exist_ok=True)
+    number = len(list(history.glob("start-*.yaml"))) + 1
+    path = history / f"start-{number:04d}.yaml"
+    while path.exists():
+        number += 1
+        path = history / f"start-{number:04d}.yaml"
+    header = (f"# start {number} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; "
+              f"weights: {source}\n")
+    _write_atomic(path, header + yaml_text)
+    _write_atomic(run_dir / CONFIG_FILE, yaml_text)
+    return path

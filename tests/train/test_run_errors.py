@@ -1,0 +1,99 @@
+"""Issue 11 item 4: bad input to a run is one line naming the key or path (exit 2) and writes
+nothing; a run stopped by bad data under torchrun ends with the project's line, not tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from lct_train.data.schema import DATASET_FILE
+from tests.data.test_bad_data import missing_text, rewrite
+from tests.train.test_kill_resume import DATA_GEOMETRY, build_dataset
+from tests.train.torchrun import LAUNCH_TIMEOUT_S, env, torchrun_cmd
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return build_dataset(tmp_path_factory)
+
+
+@pytest.fixture
+def sources(tmp_path):
+    empty = tmp_path / "empty"  # a folder, but no dataset
+    empty.mkdir()
+    no_shards = tmp_path / "no_shards"  # a dataset.json, but no shards
+    (no_shards / "shards").mkdir(parents=True)
+    (no_shards / DATASET_FILE).write_text(
+        '{"vae": {}, "text_encoder": {}, "latent_channels": 12, "text_dim": 32, '
+        '"pooled_dim": 16, "temporal_factor": 1, "spatial_factor": 2, "image_frame": "any", '
+        '"fps": 8.0, "area": 1024, "format_version": 1}')
+    return {"missing": tmp_path / "missing", "empty": empty, "no_shards": no_shards}
+
+
+@pytest.mark.parametrize(("case", "key", "text"), [
+    ("missing", "data.sources[1].path", "is not a directory"),
+    ("empty", "data.sources[1].path", "not a dataset directory"),
+    ("no_shards", "data.sources[1].path", "holds no shards"),
+])
+def test_bad_data_paths_name_the_source(train, tmp_path, sources, dataset, case, key, text):
+    run = tmp_path / "run"
+    status, err = train(f"run_dir={run}", "data_source=shards", *DATA_GEOMETRY,
+                        f"data.sources=[{{path: {dataset}}}, {{path: {sources[case]}}}]")
+    assert status == 2
+    line = one_line(err)
+    assert line.startswith(f"lct-train: config error: {key}: {sources[case]}"), line
+    assert text in line
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(("overrides", "start"), [
+    (["resume=/nowhere/step-00000010"], "resume: /nowhere/step-00000010 is not a training "
+                                        "checkpoint"),
+    (["data.sources=[{path: a}, {pth: b}]"], "data.sources[1].pth: Key 'pth' not in"),
+    (["run_dir=FILE/run"], "run_dir: cannot create FILE/run: FILE is not a directory"),
+])
+def test_bad_settings_are_one_line_naming_the_key(train, tmp_path, overrides, start):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    overrides = [o.replace("FILE", str(file)) for o in overrides]
+    if not any(o.startswith("run_dir=") for o in overrides):
+        overrides.append(f"run_dir={tmp_path / 'run'}")
+    status, err = train(*overrides)
+    assert status == 2
+    assert one_line(err).startswith(f"lct-train: config error: {start.replace('FILE', str(file))}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.slow
+def test_bad_sample_fraction_under_torchrun_ends_with_the_project_line(dataset, tmp_path):
+    bad = tmp_path / "bad"
+    subprocess.run(["cp", "-r", str(dataset), str(bad)], check=True)
+    for shard in sorted((bad / "shards").glob("*.tar")):
+        rewrite(shard, missing_text)  # every sample bad: both ranks stop at their first check
+    started = time.monotonic()
+    proc = subprocess.run(
+        torchrun_cmd(2, [*DATA_GEOMETRY, f"data.sources=[{{path: {bad}}}]", "data.num_workers=1",
+                         "data.max_tokens=512", "data.bad_check_min_samples=2", "steps=4",
+                         f"run_dir={tmp_path / 'run'}"]),
+        capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env())
+    assert time.monotonic() - started < LAUNCH_TIMEOUT_S
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    ours = [ln for ln in out.splitlines() if ln.startswith("lct-train: rank")]
+    assert ours, out
+    assert all("data error: " in ln and "max_bad_fraction" in ln and "missing members" in ln
+               for ln in ours)
+    # no worker traceback (DataLoader re-raise, gloo): only torchrun's own report follows
+    assert "Caught DataQualityError" not in out
+    assert "lct_train/" not in out.split("ChildFailedError")[0], out
+    last = [ln for ln in out.splitlines() if ln.strip() and set(ln.strip()) != {"="}][-1]
+    assert "lct-train: rank" in last, out[-3000:]
+    assert "data error: " in last
