@@ -27,6 +27,8 @@ SYNTH_HELP = {
     "p_continuous": "share of scenes that are one continuous take split into segments",
     "max_characters": "most characters per scene",
     "seed": "random seed (the same seed renders the same set)",
+    "hidden": "characters' colours, sizes, textures and the room's colour and pattern drawn "
+              "per scene and named in no prompt (--no-hidden: named and prompted)",
 }
 
 
@@ -74,8 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     y = _sub(sub, "synth", "render a procedural multi-shot dataset (mp4 + manifest + ground truth)")
     y.add_argument("out", help="output directory")
     for name, field in SynthConfig.__dataclass_fields__.items():
-        y.add_argument(f"--{name.replace('_', '-')}", type=type(field.default),
-                       default=field.default, help=SYNTH_HELP[name])
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(field.default, bool):  # --hidden / --no-hidden
+            y.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                           help=SYNTH_HELP[name])
+        else:
+            y.add_argument(flag, type=type(field.default), default=field.default,
+                           help=SYNTH_HELP[name])
 
     q = _sub(sub, "inspect", "dataset statistics: counts, shot sizes, tokens-per-scene histogram")
     q.add_argument("dataset", help="dataset directory written by lct-shards build")

@@ -1,11 +1,14 @@
 """`make demo`: the whole LCT pipeline on an embedded small default, end to end on a CPU.
 
-1. ``lct-shards synth``  procedural multi-shot scenes (persistent characters and rooms) as mp4s;
+1. ``lct-shards synth``  procedural multi-shot scenes (persistent characters and rooms) as mp4s,
+   whose characters' colours, sizes and textures and the room's colour are in no prompt;
 2. ``lct-shards build``  scene shards: pixel-space latents (exactly invertible, so samples
    decode to frames a person can read) and MiniLM text embeddings (a real encoder, offline);
 3. stage 1 (LCT): bidirectional scene attention, from scratch, on torchrun;
 4. causal fine-tuning from stage 1's newest checkpoint (context-causal masks);
-5. ``lct-sample``: a multi-shot scene, auto-regressively with the KV cache.
+5. ``lct-sample``: a multi-shot scene, auto-regressively with the KV cache, scored by
+   ``lct-eval`` (do the unprompted colours agree across its shots?) next to the baseline
+   without cross-shot attention (BENCHMARKS.md, ``bench/consistency.py``).
 
 Every step runs the real command line a user would type (printed before it runs); re-running
 resumes (finished shards are skipped, training continues from its newest checkpoint). The
@@ -15,7 +18,6 @@ settings live in ``conf/experiment/demo.yaml`` (training) and the constants belo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -24,12 +26,10 @@ import time
 from pathlib import Path
 
 import yaml
-from safetensors.torch import load_file
 
-from data_tools.consistency import scene_consistency
 from data_tools.manifest import read_manifest
-from lct_train.data.codecs import build_codec, tensor_to_frames
 from lct_train.data.schema import strip_cut
+from lct_train.eval.cli import evaluate
 
 DEFAULT_OUT = "demo_out"
 NUM_SCENES = 32
@@ -44,6 +44,9 @@ SAMPLE_SHOTS = 3
 STAGE1_STEPS = 700
 CAUSAL_STEPS = 150
 MP4_FPS = 6
+# hidden_agreement of the isolated-shot baseline (no cross-shot attention), joint mode, from
+# BENCHMARKS.md ("Does LCT learn?", bench/consistency.py row (b); one-character scenes).
+BASELINE_HIDDEN_AGREEMENT = 0.30
 
 
 def _run(cmd: list[str], title: str) -> float:
@@ -68,23 +71,20 @@ def _train_cmd(stage: str, run_dir: Path, data_dir: Path, extra: list[str]) -> l
 
 
 def _demo_scene(manifest: Path) -> tuple[str, dict]:
-    """(key, scene file) of the first synthetic scene with SAMPLE_SHOTS authentic cuts."""
-    for scene in read_manifest(manifest):
-        if len(scene.shots) == SAMPLE_SHOTS and all(s.cut for s in scene.shots):
-            break
-    else:
-        raise RuntimeError(f"{manifest}: no scene with {SAMPLE_SHOTS} cut shots")
+    """(key, scene file) of the first synthetic scene of authentic cuts with the most shots (up
+    to SAMPLE_SHOTS, at least 2: the colours must agree across shots)."""
+    cuts = [s for s in read_manifest(manifest) if all(shot.cut for shot in s.shots)]
+    cuts = [s for s in cuts if 2 <= len(s.shots) <= SAMPLE_SHOTS]
+    if not cuts:
+        raise RuntimeError(f"{manifest}: no scene of 2..{SAMPLE_SHOTS} cut shots")
+    scene = max(cuts, key=lambda s: len(s.shots))  # the first of the longest
     shots = [{"prompt": strip_cut(s.prompt), "cut": True} for s in scene.shots]
-    return scene.key, {"global_prompt": scene.global_prompt, **SAMPLE, "shots": shots}
+    return scene.key, {"key": scene.key, "global_prompt": scene.global_prompt, **SAMPLE,
+                       "shots": shots}
 
 
-def _consistency(sample_dir: Path, truth_file: Path) -> dict:
-    """Cross-shot consistency of the generated scene against the synthetic ground truth."""
-    truth = json.loads(truth_file.read_text())
-    codec = build_codec(BUILD["--vae"])
-    shots = [tensor_to_frames(codec.decode(load_file(sample_dir / f"shot_{i:03d}.safetensors")["latent"]))
-             for i in range(len(truth["shots"]))]
-    return scene_consistency(shots, truth)
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "auto-regressive sampling with the KV cache",
     )
 
-    score = _consistency(sample_dir, raw / "gt" / f"{key}.json")
+    _, _, score = evaluate(str(sample_dir / "manifest.jsonl"), str(raw / "gt"))
     total = sum(timings.values())
     print("\n=== demo done in {:.0f} s ({})".format(
         total, ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())))
@@ -133,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"contact sheet:  {sample_dir / 'contact_sheet.png'}")
     print(f"per-shot mp4s:  {sample_dir}/shot_*.mp4")
     print(f"scene file:     {scene_file}  (the prompts of training scene {key})")
-    print("consistency with the scene's ground truth (1 = every shot shows its room and "
-          "characters): " + ", ".join(f"{k} {v:.2f}" for k, v in score.items()))
+    print(f"prompts:        {scene['global_prompt']}  (no colour is named)")
+    print(f"hidden_agreement {_fmt(score['hidden_agreement'])} (characters "
+          f"{_fmt(score['character_agreement'])}, room {_fmt(score['room_agreement'])}): share of "
+          "shot pairs whose unprompted colours agree (lct-eval, docs/eval.md); the baseline "
+          f"without cross-shot attention: {BASELINE_HIDDEN_AGREEMENT:.2f} (BENCHMARKS.md)")
+    print(f"lct-eval:       lct-eval {sample_dir / 'manifest.jsonl'} --truth {raw / 'gt'}")
     print(f"tensorboard:    tensorboard --logdir {out / 'runs'}")
     return 0
 

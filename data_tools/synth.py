@@ -4,7 +4,8 @@ Output directory::
 
     videos/<key>_shot<i>.mp4   one file per shot (multi-shot scenes, authentic cuts)
     videos/<key>_cont.mp4      one continuous shot, split into segments by start/end times
-    gt/<key>.json              ground truth: characters, environment, per-shot camera/positions
+    gt/<key>.json              ground truth: every attribute of characters and room (``hidden``
+                               lists those no prompt states), per-shot camera/positions
     manifest.jsonl             every scene (SPEC §1 prompts), for ``lct-shards build``
     manifest_multishot.jsonl / manifest_segments.jsonl   the two kinds apart (source mixing)
 """
@@ -48,6 +49,9 @@ class SynthConfig:
     p_continuous: float = 0.3  # share of scenes that are one continuous shot split in segments
     max_characters: int = 3
     seed: int = 0
+    # Characters' exact colours, sizes, textures and the room's colour and pattern are drawn
+    # per scene and left out of the prompts (False: named palette entries, all in the prompts).
+    hidden: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_shots <= self.max_shots:
@@ -90,7 +94,7 @@ def _shot_truth(plan: ShotPlan, truth: list[dict], start: float | None, end: flo
 
 
 def _multishot(cfg: SynthConfig, rng, key: str, out: Path) -> tuple[dict, dict]:
-    chars, env = sample_world(rng, cfg.max_characters)
+    chars, env = sample_world(rng, cfg.max_characters, cfg.hidden)
     n = int(rng.integers(cfg.min_shots, cfg.max_shots + 1))
     shots, truths = [], []
     for i in range(n):
@@ -107,7 +111,7 @@ def _multishot(cfg: SynthConfig, rng, key: str, out: Path) -> tuple[dict, dict]:
 
 
 def _segments(cfg: SynthConfig, rng, key: str, out: Path) -> tuple[dict, dict]:
-    chars, env = sample_world(rng, cfg.max_characters)
+    chars, env = sample_world(rng, cfg.max_characters, cfg.hidden)
     n = int(rng.integers(max(2, cfg.min_shots), max(2, cfg.max_shots) + 1))
     plan = sample_shot(rng, chars)
     videos, shots, truths, t = [], [], [], 0.0

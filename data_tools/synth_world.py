@@ -5,6 +5,15 @@ environment (background colour, pattern, light). Each shot picks a framing (wide
 centred on a character), starting positions and motions; :func:`render_shot` rasterises it
 with numpy (world coordinates in [0, 1]^2, so the background pattern is consistent across
 framings). Everything is drawn from a ``numpy.random.Generator``: same seed, same scene.
+
+Two kinds of world (``sample_world(hidden=...)``):
+
+* **hidden** (the default of ``lct-shards synth``): each character's exact colour (a continuous
+  hue / saturation / value draw, hues kept apart within a scene), its texture and size, and
+  the room's colour and pattern are drawn per scene and *never named in a prompt*: prompts
+  name characters by role and shape only. Only the scene's context can keep them consistent
+  across shots.
+* **described**: named colours and sizes from small palettes, all stated in the prompts.
 """
 
 from __future__ import annotations
@@ -21,10 +30,11 @@ BACKGROUND_COLOURS = {
     "navy": (20, 25, 70), "forest": (20, 60, 30), "maroon": (70, 20, 25), "slate": (60, 65, 75),
     "plum": (60, 30, 70), "sand": (150, 130, 90),
 }
+ROLES = ("the host", "the visitor", "the guard", "the child", "the painter", "the courier")
 SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES = {"small": 0.09, "medium": 0.12, "large": 0.16}  # radius, fraction of the world
 TEXTURES = ("solid", "striped", "dotted")
-PATTERNS = ("plain", "grid", "gradient")
+PATTERNS = ("plain", "grid", "dots")
 LIGHTS = {"bright": 1.0, "dim": 0.75}
 FRAMINGS = {"wide": 1.0, "mid": 1.6, "close": 2.4}  # zoom factor
 TEXTURE_SHADE = 0.6  # stripes/dots are the base colour darkened by this factor
@@ -32,6 +42,14 @@ PATTERN_SHADE = 0.7
 TEXTURE_PERIOD = 0.05  # world units
 GRID_PERIOD = 0.2
 GRID_LINE = 0.02
+DOT_PERIOD = 0.1
+DOT_SIZE = 0.025
+# Hidden colours (HSV): characters bright and saturated, rooms darker and greyer, so a
+# character never blends into its room. Hues of one scene's characters stay this far apart.
+CHARACTER_HSV = ((0.0, 1.0), (0.6, 1.0), (0.8, 1.0))
+ROOM_HSV = ((0.0, 1.0), (0.25, 0.6), (0.25, 0.55))
+MIN_HUE_GAP = 0.15
+RADIUS_RANGE = (0.09, 0.16)  # hidden sizes: world units, continuous
 MAX_SPEED = 0.25  # world units per second
 WORLD_MARGIN = 0.2
 
@@ -40,31 +58,35 @@ WORLD_MARGIN = 0.2
 class Character:
     index: int  # 1-based, as in "Character K"
     shape: str
-    colour: str
-    size: str
+    colour: str  # a palette name, or "hidden" (then only ``rgb`` says which)
+    size: str  # a palette name, or "hidden"
     texture: str
+    rgb: tuple[int, int, int]
+    radius: float  # world units
+    role: str = ""
 
     @property
-    def rgb(self) -> tuple[int, int, int]:
-        return CHARACTER_COLOURS[self.colour]
+    def hidden(self) -> bool:
+        return self.colour == "hidden"
 
     def describe(self) -> str:
+        if self.hidden:
+            return f"{self.role}, a {self.shape}"
         tex = {"solid": "solid", "striped": "with stripes", "dotted": "with dots"}[self.texture]
         return f"a {self.size} {self.colour} {self.shape}, {tex}"
 
 
 @dataclass
 class Environment:
-    colour: str
+    colour: str  # a palette name, or "hidden"
     pattern: str
     light: str
-
-    @property
-    def rgb(self) -> tuple[int, int, int]:
-        return BACKGROUND_COLOURS[self.colour]
+    rgb: tuple[int, int, int]
 
     def describe(self) -> str:
-        pat = {"plain": "plain", "grid": "grid-patterned", "gradient": "softly graded"}[self.pattern]
+        if self.colour == "hidden":
+            return f"A {self.light}ly lit room."
+        pat = {"plain": "plain", "grid": "grid-patterned", "dots": "dotted"}[self.pattern]
         return f"A {self.light}ly lit {pat} {self.colour} room."
 
 
@@ -76,14 +98,51 @@ class ShotPlan:
     velocity: dict[int, tuple[float, float]]  # world units per second
 
 
-def sample_world(rng: np.random.Generator, max_characters: int) -> tuple[list[Character], Environment]:
+def hsv_to_rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+    """HSV in [0, 1] -> RGB 0..255 (the standard hexcone)."""
+    i, f = int(h * 6) % 6, h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return tuple(round(255 * c) for c in rgb)  # type: ignore[return-value]
+
+
+def _draw_hsv(rng: np.random.Generator, ranges, hue: float | None = None) -> tuple[int, int, int]:
+    (h0, h1), (s0, s1), (v0, v1) = ranges
+    h = rng.uniform(h0, h1) if hue is None else hue
+    return hsv_to_rgb(float(h), float(rng.uniform(s0, s1)), float(rng.uniform(v0, v1)))
+
+
+def _distinct_hues(rng: np.random.Generator, n: int) -> list[float]:
+    """``n`` hues on the colour circle, pairwise at least ``MIN_HUE_GAP`` apart."""
+    while True:
+        hues = rng.uniform(0.0, 1.0, size=n)
+        gaps = [abs(a - b) for i, a in enumerate(hues) for b in hues[i + 1:]]
+        if all(min(g, 1 - g) >= MIN_HUE_GAP for g in gaps):
+            return [float(h) for h in hues]
+
+
+def sample_world(rng: np.random.Generator, max_characters: int,
+                 hidden: bool = True) -> tuple[list[Character], Environment]:
+    """Characters and room of one scene; ``hidden``: continuous colours / sizes the prompts
+    do not name (see the module doc), else named palette entries."""
     n = int(rng.integers(1, max_characters + 1))
+    shapes = [str(rng.choice(SHAPES)) for _ in range(n)]
+    textures = [str(rng.choice(TEXTURES)) for _ in range(n)]
+    light = str(rng.choice(list(LIGHTS)))
+    pattern = str(rng.choice(PATTERNS))
+    if hidden:
+        roles = rng.choice(ROLES, size=n, replace=False)
+        hues = _distinct_hues(rng, n)
+        chars = [Character(i + 1, shapes[i], "hidden", "hidden", textures[i],
+                           _draw_hsv(rng, CHARACTER_HSV, hues[i]),
+                           float(rng.uniform(*RADIUS_RANGE)), str(roles[i])) for i in range(n)]
+        return chars, Environment("hidden", pattern, light, _draw_hsv(rng, ROOM_HSV))
     colours = rng.choice(list(CHARACTER_COLOURS), size=n, replace=False)
-    chars = [Character(i + 1, str(rng.choice(SHAPES)), str(colours[i]), str(rng.choice(list(SIZES))),
-                       str(rng.choice(TEXTURES))) for i in range(n)]
-    env = Environment(str(rng.choice(list(BACKGROUND_COLOURS))), str(rng.choice(PATTERNS)),
-                      str(rng.choice(list(LIGHTS))))
-    return chars, env
+    sizes = [str(rng.choice(list(SIZES))) for _ in range(n)]
+    chars = [Character(i + 1, shapes[i], str(colours[i]), sizes[i], textures[i],
+                       CHARACTER_COLOURS[str(colours[i])], SIZES[sizes[i]]) for i in range(n)]
+    room = str(rng.choice(list(BACKGROUND_COLOURS)))
+    return chars, Environment(room, pattern, light, BACKGROUND_COLOURS[room])
 
 
 def _position(rng: np.random.Generator) -> tuple[float, float]:
@@ -149,12 +208,12 @@ def render_frame(chars: list[Character], env: Environment, pos: dict[int, tuple[
     if env.pattern == "grid":
         line = ((wx % GRID_PERIOD) < GRID_LINE) | ((wy % GRID_PERIOD) < GRID_LINE)
         img[line] *= PATTERN_SHADE
-    elif env.pattern == "gradient":
-        img *= (1.0 - (1.0 - PATTERN_SHADE) * np.clip(wy, 0, 1))[..., None]
+    elif env.pattern == "dots":
+        img[((wx % DOT_PERIOD) < DOT_SIZE) & ((wy % DOT_PERIOD) < DOT_SIZE)] *= PATTERN_SHADE
     for c in chars:
         px, py = pos[c.index]
         dx, dy = wx - px, wy - py
-        mask = _shape_mask(c.shape, dx, dy, SIZES[c.size])
+        mask = _shape_mask(c.shape, dx, dy, c.radius)
         colour = np.array(c.rgb, dtype=np.float32)
         img[mask] = colour
         if c.texture == "striped":
@@ -190,10 +249,16 @@ def render_shot(chars, env, plan: ShotPlan, num_frames: int, fps: float, size: t
     return np.stack(frames), truth
 
 
+HIDDEN_ATTRIBUTES = ("characters.rgb", "characters.radius", "characters.texture",
+                     "environment.rgb", "environment.pattern")
+
+
 def world_truth(chars: list[Character], env: Environment) -> dict:
+    """Every attribute of the scene's world; ``hidden`` lists those no prompt states."""
     light = LIGHTS[env.light]
     return {
-        "characters": [asdict(c) | {"rgb": list(c.rgb), "rendered_rgb": [round(v * light) for v in c.rgb],
-                                    "radius": SIZES[c.size]} for c in chars],
+        "characters": [asdict(c) | {"rgb": list(c.rgb), "rendered_rgb": [round(v * light) for v in c.rgb]}
+                       for c in chars],
         "environment": asdict(env) | {"rgb": list(env.rgb), "rendered_rgb": [round(v * light) for v in env.rgb]},
+        "hidden": list(HIDDEN_ATTRIBUTES) if env.colour == "hidden" else [],
     }

@@ -1,4 +1,4 @@
-"""Synthetic scenes (prompts, ground truth), the consistency metric, shot detection, manifests."""
+"""Synthetic scenes (prompts, hidden attributes, ground truth), shot detection, manifests."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from data_tools.consistency import scene_consistency
 from data_tools.manifest import read_manifest
 from data_tools.split import split_video
+from data_tools.synth import SynthConfig, write_synth
 from data_tools.synth_world import render_frame, sample_world
-from lct_train.data.video_io import decode_shot
 from lct_train.sample.writers import write_mp4
 from tests.data.conftest import TINY_SYNTH
 
@@ -31,22 +30,29 @@ def test_synth_prompts_follow_spec(synth_dir):
             assert all(sh.end > sh.start for sh in s.shots)
 
 
-def _decoded(synth_dir, key):
-    scene = {s.key: s for s in read_manifest(synth_dir / "manifest.jsonl")}[key]
-    return [decode_shot(sh.path, TINY_SYNTH["fps"], sh.start, sh.end) for sh in scene.shots]
+def test_hidden_attributes_are_recorded_but_never_prompted(synth_dir, tmp_path):
+    from data_tools.synth_world import CHARACTER_COLOURS, TEXTURES
 
-
-def test_consistency_high_on_real_low_on_recoloured(synth_dir):
-    keys = sorted(p.stem for p in (synth_dir / "gt").glob("*.json"))
-    real, swapped = [], []
-    for key in keys:
-        truth = json.loads((synth_dir / "gt" / f"{key}.json").read_text())
-        shots = _decoded(synth_dir, key)
-        assert [s.shape[0] for s in shots] == [len(t["frames"]) for t in truth["shots"]]
-        real.append(scene_consistency(shots, truth)["score"])
-        swapped.append(scene_consistency([255 - s for s in shots], truth)["score"])
-    assert np.mean(real) > 0.9
-    assert np.mean(swapped) < 0.5
+    named = [*CHARACTER_COLOURS, "small", "large", "stripes", "dots", "grid"]
+    for scene in read_manifest(synth_dir / "manifest.jsonl"):
+        truth = json.loads((synth_dir / "gt" / f"{scene.key}.json").read_text())
+        text = " ".join([scene.global_prompt, *(s.prompt for s in scene.shots)]).lower()
+        assert not [w for w in named if w in text.split() or f"{w}," in text], text
+        assert "characters.rgb" in truth["hidden"]
+        for c in truth["characters"]:
+            assert c["role"] in scene.global_prompt
+            assert c["shape"] in scene.global_prompt
+            assert 0.09 <= c["radius"] <= 0.16
+            assert c["texture"] in TEXTURES
+            assert len(c["rgb"]) == 3
+        assert truth["environment"]["pattern"] in ("plain", "grid", "dots")
+    described = tmp_path / "described"
+    write_synth(SynthConfig(**{**TINY_SYNTH, "hidden": False}), described)
+    scene = read_manifest(described / "manifest.jsonl")[0]
+    truth = json.loads((described / "gt" / f"{scene.key}.json").read_text())
+    assert truth["hidden"] == []
+    for c in truth["characters"]:
+        assert f"{c['size']} {c['colour']} {c['shape']}" in scene.global_prompt
 
 
 def test_characters_keep_their_colour_across_framings():

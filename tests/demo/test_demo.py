@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from PIL import Image
 
 from lct_train.sample.writers import THUMB_HEIGHT
@@ -31,10 +32,13 @@ def test_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     sample = out / "sample"
-    for name in ("scene.mp4", "contact_sheet.png", "shot_000.mp4", "shot_002.safetensors"):
+    shots = len(yaml.safe_load((out / "demo_scene.yaml").read_text())["shots"])
+    assert shots >= 2
+    for name in ("scene.mp4", "contact_sheet.png", "shot_000.mp4",
+                 f"shot_{shots - 1:03d}.safetensors"):
         assert (sample / name).is_file(), name
     with Image.open(sample / "contact_sheet.png") as sheet:
-        assert sheet.height >= 3 * THUMB_HEIGHT  # one row per generated shot
+        assert sheet.height >= shots * THUMB_HEIGHT  # one row per generated shot
     # both stages left a final checkpoint; causal FT started from stage 1's
     stage1 = out / "runs" / "stage1" / "checkpoints" / "step-00000002"
     causal = out / "runs" / "causal_ft" / "checkpoints" / "step-00000002"
@@ -43,7 +47,9 @@ def test_demo_end_to_end(tmp_path):
     assert "stage causal_ft (causal)" in log
     assert f"weights: checkpoint {stage1} (" in log
     assert len(STEP_LINE.findall(result.stderr)) >= 2
-    assert "consistency with the scene's ground truth" in result.stdout
+    assert "hidden_agreement " in result.stdout  # lct-eval of the sample vs the ground truth
+    assert "(no colour is named)" in result.stdout
+    assert (sample / "manifest.jsonl").is_file()
     assert str(sample / "contact_sheet.png") in result.stdout
     first_build = _build_summary(result.stdout)
     assert first_build["scenes_built"] == 4

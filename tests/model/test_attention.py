@@ -16,7 +16,7 @@ from lct_train.model.attention.reference import ReferenceAttention
 from lct_train.model.attention.varlen import VarlenAttention, emulate_varlen, ghost_plan, run_plan
 from lct_train.model.layout import SceneSpec, build_packed_meta
 from lct_train.model.mmdit import LCTModel
-from tests.model.model_testutils import group_scene, random_inputs, scene
+from tests.model.model_testutils import group_is_global, group_scene, random_inputs, scene
 from tests.testutils import tiny_config
 
 BATCH = [
@@ -24,7 +24,7 @@ BATCH = [
     scene((4, (1, 2, 3)), text_global=None),
     scene((1, (1, 1, 2)), (2, (1, 2, 2))),
 ]
-MASKS = ["bidirectional", "causal"]
+MASKS = ["bidirectional", "causal", "isolated"]
 HEADS, HEAD_DIM = 2, 8
 
 
@@ -41,6 +41,9 @@ def _naive(q, k, v, meta):
     allowed = scene_id[:, None] == scene_id[None, :]
     if meta.mask == "causal":
         allowed &= meta.joint_group[None, :] <= meta.joint_group[:, None]
+    if meta.mask == "isolated":
+        key_global = group_is_global(meta)[meta.joint_group][None, :]
+        allowed &= (meta.joint_group[:, None] == meta.joint_group[None, :]) | key_global
     scores = torch.einsum("qhd,khd->hqk", q, k) / HEAD_DIM**0.5
     return torch.einsum("hqk,khd->qhd", scores.masked_fill(~allowed, float("-inf")).softmax(-1), v)
 
@@ -68,7 +71,13 @@ def _cached_meta():
     )
 
 
-@pytest.mark.parametrize("case", [*MASKS, "kv-cache"])
+def test_ghost_plan_refuses_the_isolated_mask():
+    meta = build_packed_meta(BATCH, mask="isolated")
+    with pytest.raises(ValueError, match=r"isolated mask .* has no ghost-segment plan"):
+        ghost_plan(meta.attn)
+
+
+@pytest.mark.parametrize("case", ["bidirectional", "causal", "kv-cache"])
 def test_ghost_plan_through_varlen_emulator_equals_reference(case):
     """The flash-varlen plan (calls, ghost segments, permutation) is exact in forward and backward."""
     meta = _cached_meta() if case == "kv-cache" else build_packed_meta(BATCH, mask=case)
@@ -93,7 +102,7 @@ def test_block_mask_from_intervals_equals_create_block_mask(case, block_size):
     attn = meta.attn
     ours = block_mask_from_intervals(attn, block_size)
     expected = create_block_mask(
-        interval_mask_mod(attn.lo, attn.hi), None, None, attn.num_q, attn.num_k,
+        interval_mask_mod(attn.lo, attn.hi, attn.lo2, attn.hi2), None, None, attn.num_q, attn.num_k,
         device="cpu", BLOCK_SIZE=block_size,
     )  # fmt: skip
     for num, idx in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
@@ -130,7 +139,7 @@ def test_auto_backend_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert get_backend("auto", cpu, causal=True).name == "reference"
     assert get_backend("auto", cuda, causal=False).name == "flash-varlen"
-    assert get_backend("auto", cuda, causal=True).name == "flex"
+    assert get_backend("auto", cuda, causal=True).name == "flex"  # causal and isolated
     with pytest.raises(ValueError, match="'sage' is unknown"):
         get_backend("sage", cpu, causal=False)
 
@@ -159,9 +168,12 @@ def test_model_with_flex_backend_equals_reference_on_cpu(mask):
 GPU_BACKENDS = ["flex", "flash-varlen"]
 
 
+GPU_CASES = [(b, c) for b in GPU_BACKENDS for c in [*MASKS, "kv-cache"]
+             if (b, c) != ("flash-varlen", "isolated")]  # refused: test_ghost_plan_refuses_...
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-@pytest.mark.parametrize("case", [*MASKS, "kv-cache"])
+@pytest.mark.parametrize(("backend", "case"), GPU_CASES)
 def test_gpu_backend_equals_reference_bf16(backend, case):
     meta = (_cached_meta() if case == "kv-cache" else build_packed_meta(BATCH * 40, mask=case)).to(
         "cuda"

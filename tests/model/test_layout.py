@@ -62,12 +62,19 @@ def _dense_mask_from_definition(meta):
     same_scene = scene[:, None] == scene[None, :]
     if meta.mask == "bidirectional":
         return same_scene
+    if meta.mask == "isolated":  # own group, or the scene's global group (shots only)
+        key_global = group_is_global(meta)[meta.joint_group][None, :]
+        same_group = meta.joint_group[:, None] == meta.joint_group[None, :]
+        return same_scene & (same_group | key_global)
     return same_scene & (meta.joint_group[None, :] <= meta.joint_group[:, None])
 
 
 def _dense_mask_from_intervals(attn):
     keys = torch.arange(attn.num_k)
-    return (keys[None, :] >= attn.lo[:, None]) & (keys[None, :] < attn.hi[:, None])
+    mask = (keys[None, :] >= attn.lo[:, None]) & (keys[None, :] < attn.hi[:, None])
+    if attn.lo2 is not None:
+        mask |= (keys[None, :] >= attn.lo2[:, None]) & (keys[None, :] < attn.hi2[:, None])
+    return mask
 
 
 BATCH = [
@@ -77,7 +84,7 @@ BATCH = [
 ]
 
 
-@pytest.mark.parametrize("mask", ["bidirectional", "causal"])
+@pytest.mark.parametrize("mask", ["bidirectional", "causal", "isolated"])
 def test_intervals_equal_the_spec_mask(mask):
     meta = build_packed_meta(BATCH, mask=mask)
     assert torch.equal(_dense_mask_from_intervals(meta.attn), _dense_mask_from_definition(meta))
@@ -87,13 +94,20 @@ def test_intervals_equal_the_spec_mask(mask):
     assert [s[:2] for s in meta.attn.scenes] == scene_bounds  # queries
     assert [s[2:] for s in meta.attn.scenes] == scene_bounds  # keys (no cache)
     assert meta.attn.lo.dtype == torch.int32
-    # runs cover every query row exactly once and carry its interval
+    # runs cover every query row exactly once and carry its interval (isolated: shot rows of
+    # scenes with a global group once more, with the second interval = the global group)
     covered = torch.zeros(meta.num_joint, dtype=torch.long)
-    for q0, q1, lo, hi in meta.attn.runs:
+    first = len(meta.attn.runs) if mask != "isolated" else sum(len(s.groups) for s in BATCH)
+    for i, (q0, q1, lo, hi) in enumerate(meta.attn.runs):
         covered[q0:q1] += 1
-        assert (meta.attn.lo[q0:q1] == lo).all()
-        assert (meta.attn.hi[q0:q1] == hi).all()
-    assert (covered == 1).all()
+        bounds = (meta.attn.lo, meta.attn.hi) if i < first else (meta.attn.lo2, meta.attn.hi2)
+        assert (bounds[0][q0:q1] == lo).all()
+        assert (bounds[1][q0:q1] == hi).all()
+    shot_rows_with_global = sum(s.num_tokens - s.groups[0].text_len - s.groups[0].video_len
+                                for s in BATCH if s.groups[0].is_global)
+    assert int(covered.sum()) == meta.num_joint + (shot_rows_with_global if mask == "isolated" else 0)
+    assert (covered >= 1).all()
+    assert (meta.attn.lo2 is not None) == (mask == "isolated")
 
 
 def test_text_intervals_are_per_group_text():

@@ -58,8 +58,8 @@ def _frames(path):
 def test_scene_command_writes_latents_videos_and_contact_sheet(tmp_path, ckpt, mode):
     out = tmp_path / "out"
     mask = ["--mask", "causal"] if mode == "ar-kv" else []
-    rc = main(["scene", str(_scene(tmp_path)), "--ckpt", ckpt, "--out", str(out), "--mode",
-               mode, *mask, *TOOLS])
+    rc = main(["scene", str(_scene(tmp_path, key="synth-000004")), "--ckpt", ckpt, "--out",
+               str(out), "--mode", mode, *mask, *TOOLS])
     assert rc == 0
     latents = [load_file(str(out / f"shot_{i:03d}.safetensors"))["latent"] for i in range(3)]
     assert [tuple(z.shape) for z in latents] == [(12, 1, 8, 8), (12, 2, 8, 8), (12, 2, 8, 8)]
@@ -74,6 +74,13 @@ def test_scene_command_writes_latents_videos_and_contact_sheet(tmp_path, ckpt, m
     assert [s.mode for s in pool.shots] == ["given", mode, mode]
     assert pool.shots[2].prompt == "Character 1 keeps walking."  # extension: no marker
     assert pool.shots[1].prompt.startswith("[SHOT CUT] ")
+    # the lct-eval manifest, keyed by the scene it followed, with given shots and contexts
+    (row,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert row["key"] == "synth-000004"
+    assert [s["path"] for s in row["shots"]] == [f"shot_{i:03d}.mp4" for i in range(3)]
+    assert [s["given"] for s in row["shots"]] == [True, False, False]
+    assert row["shots"][2]["context"] == ([0] if mode == "joint" else [0, 1])
+    assert all((out / s["path"]).is_file() for s in row["shots"])
 
 
 def test_scene_rerun_into_the_same_folder_replaces_every_shot(tmp_path, ckpt):

@@ -121,7 +121,8 @@ class StageConfig:
     """Which training stage runs and where its initial weights come from (SPEC §6)."""
 
     name: str = MISSING
-    # "bidirectional" (LCT, stage 1) or "causal" (context-causal FT, stage 2).
+    # "bidirectional" (LCT, stage 1), "causal" (context-causal FT, stage 2) or "isolated"
+    # (the ablation baseline: a shot sees its own group and the global group only).
     mask: str = MISSING
     # "scratch" | "auto" (newest checkpoint of init_run) | a .safetensors file |
     # a checkpoint directory (step-N).
@@ -162,6 +163,27 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class EvalConfig:
+    """In-training validation (docs/eval.md), every ``every`` steps on every rank; 0 = off."""
+
+    every: int = 0
+    # Held-out scenes: a dataset directory written by lct-shards build.
+    data: str = ""
+    # Their ground truths (lct-shards synth's gt/): hidden-attribute scores of the sample.
+    truth: str = ""
+    # Validation loss over the first `scenes` held-out scenes (by key), shot k of a scene at
+    # timesteps[k % len(timesteps)], noise from (seed, key).
+    scenes: int = 16
+    timesteps: tuple[float, ...] = (0.25, 0.5, 0.75)
+    seed: int = 0
+    # One joint-mode sample of the first `sample_scenes` held-out scenes from their prompts.
+    sample_scenes: int = 1
+    sample_steps: int = 16
+    guidance: float = 3.0
+    shift: float = 3.0
+
+
+@dataclass
 class DebugConfig:
     """Knobs for tests and debugging; leave at defaults for real runs."""
 
@@ -184,6 +206,7 @@ class TrainConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     # Memory preset applied (informational; set by conf/memory/*.yaml).
     memory: str = "none"

@@ -103,6 +103,24 @@ def validate_synthetic(c: Any) -> None:
     _positive("synthetic.max_text_len", c.max_text_len)
 
 
+def validate_eval(c: Any) -> None:
+    _positive("eval.every", c.every, allow_zero=True)
+    if c.every == 0:
+        return
+    if not c.data:
+        raise ConfigError("eval.data", "is empty: set the held-out dataset directory "
+                          "(lct-shards build) or eval.every=0")
+    _positive("eval.scenes", c.scenes)
+    if not c.timesteps or not all(0.0 < t <= 1.0 for t in c.timesteps):
+        raise ConfigError("eval.timesteps", f"must be a non-empty list in (0, 1], got "
+                          f"{list(c.timesteps)}")
+    _positive("eval.sample_scenes", c.sample_scenes, allow_zero=True)
+    _positive("eval.sample_steps", c.sample_steps)
+    if c.guidance < 1.0:
+        raise ConfigError("eval.guidance", f"must be >= 1 (1 = no guidance), got {c.guidance}")
+    _positive("eval.shift", c.shift)
+
+
 def validate(cfg: Any) -> None:
     """Checks the groups of a ``TrainConfig``; raises ``ConfigError`` naming the key."""
     validate_optim(cfg.optim)
@@ -116,6 +134,7 @@ def validate(cfg: Any) -> None:
     validate_stage(cfg.stage)
     validate_loss(cfg.loss)
     validate_synthetic(cfg.synthetic)
+    validate_eval(cfg.eval)
     _choice("data_source", cfg.data_source, ("shards", "synthetic"))
     _positive("steps", cfg.steps)
     _positive("seed", cfg.seed, allow_zero=True)

@@ -16,7 +16,9 @@ import torch
 
 from lct_train.model.transfer import to_device
 
-MASKS = ("bidirectional", "causal")
+# "isolated": the baseline without cross-shot attention (each shot sees its own group and the
+# global group; the global group sees itself). Same parameters, only the mask differs.
+MASKS = ("bidirectional", "causal", "isolated")
 INDEX_DTYPE = torch.long
 INTERVAL_DTYPE = torch.int32  # flash / varlen kernels take int32 offsets
 
@@ -55,6 +57,10 @@ class AttnIntervals:
     ``runs`` lists maximal query runs sharing one interval, as host ints
     ``(q_start, q_end, k_lo, k_hi)`` in scene order: one run per scene (bidirectional) or per
     group (causal). Backends build their kernel plans (BlockMask, ghost segments) from these.
+
+    The isolated mask needs two key intervals per row (global group ∪ own group): the second
+    is ``[lo2, hi2)`` (empty where ``lo2 == hi2``; ``None`` for the one-interval masks), and
+    its runs are listed after the first ones. A row is then in two runs with disjoint keys.
     """
 
     lo: torch.Tensor  # [Lq] int32, key index
@@ -66,6 +72,8 @@ class AttnIntervals:
     scenes: tuple[tuple[int, int, int, int], ...]  # host (q0, q1, k0, k1) per scene
     scene_full: tuple[bool, ...]  # per scene: every row sees the whole scene
     plans: dict = field(default_factory=dict, repr=False, compare=False)  # backend plans, memo
+    lo2: torch.Tensor | None = None  # [Lq] int32: second interval (isolated mask)
+    hi2: torch.Tensor | None = None
 
     def plan_for(self, backend) -> object:
         """The backend's kernel plan for these intervals, built once and reused by every layer."""
@@ -74,14 +82,18 @@ class AttnIntervals:
         return self.plans[backend.name]
 
     def to(self, device: torch.device | str) -> AttnIntervals:
-        lo, hi = to_device([self.lo, self.hi], device)
-        return self._moved(lo, hi)
+        return self._moved(to_device(self.tensors(), device))
 
-    def _moved(self, lo: torch.Tensor, hi: torch.Tensor) -> AttnIntervals:
-        """On another device the plans are rebuilt there (from host ints, ``plan_for``)."""
-        if lo.device == self.lo.device:
+    def tensors(self) -> list[torch.Tensor]:
+        """The interval bounds: ``lo, hi`` and, for a two-interval mask, ``lo2, hi2``."""
+        return [t for t in (self.lo, self.hi, self.lo2, self.hi2) if t is not None]
+
+    def _moved(self, moved: list[torch.Tensor]) -> AttnIntervals:
+        """``tensors()`` moved elsewhere; on another device the plans are rebuilt there (from
+        host ints, ``plan_for``)."""
+        if moved[0].device == self.lo.device:
             return self
-        return dataclasses.replace(self, lo=lo, hi=hi, plans={})
+        return dataclasses.replace(self, plans={}, **dict(zip(("lo", "hi", "lo2", "hi2"), moved)))
 
 
 @dataclass
@@ -130,13 +142,15 @@ class PackedMeta:
         names = [f.name for f in dataclasses.fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)]
         tensors = [getattr(self, n) for n in names]
-        tensors += [self.attn.lo, self.attn.hi, self.text_attn.lo, self.text_attn.hi]
-        moved = to_device(tensors, device)
-        if all(a is b for a, b in zip(moved, tensors)):
+        attn, text_attn = self.attn.tensors(), self.text_attn.tensors()
+        everything = tensors + attn + text_attn
+        moved = to_device(everything, device)
+        if all(a is b for a, b in zip(moved, everything)):
             return self
         fields = dict(zip(names, moved))
-        fields["attn"] = self.attn._moved(*moved[-4:-2])
-        fields["text_attn"] = self.text_attn._moved(*moved[-2:])
+        n = len(tensors)
+        fields["attn"] = self.attn._moved(moved[n:n + len(attn)])
+        fields["text_attn"] = self.text_attn._moved(moved[n + len(attn):])
         return dataclasses.replace(self, **fields)
 
 
@@ -180,37 +194,55 @@ def _scene_positions(spec: SceneSpec, text_rope: bool, start: int = 0) -> list:
     return out
 
 
+def _scene_runs(groups: list[tuple[int, int, int, int, bool]], mask: str, k0: int, k1: int):
+    """(first-interval runs, second-interval runs) of one scene, per SPEC §4 / the baseline."""
+    if mask == "causal":
+        return [(q0, q1, k0, kg1) for q0, q1, _, kg1, _ in groups if q1 > q0], []
+    if mask == "isolated":
+        own = [(q0, q1, kg0, kg1) for q0, q1, kg0, kg1, _ in groups if q1 > q0]
+        glob = [(kg0, kg1) for _, _, kg0, kg1, is_global in groups[:1] if is_global]
+        extra = [(q0, q1, *glob[0]) for q0, q1, _, _, is_global in groups
+                 if glob and not is_global and q1 > q0]
+        return own, extra
+    q_start, q_end = groups[0][0], groups[-1][1]
+    return ([(q_start, q_end, k0, k1)] if q_end > q_start else []), []
+
+
 def _intervals(
-    run_bounds: list[list[tuple[int, int, int, int]]],
-    causal: bool,
+    run_bounds: list[list[tuple[int, int, int, int, bool]]],
+    mask: str,
     num_q: int,
     num_k: int,
     scene_q: list[tuple[int, int]],
     scene_k: list[tuple[int, int]],
 ) -> AttnIntervals:
-    """`run_bounds[s]` = per group of scene s (q_start, q_end, k_group_start, k_group_end)."""
+    """`run_bounds[s]` = per group of scene s (q_start, q_end, k_group_start, k_group_end,
+    is_global)."""
     lo = torch.empty(num_q, dtype=INTERVAL_DTYPE)
     hi = torch.empty(num_q, dtype=INTERVAL_DTYPE)
-    runs, scene_full = [], []
+    second = mask == "isolated"
+    lo2, hi2 = (torch.zeros(num_q, dtype=INTERVAL_DTYPE) for _ in range(2)) if second else (None, None)
+    runs, extra_runs, scene_full = [], [], []
     for (_, _), (k0, k1), groups in zip(scene_q, scene_k, run_bounds):
-        if causal:
-            scene_runs = [(q0, q1, k0, kg1) for q0, q1, _, kg1 in groups if q1 > q0]
-        else:
-            q_all = [(q0, q1) for q0, q1, _, _ in groups]
-            scene_runs = [(q_all[0][0], q_all[-1][1], k0, k1)] if q_all[-1][1] > q_all[0][0] else []
+        scene_runs, extra = _scene_runs(groups, mask, k0, k1)
         for q0, q1, klo, khi in scene_runs:
             lo[q0:q1], hi[q0:q1] = klo, khi
+        for q0, q1, klo, khi in extra:
+            lo2[q0:q1], hi2[q0:q1] = klo, khi
         runs += scene_runs
+        extra_runs += extra
         scene_full.append(all(r[2:] == (k0, k1) for r in scene_runs))
     return AttnIntervals(
         lo=lo,
         hi=hi,
         num_q=num_q,
         num_k=num_k,
-        causal=causal,
-        runs=tuple(runs),
+        causal=mask == "causal",
+        runs=tuple(runs + extra_runs),
         scenes=tuple((q0, q1, k0, k1) for (q0, q1), (k0, k1) in zip(scene_q, scene_k)),
         scene_full=tuple(scene_full),
+        lo2=lo2,
+        hi2=hi2,
     )
 
 
@@ -266,10 +298,9 @@ def build_packed_meta(
             coords += [t_coords, v_coords]
             rotate += [torch.full((lt,), text_rope), torch.ones(lv, dtype=torch.bool)]
             joint_group.append(torch.full((lt + lv,), g))
-            text_runs.append((t_off, t_off + lt, t_off, t_off + lt))
-            groups.append(
-                (j_off, j_off + lt + lv, cached_tokens + j_off, cached_tokens + j_off + lt + lv)
-            )
+            text_runs.append((t_off, t_off + lt, t_off, t_off + lt, False))
+            groups.append((j_off, j_off + lt + lv, cached_tokens + j_off,
+                           cached_tokens + j_off + lt + lv, group.is_global))
             group_text_len.append(lt)
             group_video_len.append(lv)
             if group.is_global:
@@ -287,12 +318,10 @@ def build_packed_meta(
         return torch.cat(parts).to(dtype) if parts else torch.zeros(0, dtype=dtype)
 
     num_joint = num_text + num_video
-    attn = _intervals(
-        run_bounds, mask == "causal", num_joint, cached_tokens + num_joint, scene_q, scene_k
-    )
-    text_groups = [(t0, t1) for t0, t1, _, _ in text_runs]
+    attn = _intervals(run_bounds, mask, num_joint, cached_tokens + num_joint, scene_q, scene_k)
+    text_groups = [run[:2] for run in text_runs]
     text_attn = _intervals(
-        [[run] for run in text_runs], False, num_text, num_text, text_groups, text_groups
+        [[run] for run in text_runs], "bidirectional", num_text, num_text, text_groups, text_groups
     )
     meta = PackedMeta(
         specs=tuple(specs),

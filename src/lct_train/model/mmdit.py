@@ -80,7 +80,7 @@ class LCTModel(nn.Module):
                 torch.as_tensor(guidance, device=video.device).expand(meta.num_groups)
                 * cfg.timestep_scale
             )
-        backend = get_backend(cfg.attn_backend, video.device, meta.attn.causal)
+        backend = get_backend(cfg.attn_backend, video.device, meta.mask != "bidirectional")
         # The kernel plans, once per batch (memoised on the intervals; every layer reuses them).
         meta.attn.plan_for(backend)
         if self.context_embedder.token_refiner is not None:

@@ -206,6 +206,8 @@ def _cmd_scene(args) -> None:
     model_opts = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
     kit = _toolkit(model_opts, not args.no_progress, args.sp)
     settings = dict(model_opts, **{k: getattr(request, k) for k in SAMPLING_OPTIONS})
+    if request.key is not None:
+        settings["key"] = request.key  # lct-eval's manifest names the scene it follows
     sizes = [s.size for s in request.shots if s.size is not None]
     if sizes:
         settings["size"] = [sizes[-1].frames, sizes[-1].height, sizes[-1].width]

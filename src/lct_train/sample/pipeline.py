@@ -8,11 +8,14 @@ Output folder::
     shot_000.mp4 ...                      each shot decoded
     scene.mp4                             all shots in order
     contact_sheet.png                     one captioned row of frames per shot
+    manifest.jsonl                        the scene for ``lct-eval`` (key: the scene file's
+                                          ``key``, else the folder's name)
     pending.safetensors / pending.mp4     interactive: the shot awaiting acceptance
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from lct_train.sample.history_pool import PENDING_FILE, HistoryPool, PoolShot
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.kv_context import require_causal
 from lct_train.sample.media import MediaError, encode_condition, latent_shape, read_frames
-from lct_train.sample.modes import AR_KV, AR_MODES, PlannedShot, generate_scene
+from lct_train.sample.modes import AR_KV, AR_MODES, GIVEN, PlannedShot, generate_scene
 from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.sampler import Sampler, SamplingError, SamplingSettings
 from lct_train.sample.scene_file import SceneRequest
@@ -36,6 +39,7 @@ from lct_train.sample.writers import (
 )
 
 SCENE_VIDEO = "scene.mp4"
+MANIFEST = "manifest.jsonl"
 CONTACT_SHEET = "contact_sheet.png"
 PENDING_VIDEO = "pending.mp4"
 SHOT_FILES = "shot_*.safetensors"
@@ -131,7 +135,7 @@ def clear_scene_outputs(out_dir: str | os.PathLike) -> None:
     """``scene`` starts a new pool: shot files left by an earlier run in the same folder would
     otherwise be taken as accepted shots (the pool and ``render_pool`` never rewrite those)."""
     out = Path(out_dir)
-    for pattern in (SHOT_FILES, SHOT_VIDEOS, PENDING_FILE, PENDING_VIDEO):
+    for pattern in (SHOT_FILES, SHOT_VIDEOS, PENDING_FILE, PENDING_VIDEO, MANIFEST):
         for stale in out.glob(pattern):
             stale.unlink()
 
@@ -171,6 +175,19 @@ def accepted_frames(kit: Toolkit, shot: PoolShot, path: Path):
     return video
 
 
+def write_eval_manifest(pool: HistoryPool, out: Path) -> None:
+    """``manifest.jsonl``: the accepted shots as one scene of ``lct-eval``'s manifest format."""
+    key = pool.settings.get("key") or out.resolve().name
+    shots = [{"path": f"shot_{i:03d}.mp4", "prompt": shot.prompt, "given": shot.mode == GIVEN,
+              "context": list(shot.context), "mode": shot.mode, "seed": shot.seed}
+             for i, shot in enumerate(pool.shots)]
+    row = {"key": key, "global_prompt": pool.global_prompt, "source": "lct-sample",
+           "shots": shots}
+    tmp = out / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(row) + "\n")
+    tmp.replace(out / MANIFEST)
+
+
 def render_pool(pool: HistoryPool, kit: Toolkit, out_dir: str | os.PathLike) -> None:
     """Per-shot mp4s (written once; later calls read them back instead of decoding again),
     the scene mp4 and the contact sheet (accepted shots, then the pending one if any)."""
@@ -182,6 +199,7 @@ def render_pool(pool: HistoryPool, kit: Toolkit, out_dir: str | os.PathLike) -> 
         captions.append(caption(i, shot))
     if frames:
         write_mp4(out / SCENE_VIDEO, scene_frames(frames, kit.fps), kit.fps)
+        write_eval_manifest(pool, out)
     if pool.pending is not None:
         video = decode(kit, pool.pending)
         write_mp4(out / PENDING_VIDEO, video, kit.fps)

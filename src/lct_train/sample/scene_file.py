@@ -3,6 +3,7 @@
 Format (keys not listed are an error, so typos never pass silently)::
 
     global_prompt: "Character 1: ...; [Environment] ...; [Story] ..."
+    key: synth-000003      # optional: the scene it follows (keys lct-eval's manifest row)
     mode: joint            # joint | conditioned | ar | ar-kv   (SPEC §7)
     steps: 30              # Euler steps per generated shot
     guidance: 5.0          # classifier-free guidance scale on the text (1 = no uncond branch)
@@ -47,7 +48,7 @@ DEFAULT_SEED = 0
 
 _SCENE_KEYS = {
     "global_prompt", "mode", "steps", "guidance", "embedded_guidance", "t_c", "shift", "seed",
-    "size", "shots",
+    "size", "shots", "key",
 }
 _SHOT_KEYS = {"prompt", "cut", "seed", "size", "condition", "context"}
 _SIZE_KEYS = ("frames", "height", "width")
@@ -100,6 +101,7 @@ class SceneRequest:
     t_c: float = DEFAULT_T_C
     shift: float | None = None
     seed: int = DEFAULT_SEED
+    key: str | None = None  # the scene it follows (lct-eval's ground truth), if any
     source: str = field(default="<dict>", compare=False)
 
 
@@ -148,6 +150,9 @@ def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = No
     global_prompt = data.get("global_prompt", "")
     if not isinstance(global_prompt, str):
         raise fail("global_prompt must be a string")
+    key = data.get("key")
+    if key is not None and (not isinstance(key, str) or not key or "/" in key):
+        raise fail(f"key must be a non-empty string without '/', got {key!r}")
     raw_shots = data.get("shots")
     if not isinstance(raw_shots, list) or not raw_shots:
         raise fail("'shots' must be a non-empty list")
@@ -158,7 +163,8 @@ def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = No
         raise fail("every shot has a condition: nothing to generate")
     return SceneRequest(
         global_prompt=global_prompt, shots=shots, mode=mode, steps=steps, guidance=guidance,
-        embedded_guidance=embedded_guidance, t_c=t_c, shift=shift, seed=seed, source=source,
+        embedded_guidance=embedded_guidance, t_c=t_c, shift=shift, seed=seed, key=key,
+        source=source,
     )
 
 

@@ -70,6 +70,13 @@ def noise_batch(
     if shift != 1.0:
         t_shot = flow.shift_timesteps(t_shot, shift)
     eps = torch.randn(video.shape, generator=generator, device=device, dtype=torch.float32)
+    return noise_at(video, meta, t_shot, eps)
+
+
+def noise_at(video: torch.Tensor, meta: PackedMeta, t_shot: torch.Tensor,
+             eps: torch.Tensor) -> NoisedBatch:
+    """Noises the latents with the given per-shot timesteps and noise (global groups: 0)."""
+    device = video.device
     t_group = torch.zeros(meta.num_groups, device=device, dtype=t_shot.dtype)
     t_group[meta.shot_group] = t_shot
     t_tok = t_group[meta.video_group]

@@ -132,6 +132,20 @@ class MetricsLogger:
                 f" | {rec['scenes_per_s']:.2f} scenes/s{mfu} | mem {rec['peak_memory_gb']:.1f} GB"
                 f" | eta {eta}{skip}")
 
+    def validation(self, step: int, scalars: dict, image=None) -> None:
+        """In-training validation: scalars (``val/...``) and a contact sheet (HWC uint8)."""
+        if not self.is_main:
+            return
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        if self.tb is not None:
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+            if image is not None:
+                self.tb.add_image("val/contact_sheet", image, step, dataformats="HWC")
+        self.text(f"validation step {step}: " + ", ".join(f"{k} {v:.4f}"
+                                                          for k, v in scalars.items()))
+
     def text(self, message: str) -> None:
         if self.is_main:
             print(message, file=sys.stderr, flush=True)

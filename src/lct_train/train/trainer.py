@@ -117,6 +117,12 @@ class Trainer:
             guidance=cfg.loss.guidance if self.model_cfg.guidance_embeds else None,
             buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step,
             defer_grad_sync=cfg.parallel.defer_grad_sync, sp=world.sp)
+        self.validator = None
+        if cfg.eval.every > 0:
+            from lct_train.train.validation import Validator
+
+            self.validator = Validator(cfg.eval, self.model_cfg, self.step_inputs, world,
+                                       self.run_dir)
         self._start(source)
 
     # ----------------------------------------------------------------------------- setup
@@ -314,6 +320,8 @@ class Trainer:
                 self.started = True
             if self._should_save(step):
                 self.save()
+            if self.validator is not None and step % self.cfg.eval.every == 0:
+                self.metrics.validation(step, *self.validator.run(self.model, step))
             if self.cfg.debug.step_delay_s:
                 time.sleep(self.cfg.debug.step_delay_s)
             step_started = time.perf_counter()

@@ -4,7 +4,7 @@ A backend is an object with ``name``, ``plan(intervals)`` (its kernel
 metadata, built once per batch and memoised on the `AttnIntervals`) and
 ``__call__(q, k, v, plan) -> out`` on ``[L, H, D]`` tensors. `get_backend` picks one by name;
 ``"auto"`` picks by device and mask: on CUDA `flash-varlen` for bidirectional and `flex` for
-context-causal batches, on CPU `reference`.
+context-causal and isolated batches, on CPU `reference`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ __all__ = ["KVCache", "attend", "get_backend"]
 
 
 def get_backend(name: str, device: torch.device, causal: bool):
-    """Resolves a backend name (``auto``, ``reference``, ``flex``, ``flash-varlen``)."""
+    """Resolves a backend name (``auto``, ``reference``, ``flex``, ``flash-varlen``).
+
+    ``causal``: any mask other than scene-wide bidirectional (auto then picks ``flex``)."""
     if name == "auto":
         if device.type != "cuda":
             name = "reference"

@@ -17,13 +17,17 @@ from lct_train.model.transfer import to_device
 BLOCK_SIZE = 128  # flex's tile on Hopper
 
 
-def interval_mask_mod(lo: torch.Tensor, hi: torch.Tensor):
-    """Row q sees keys ``[lo[q], hi[q])``: metadata loads indexed by ``q_idx`` only."""
+def interval_mask_mod(lo: torch.Tensor, hi: torch.Tensor, lo2: torch.Tensor | None = None,
+                      hi2: torch.Tensor | None = None):
+    """Row q sees keys ``[lo[q], hi[q])`` (or ``[lo2[q], hi2[q])``): loads indexed by ``q_idx``."""
 
     def mask_mod(b, h, q_idx, kv_idx):
         return (kv_idx >= lo[q_idx]) & (kv_idx < hi[q_idx])
 
-    return mask_mod
+    def two_intervals(b, h, q_idx, kv_idx):
+        return mask_mod(b, h, q_idx, kv_idx) | ((kv_idx >= lo2[q_idx]) & (kv_idx < hi2[q_idx]))
+
+    return mask_mod if lo2 is None else two_intervals
 
 
 def _overlap(starts: torch.Tensor, ends: torch.Tensor, size: int, length: int) -> torch.Tensor:
@@ -36,7 +40,9 @@ def _overlap(starts: torch.Tensor, ends: torch.Tensor, size: int, length: int) -
 
 
 def block_mask_from_intervals(intervals: AttnIntervals, block_size: int = BLOCK_SIZE) -> BlockMask:
-    """The exact `BlockMask` of the interval mask: full tiles skip the mask_mod, empty ones are skipped."""
+    """The exact `BlockMask` of the interval mask: full tiles skip the mask_mod, empty ones are skipped.
+
+    A row in two runs (isolated mask) has disjoint key ranges in them, so the counts add up."""
     runs = torch.tensor(intervals.runs, dtype=torch.long).reshape(-1, 4)
     rows = _overlap(runs[:, 0], runs[:, 1], block_size, intervals.num_q)  # [R, nq]
     keys = _overlap(runs[:, 2], runs[:, 3], block_size, intervals.num_k)  # [R, nk]
@@ -57,7 +63,7 @@ def block_mask_from_intervals(intervals: AttnIntervals, block_size: int = BLOCK_
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx,
         BLOCK_SIZE=block_size,
-        mask_mod=interval_mask_mod(intervals.lo, intervals.hi),
+        mask_mod=interval_mask_mod(intervals.lo, intervals.hi, intervals.lo2, intervals.hi2),
         seq_lengths=(intervals.num_q, intervals.num_k),
     )  # fmt: skip
 

@@ -28,6 +28,14 @@ def interval_mask(lo: torch.Tensor, hi: torch.Tensor, k0: int, k1: int) -> torch
     return (keys[None, :] >= lo[:, None]) & (keys[None, :] < hi[:, None])
 
 
+def dense_mask(intervals: AttnIntervals, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
+    """Rows ``q0..q1-1`` over keys ``k0..k1-1``: the first interval, or-ed with the second."""
+    mask = interval_mask(intervals.lo[q0:q1], intervals.hi[q0:q1], k0, k1)
+    if intervals.lo2 is not None:
+        mask |= interval_mask(intervals.lo2[q0:q1], intervals.hi2[q0:q1], k0, k1)
+    return mask
+
+
 class ReferenceAttention:
     name = "reference"
 
@@ -35,11 +43,7 @@ class ReferenceAttention:
         scenes = []
         for (q0, q1, k0, k1), full in zip(intervals.scenes, intervals.scene_full):
             if q1 > q0:
-                mask = (
-                    None
-                    if full
-                    else interval_mask(intervals.lo[q0:q1], intervals.hi[q0:q1], k0, k1)
-                )
+                mask = None if full else dense_mask(intervals, q0, q1, k0, k1)
                 scenes.append(DenseScene(q0, q1, k0, k1, mask))
         return scenes
 

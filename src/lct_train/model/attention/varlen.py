@@ -44,6 +44,9 @@ class VarlenPlan:
 
 def ghost_plan(intervals: AttnIntervals) -> VarlenPlan:
     """Splits the runs into calls whose key ranges are disjoint and increasing (one run per scene)."""
+    if intervals.lo2 is not None:
+        raise ValueError("flash-varlen: the isolated mask (two key intervals per row) has no "
+                         "ghost-segment plan; use attn_backend='flex' or 'reference'")
     per_call: list[list[tuple[int, int, int, int]]] = []
     for q0, q1, _, _ in intervals.scenes:
         scene_runs = [r for r in intervals.runs if q0 <= r[0] and r[1] <= q1]

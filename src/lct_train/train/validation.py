@@ -1,0 +1,170 @@
+"""In-training validation (``eval.every`` > 0; docs/eval.md), the pattern of torchtitan's Flux
+validator: a fixed held-out set, fixed timesteps and noise, every rank taking part.
+
+* **Loss**: the first ``eval.scenes`` held-out scenes (by key), one scene per forward; rank
+  ``r`` takes scenes ``r, r + dp, ...`` and every rank runs the same number of forwards (a
+  rank short of scenes repeats scene 0 with weight 0), so FSDP's collectives line up. Shot
+  ``k`` is noised to ``eval.timesteps[k % len]`` with noise seeded by ``(eval.seed, key)``;
+  the sum and shot count are all-reduced: the mean over every held-out shot.
+* **Sample**: every rank generates the same joint-mode scene from the prompts (embedded in
+  the shards) of the first ``eval.sample_scenes`` held-out scenes; rank 0 writes its contact
+  sheet to ``<run_dir>/eval/step-N.png`` and to TensorBoard, with its ``lct-eval`` scores.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+from lct_train.core.errors import ConfigError
+from lct_train.data.augment import Scene
+from lct_train.data.codecs import build_codec
+from lct_train.data.loader import list_shards
+from lct_train.data.packing import collate
+from lct_train.data.schema import DatasetInfo, decode_scene, load_empty_prompt
+from lct_train.data.seeding import stable_seed
+from lct_train.data.tario import MemberReader, index_shard
+from lct_train.eval.report import score_scene
+from lct_train.eval.scenes import EvalInputError, read_truth
+from lct_train.model.geometry import scene_spec
+from lct_train.model.layout import build_packed_meta
+from lct_train.sample.inputs import PromptEmbedding
+from lct_train.sample.modes import JOINT, PlannedShot, generate_scene
+from lct_train.sample.sampler import Sampler, SamplingSettings
+from lct_train.sample.writers import to_uint8_frames, write_contact_sheet
+from lct_train.train.loss import noise_at, shot_losses
+
+VAL_STREAM = "lct-train/validation"
+SAMPLE_SEED = 0
+
+
+def load_heldout(root: str, limit: int, patch, dummy_grid) -> list[Scene]:
+    """The first ``limit`` scenes (by key) of a dataset directory, un-augmented."""
+    info = DatasetInfo.read(root)
+    reader, records = MemberReader(), []
+    try:
+        for shard in list_shards(root):
+            for ref in index_shard(shard):
+                if ref.error:
+                    raise ConfigError("eval.data", f"{shard}: {ref.error}")
+                records.append(decode_scene(reader.read(ref), ref.shard, ref.key, info))
+    finally:
+        reader.close()
+    if not records:
+        raise ConfigError("eval.data", f"{root} holds no scenes")
+    records = sorted(records, key=lambda r: r.key)[:limit]
+    return [Scene(r.key, "validation", r.latents, r.text, r.pooled,
+                  scene_spec([t.shape[0] for t in r.text], [z.shape for z in r.latents], patch,
+                             dummy_grid)) for r in records]
+
+
+class Validator:
+    def __init__(self, cfg, model_cfg, step_inputs, world, run_dir: Path):
+        self.cfg, self.model_cfg, self.inp, self.world = cfg, model_cfg, step_inputs, world
+        if world.sp_size > 1:
+            raise ConfigError("eval.every", "in-training validation does not run with sequence "
+                              "parallelism yet (parallel.sp_degree > 1): set eval.every=0")
+        self.out_dir = Path(run_dir) / "eval"
+        try:
+            self.scenes = load_heldout(cfg.data, cfg.scenes, model_cfg.patch_size,
+                                       model_cfg.dummy_grid)
+            info = DatasetInfo.read(cfg.data)
+        except (FileNotFoundError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError("eval.data", str(exc)) from None
+        self.codec = build_codec(info.vae)
+        tokens, pooled = load_empty_prompt(cfg.data)
+        self.empty = PromptEmbedding(tokens.float(), pooled.float())
+        self.truths = {}
+        if cfg.truth:
+            try:
+                self.truths = {s.key: read_truth(cfg.truth, s.key)
+                               for s in self.scenes[:cfg.sample_scenes]}
+            except EvalInputError as exc:
+                raise ConfigError("eval.truth", str(exc)) from None
+
+    # ------------------------------------------------------------------------- loss
+    @torch.no_grad()
+    def loss(self, model) -> float:
+        inp, dev = self.inp, self.inp.device
+        n, dp, rank = len(self.scenes), inp.dp_size, inp.dp_rank
+        sums = torch.zeros(2, device=dev, dtype=torch.float64)
+        for i in range(math.ceil(n / dp)):
+            index = rank + i * dp
+            weight = 1.0 if index < n else 0.0
+            scene = self.scenes[index if index < n else 0]
+            mb = collate([scene], self.model_cfg.patch_size, scene.tokens)
+            meta = build_packed_meta(mb.specs, mask=inp.mask, text_rope=inp.text_rope, device=dev)
+            video = mb.video.to(dev).float()
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(stable_seed(VAL_STREAM, self.cfg.seed, scene.key))
+            eps = torch.randn(video.shape, generator=gen, device=dev, dtype=torch.float32)
+            ts = self.cfg.timesteps
+            t_shot = torch.tensor([ts[k % len(ts)] for k in range(meta.num_shots)], device=dev)
+            noised = noise_at(video, meta, t_shot, eps)
+            guidance = None
+            if inp.guidance is not None:
+                guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)
+            pred = model(noised.z_t.to(inp.compute_dtype), mb.text.to(dev).to(inp.compute_dtype),
+                         mb.pooled.to(dev).to(inp.compute_dtype), noised.t_group, meta,
+                         guidance=guidance)
+            losses = shot_losses(pred, noised.target, meta)
+            sums += torch.stack([losses.sum().double(), torch.tensor(float(meta.num_shots),
+                                                                     device=dev).double()]) * weight
+        dist.all_reduce(sums)
+        return float(sums[0] / sums[1])
+
+    # ------------------------------------------------------------------------- sample
+    def _plan(self, scene: Scene) -> tuple[PromptEmbedding, list[PlannedShot]]:
+        prompts = [PromptEmbedding(t, scene.pooled[g]) for g, t in enumerate(scene.text)]
+        shots = [PlannedShot(text=f"held-out {scene.key} shot {i}", prompt=prompts[i + 1],
+                             seed=SAMPLE_SEED + i, latent_shape=tuple(z.shape))
+                 for i, z in enumerate(scene.latents)]
+        return prompts[0], shots
+
+    def sample(self, model, step: int) -> tuple[dict, Path | None]:
+        """Scores (means over the sampled scenes) and the contact sheet (rank 0)."""
+        cfg = self.cfg
+        settings = SamplingSettings(steps=cfg.sample_steps, guidance=cfg.guidance, shift=cfg.shift)
+        sampler = Sampler(model, self.model_cfg, self.empty, mask=self.inp.mask,
+                          window=max(len(s.latents) for s in self.scenes), settings=settings)
+        scores, frames, captions = [], [], []
+        for scene in self.scenes[:cfg.sample_scenes]:
+            global_prompt, shots = self._plan(scene)
+            with torch.no_grad():
+                results = generate_scene(sampler, global_prompt, shots, JOINT)
+            videos = [to_uint8_frames(self.codec.decode(r.latent.float())) for r in results]
+            scores.append(score_scene([torch.from_numpy(v) for v in videos],
+                                      self.truths.get(scene.key)))
+            frames += videos
+            captions += [f"step {step} {scene.key} shot {i}" for i in range(len(videos))]
+        means = {}
+        for key in ("hidden_agreement", "character_agreement", "room_agreement",
+                    "palette_similarity", "ssim"):
+            values = [s[key] for s in scores if s.get(key) is not None]
+            if values:
+                means[key] = sum(values) / len(values)
+        sheet = None
+        if self.world.is_main and frames:
+            sheet = self.out_dir / f"step-{step:08d}.png"
+            write_contact_sheet(sheet, frames, captions)
+        return means, sheet
+
+    def run(self, model, step: int) -> tuple[dict, np.ndarray | None]:
+        """``({"val/loss": ..., "val/<score>": ...}, contact sheet HWC uint8 or None)``."""
+        scalars = {"val/loss": self.loss(model)}
+        image = None
+        if self.cfg.sample_scenes:
+            means, sheet = self.sample(model, step)
+            scalars |= {f"val/{k}": v for k, v in means.items()}
+            if sheet is not None:
+                with Image.open(sheet) as im:
+                    image = np.asarray(im.convert("RGB"))
+        model.train()
+        return scalars, image
