@@ -21,7 +21,7 @@ def test_stages_compose(stage, mask, init):
 
 
 @pytest.mark.parametrize("preset", ["lct-3b", "hunyuan-video"])
-@pytest.mark.parametrize(("memory", "tokens"), [("80gb", 65536), ("141gb", 65536)])
+@pytest.mark.parametrize(("memory", "tokens"), [("80gb", 65536), ("141gb", 131072)])
 def test_memory_presets(preset, memory, tokens):
     cfg = compose_config([f"model={preset}", f"memory={memory}"])
     assert cfg.data.max_tokens == tokens
