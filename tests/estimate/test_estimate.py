@@ -95,3 +95,27 @@ def test_grad_accum_costs_one_micro_batch_at_most():
     assert four["categories"]["gradients"] <= one["params"] * 4 / 8 * 1.05
     extra = deferred["peak_bytes"] - four["peak_bytes"]
     assert extra == pytest.approx(one["params"] * 4 * (1 - 1 / 8), rel=0.05)
+
+
+@pytest.mark.parametrize("args", [
+    ["estimate.world_size=4", "estimate.tokens=800", "optim.grad_accum=2"],
+    ["estimate.world_size=4", "estimate.tokens=800", "parallel.sp_degree=2"],
+])
+def test_peak_tracker_equals_stock_tracker(args):
+    """The estimator's tracker drops only per-module peaks: every category at the peak is the
+    stock ``FSDPMemTracker``'s, byte for byte."""
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+
+    from lct_train.estimate import run
+    from lct_train.estimate.cli import prepare
+
+    cfg, est, _ = prepare([*TINY, *args])
+    peaks = []
+    for tracker_cls in (run.PeakTracker, FSDPMemTracker):
+        run.fake_process_group(est.world_size)
+        try:
+            peaks.append(run.measure(cfg, est, tracker_cls=tracker_cls).categories)
+        finally:
+            run.shutdown()
+    assert peaks[0] == peaks[1]
+    assert peaks[0]["Total"] > 0
