@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lct_train.core.jsonl import read_jsonl
 from lct_train.data.schema import shot_prompt, strip_cut
 
 KEY_FORMAT = "scene-{:08d}"
@@ -87,14 +88,7 @@ def _scene(data: dict, where: str, root: Path, index: int) -> SceneEntry:
 def read_manifest(path: str | Path) -> list[SceneEntry]:
     path = Path(path)
     scenes, keys = [], set()
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: invalid JSON: {exc}") from None
+    for where, data in read_jsonl(path):
         scene = _scene(data, where, path.parent, len(scenes))
         if scene.key in keys:
             raise ValueError(f"{where}: duplicate key {scene.key!r}")

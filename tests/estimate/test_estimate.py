@@ -68,6 +68,8 @@ def test_sharding_divides_parameter_state():
     (["estimate.tokens=800", "estimate.attention=dense"], "estimate.attention"),
     (["estimate.tokens=800", "parallel.dp_replicate=3", "estimate.world_size=8"],
      "parallel.dp_replicate"),
+    (["estimate.tokens=800", "estimate.world_size=2", "stage.mask=isolated"],
+     "estimate.attention"),
 ])
 def test_impossible_estimates_name_the_key(args, key, capsys):
     assert main([*TINY, *args]) == 2

@@ -58,18 +58,18 @@ def model_name(args: Sequence[str]) -> str:
 
 
 def check_parallel(cfg, est) -> None:
-    """What the mesh cannot take, named before any model is built."""
+    """What the mesh or the simulated kernel cannot take, named before any model is built
+    (``parallel.sp_degree`` against the heads is the training config's own check)."""
     from lct_train.core.errors import ConfigError
-    from lct_train.estimate.report import sp_degree
 
-    sp = sp_degree(cfg)
-    heads = cfg.model.num_heads
-    if heads % sp:
-        raise ConfigError("parallel.sp_degree", f"{sp} does not divide the model's {heads} "
-                          "attention heads (Ulysses splits the heads)")
+    sp = cfg.parallel.sp_degree
     if est.world_size % sp:
         raise ConfigError("parallel.sp_degree", f"{sp} does not divide "
                           f"estimate.world_size={est.world_size}")
+    if cfg.stage.mask == "isolated" and est.attention == "flash-varlen":
+        raise ConfigError("estimate.attention", "flash-varlen cannot express stage.mask=isolated "
+                          "(two key intervals per row): estimate it with a bidirectional or "
+                          "causal mask (the same memory) or estimate.attention=reference")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

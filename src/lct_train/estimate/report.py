@@ -21,10 +21,6 @@ CATEGORIES = {
 GB = 1e9
 
 
-def sp_degree(cfg: TrainConfig) -> int:
-    """``parallel.sp_degree`` when the config has sequence parallelism, else 1."""
-    return int(getattr(cfg.parallel, "sp_degree", 1) or 1)
-
 
 def summary(cfg: TrainConfig, est: EstimateConfig, measured: Measured, gpu_bytes: int,
             model: str) -> dict:
@@ -33,7 +29,7 @@ def summary(cfg: TrainConfig, est: EstimateConfig, measured: Measured, gpu_bytes
     cats["metadata"] = measured.metadata_bytes
     usable = int(gpu_bytes * (1 - est.headroom))
     peak = measured.peak_bytes
-    sp = sp_degree(cfg)
+    sp = cfg.parallel.sp_degree
     spec = measured.spec
     shot = next(g for g in spec.groups if not g.is_global)
     return {

@@ -115,7 +115,7 @@ def _host_metas(spec: SceneSpec, inp: StepInputs, backend, refiner: bool) -> lis
 
 def _metadata_bytes(meta: PackedMeta) -> int:
     tensors = [getattr(meta, f.name) for f in dataclasses.fields(meta)]
-    tensors += [meta.attn.lo, meta.attn.hi, meta.text_attn.lo, meta.text_attn.hi]
+    tensors += meta.attn.tensors() + meta.text_attn.tensors()
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 import torch
 
+from lct_train.core.jsonl import read_jsonl
 from lct_train.data.video_io import decode_shot, is_image, read_image
 
 
@@ -58,14 +59,7 @@ def read_eval_manifest(path: str | Path) -> list[EvalScene]:
     if not path.is_file():
         raise EvalInputError(f"manifest {path} does not exist")
     scenes = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalInputError(f"{where}: invalid JSON: {exc}") from None
+    for where, data in read_jsonl(path, EvalInputError):
         if not isinstance(data, dict) or not isinstance(data.get("key"), str):
             raise EvalInputError(f"{where}: a scene needs a 'key' (the ground truth's name)")
         shots = data.get("shots")

@@ -30,11 +30,13 @@ option given to a pool command overrides the stored one for that call only.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from lct_train.core.dtypes import SAMPLE_DTYPES, dtype_of
+from lct_train.core.errors import ConfigError
 from lct_train.data.schema import shot_prompt
 from lct_train.model.layout import MASKS
 from lct_train.sample import scene_file
@@ -158,9 +160,8 @@ def _sp_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _start_sp(sp_degree: int, device: str):
-    """The SP group of ``--sp N``: the torchrun world as one group (``parallel.dist``)."""
-    import os
-
+    """The torchrun world as one SP group for ``--sp N`` (``parallel.dist``; on CUDA each rank
+    is bound to cuda:LOCAL_RANK, where ``_toolkit`` puts the model and codec)."""
     from lct_train.config.schema import ParallelConfig
     from lct_train.parallel.dist import init_distributed
 
@@ -168,8 +169,10 @@ def _start_sp(sp_degree: int, device: str):
     if world_size != sp_degree:
         raise SamplingError(f"--sp {sp_degree} needs torchrun --nproc_per_node={sp_degree} "
                             f"(world size is {world_size})")
-    world = init_distributed(ParallelConfig(device=device, dp_shard=1, sp_degree=sp_degree))
-    return world.sp
+    try:
+        return init_distributed(ParallelConfig(device=device, dp_shard=1, sp_degree=sp_degree))
+    except ConfigError as exc:  # e.g. cuda asked for where none is visible
+        raise SamplingError(f"--device {device} with --sp {sp_degree}: {exc}") from exc
 
 
 def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
@@ -179,8 +182,11 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
     missing = [f"--{k.replace('_', '-')}" for k in ("ckpt", "codec", "text_encoder") if not opts[k]]
     if missing:
         raise SamplingError(f"missing {', '.join(missing)} (give it, or init the pool with it)")
+    device = opts["device"]
+    if sp_degree > 1 and device == "cuda":  # each rank on its own GPU, as init_distributed binds
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     loaded = load_model(opts["ckpt"], weights=opts["weights"], mask=opts["mask"],
-                        window=opts["window"], device=opts["device"], dtype=dtype_of(opts["dtype"]))
+                        window=opts["window"], device=device, dtype=dtype_of(opts["dtype"]))
     if sp_degree < 1 or loaded.config.num_heads % sp_degree:
         raise SamplingError(f"--sp {sp_degree} does not divide the model's "
                             f"{loaded.config.num_heads} attention heads")
@@ -189,10 +195,10 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
     except (ValueError, OSError) as exc:  # an unknown spec, or a width the model cannot take
         raise SamplingError(f"--text-encoder {opts['text_encoder']}: {exc}") from exc
     try:
-        codec = build_codec(opts["codec"], device=opts["device"])
+        codec = build_codec(opts["codec"], device=device)
     except (ValueError, OSError) as exc:
         raise SamplingError(f"--codec {opts['codec']}: {exc}") from exc
-    sp = _start_sp(sp_degree, opts["device"]) if sp_degree > 1 else None
+    sp = _start_sp(sp_degree, opts["device"]).sp if sp_degree > 1 else None
     writes = sp is None or sp.rank == 0
     return Toolkit(loaded, codec, prompts, progress=progress and writes, fps=int(opts["fps"]),
                    sp=sp, writes=writes)
@@ -323,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except ERRORS as exc:
-        print(f"lct-sample {args.command}: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under --sp: one line, not one per rank
+            print(f"lct-sample {args.command}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if getattr(args, "sp", 1) > 1:

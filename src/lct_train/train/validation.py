@@ -66,9 +66,6 @@ def load_heldout(root: str, limit: int, patch, dummy_grid) -> list[Scene]:
 class Validator:
     def __init__(self, cfg, model_cfg, step_inputs, world, run_dir: Path):
         self.cfg, self.model_cfg, self.inp, self.world = cfg, model_cfg, step_inputs, world
-        if world.sp_size > 1:
-            raise ConfigError("eval.every", "in-training validation does not run with sequence "
-                              "parallelism yet (parallel.sp_degree > 1): set eval.every=0")
         self.out_dir = Path(run_dir) / "eval"
         try:
             self.scenes = load_heldout(cfg.data, cfg.scenes, model_cfg.patch_size,
