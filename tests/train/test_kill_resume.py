@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from data_tools.build import BuildConfig, build
-from data_tools.synth import SynthConfig, write_synth
 from lct_train.core.checkpoint_layout import is_valid, step_name
+from tests.testutils import build_synthetic_shards
 from tests.train.torchrun import kill_job, losses, run, start
 
 pytestmark = pytest.mark.slow
@@ -32,12 +31,7 @@ def dataset(tmp_path_factory):
 
 def build_dataset(tmp_path_factory):
     """8 one-scene shards of the synthetic set (pixel:2 VAE, tiny text encoder)."""
-    synth = tmp_path_factory.mktemp("synth")
-    out = tmp_path_factory.mktemp("scenes")
-    write_synth(SynthConfig(**SYNTH), synth)
-    build(BuildConfig(str(synth / "manifest.jsonl"), str(out), vae="pixel:2",
-                      text_encoder="tiny", area=32 * 32, scenes_per_shard=1))
-    return out
+    return build_synthetic_shards(tmp_path_factory, SYNTH, area=32 * 32)[0]
 
 
 def overrides(dataset, run_dir) -> list[str]:

@@ -9,8 +9,7 @@ import subprocess
 
 import pytest
 
-from data_tools.build import BuildConfig, build
-from data_tools.synth import SynthConfig, write_synth
+from tests.testutils import build_synthetic_shards
 from tests.train.torchrun import env, run, torchrun_cmd
 
 SYNTH = dict(num_scenes=3, min_shots=2, max_shots=3, min_frames=2, max_frames=2, height=16,
@@ -19,12 +18,7 @@ SYNTH = dict(num_scenes=3, min_shots=2, max_shots=3, min_frames=2, max_frames=2,
 
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory):
-    synth = tmp_path_factory.mktemp("heldout_synth")
-    out = tmp_path_factory.mktemp("heldout")
-    write_synth(SynthConfig(**SYNTH), synth)
-    build(BuildConfig(str(synth / "manifest.jsonl"), str(out), vae="pixel:2",
-                      text_encoder="tiny", area=16 * 16, scenes_per_shard=1))
-    return out, synth / "gt"
+    return build_synthetic_shards(tmp_path_factory, SYNTH, area=16 * 16, name="heldout")
 
 
 def _validation_records(run_dir) -> list[dict]:
