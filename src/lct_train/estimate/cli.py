@@ -9,7 +9,7 @@ estimate can be made (one line naming the key).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lct_train.config.store import compose_config, one_line_error
 
@@ -25,6 +25,7 @@ parallelize on fake tensors in a fake process group of N ranks. Examples:
       estimate.grid=[8,30,30] estimate.shots=9
 estimate.* keys: world_size tokens shots with_global text_len frame grid gpu_gb headroom steps
 attention (src/lct_train/estimate/config.py).
+The largest scene that fits: python -m lct_train.estimate.search (same arguments, no scene).
 """
 
 
@@ -72,30 +73,41 @@ def check_parallel(cfg, est) -> None:
                           "causal mask (the same memory) or estimate.attention=reference")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command(argv: Sequence[str] | None, usage: str, name: str, run: Callable[[list[str]], int],
+            check: Callable[[list[str]], object]) -> int:
+    """``--help``, else ``run(args)``'s exit status. A failure is one line naming the key (exit
+    2) when it is a ``ConfigError`` or ``check(args)`` (composition, validation) fails too; any
+    other failure is a bug inside the estimate and keeps its traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
+        print(usage)
         return 0
     from lct_train.core.errors import ConfigError
 
     try:
-        prepare(args)  # composition / validation: any failure is a bad key
-        result = estimate(args)
+        return run(args)
     except Exception as err:
-        if not isinstance(err, ConfigError) and _composed(args):
-            raise  # a failure inside the estimate itself: a bug, keep the traceback
-        print(f"lct-estimate: error: {one_line_error(err)}", file=sys.stderr)
+        if not isinstance(err, ConfigError) and _passes(check, args):
+            raise
+        print(f"{name}: error: {one_line_error(err)}", file=sys.stderr)
         return CONFIG_ERROR_STATUS
+
+
+def _estimate_and_print(args: list[str]) -> int:
     from lct_train.estimate.report import render
 
+    result = estimate(args)
     print(render(result))
     return 0 if result["fits"] else DOES_NOT_FIT_STATUS
 
 
-def _composed(args: Sequence[str]) -> bool:
+def main(argv: Sequence[str] | None = None) -> int:
+    return command(argv, USAGE, "lct-estimate", _estimate_and_print, prepare)
+
+
+def _passes(check: Callable[[list[str]], object], args: list[str]) -> bool:
     try:
-        prepare(args)
+        check(args)
     except Exception:
         return False
     return True

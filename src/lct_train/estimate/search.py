@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from lct_train.config.store import one_line_error
 from lct_train.core.errors import ConfigError
 
 PREFIX = "search."
@@ -246,21 +245,16 @@ previous search. Example:
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
-        return 0
-    from lct_train.estimate.cli import _composed
-
-    try:
-        search(args)
-    except Exception as err:
-        if not isinstance(err, ConfigError) and _composed([*split_args(args)[1], "estimate.grid=[1,1,1]"]):
-            raise  # a failure inside an estimate: a bug, keep the traceback
-        print(f"lct-estimate search: error: {one_line_error(err)}", file=sys.stderr)
-        return 2
+def _search(args: list[str]) -> int:
+    search(args)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lct_train.estimate.cli import command
+
+    return command(argv, USAGE, "lct-estimate search", _search,
+                   lambda args: _prepare(split_args(args)[1]))
 
 
 if __name__ == "__main__":
