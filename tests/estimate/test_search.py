@@ -83,7 +83,7 @@ def _stub_search(monkeypatch, gpu_gb, capsys):
     """``search`` over the real configs with a stubbed estimate: (2 + shots x frames) x 0.1 GB."""
     calls = []
 
-    def peak(self, run_args, frames, shots):
+    def peak(self, run_args, frames, shots, limits):
         calls.append((frames, shots))
         self.calls.append({"frames": frames, "shots": shots, "seconds": 0.0})
         return int((2 + shots * frames) * 1e8)
@@ -124,7 +124,9 @@ def test_real_search_two_presets_share_one_estimate(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
     (call,) = result["estimates"]
-    assert sum(line.startswith("estimate ") for line in out) == 1
+    (line,) = [line for line in out if line.startswith("estimate ")]
+    assert line.startswith("estimate 1: 2 shots x 2x4x4, 116 tokens: peak ")
+    assert "fits 80gb, fits 141gb" in line
     assert call["frames"] == 2
     assert call["peak_bytes"] > 0
     assert [r["memory"] for r in result["rows"]] == ["80gb", "141gb"]
@@ -141,6 +143,7 @@ def test_real_search_two_presets_share_one_estimate(capsys):
     (["estimate.tokens=800"], "estimate.tokens"),
     (["search.max_frames=0"], "search.max_frames"),
     (["search.max_frame=3"], "search.max_frame"),
+    (["search.start=[0]"], "search.start"),
     (["parallel.sp_degree=3"], "parallel.sp_degree"),
 ])
 def test_bad_keys_name_the_key(args, key, capsys):

@@ -48,16 +48,21 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def parse(overrides: list[str]) -> EstimateConfig:
-    base = OmegaConf.structured(EstimateConfig)
+    cfg = parse_keys(PREFIX, EstimateConfig, overrides)
+    check(cfg)
+    return cfg
+
+
+def parse_keys(prefix: str, schema: type, overrides: list[str]):
+    """``prefix.key=value`` overrides merged onto the dataclass ``schema`` (errors name the
+    full key)."""
     try:
-        given = OmegaConf.from_dotlist([a[len(PREFIX):] for a in overrides])
-        cfg = OmegaConf.to_object(OmegaConf.merge(base, given))
+        given = OmegaConf.from_dotlist([a[len(prefix):] for a in overrides])
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), given))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or ""
         msg = str(getattr(err, "msg", "") or err).strip().splitlines()[0]
-        raise ConfigError(f"{PREFIX}{key}".rstrip("."), msg) from err
-    check(cfg)
-    return cfg
+        raise ConfigError(f"{prefix}{key}".rstrip("."), msg) from err
 
 
 def check(cfg: EstimateConfig) -> None:

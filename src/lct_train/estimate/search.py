@@ -9,10 +9,10 @@ Peak memory is close to linear in the tokens (flash's O(L) attention), so the se
 bisect blindly: it estimates F=max_frames (done if that fits) and F=1, fits a line through the
 two estimates nearest the limit, estimates the predicted largest F* and F*+1 (or F*-1 when F*
 does not fit) to verify it; after ``ROUNDS`` such rounds that have not closed the bracket it
-bisects. The peak
-is assumed non-decreasing in F (the verification only checks the neighbours of the answer).
+bisects. The peak is assumed non-decreasing in F (the verification checks the neighbours of
+the answer, not the whole curve).
 
-Every estimate is printed (F, tokens, peak, verdict per GPU), then one row per GPU, and as the
+Every estimate is printed (F, tokens, peak, the verdict per GPU), then one row per GPU, and as the
 last line one JSON object. ``search.memory=[80gb,141gb]`` searches for several presets at once:
 when the presets compose to the same run apart from ``memory`` and ``data.max_tokens`` (which
 the estimate does not read: its scene is given explicitly), the estimates are shared, since the
@@ -52,7 +52,7 @@ def largest_fitting(peak_of: Callable[[int], int], limit: int, cap: int,
             seen[n] = peak_of(n)
         return seen[n]
 
-    first = [n for n in (start or (cap, 1)) if 1 <= n <= cap]
+    first = list(start or (cap, 1))
     rounds = 0
     while True:
         lo = max((n for n, p in seen.items() if p <= limit and n <= cap), default=0)
@@ -99,18 +99,14 @@ def split_args(args: Sequence[str]) -> tuple[SearchConfig, list[str]]:
         if any(a.startswith(key + "=") for a in rest):
             raise ConfigError(key, "the search sets the scene itself (estimate.shots, "
                               "estimate.frame and search.max_frames define it)")
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from lct_train.estimate.config import parse_keys
 
-    try:
-        given = OmegaConf.from_dotlist([a[len(PREFIX):] for a in ours])
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SearchConfig), given))
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "") or ""
-        msg = str(getattr(err, "msg", "") or err).strip().splitlines()[0]
-        raise ConfigError(f"{PREFIX}{key}".rstrip("."), msg) from err
+    cfg = parse_keys(PREFIX, SearchConfig, ours)
     if cfg.max_frames < 1:
         raise ConfigError(PREFIX + "max_frames", f"must be >= 1, got {cfg.max_frames}")
+    if not all(1 <= f <= cfg.max_frames for f in cfg.start):
+        raise ConfigError(PREFIX + "start", f"frame counts in 1..{cfg.max_frames} "
+                          f"(search.max_frames), got {list(cfg.start)}")
     if not any(a.startswith("estimate.shots=") for a in rest):
         rest.append("estimate.shots=9")
     return cfg, rest
@@ -145,7 +141,8 @@ class Searcher:
         self.out = out or sys.stdout
         self.calls: list[dict] = []
 
-    def peak(self, run_args: list[str], frames: int, shots: int) -> int:
+    def peak(self, run_args: list[str], frames: int, shots: int, limits: dict[str, int]) -> int:
+        """The peak of one scene, printed with its verdict against each preset's usable bytes."""
         from lct_train.estimate.cli import estimate
 
         h, w = _prepare(run_args)[1].frame
@@ -157,8 +154,10 @@ class Searcher:
                "peak_bytes": result["peak_bytes"],
                "seconds": round(time.perf_counter() - start, 1)}
         self.calls.append(row)
+        verdicts = ", ".join(f"{'fits' if row['peak_bytes'] <= limit else 'does NOT fit'} {name}"
+                             for name, limit in limits.items())
         print(f"estimate {len(self.calls)}: {shots} shots x {frames}x{h}x{w}, "
-              f"{row['tokens']:,} tokens: peak {row['peak_bytes'] / GB:.2f} GB "
+              f"{row['tokens']:,} tokens: peak {row['peak_bytes'] / GB:.2f} GB, {verdicts} "
               f"({row['seconds']:.0f} s)", file=self.out, flush=True)
         return row["peak_bytes"]
 
@@ -177,10 +176,11 @@ def search(args: Sequence[str], out=None) -> dict:
     keys = {p: json.dumps(_comparable(runs[p][0]), sort_keys=True, default=str)
             for p in presets}
     for p in presets:
-        first = next(q for q in presets if keys[q] == keys[p])  # whose args run the estimates
+        same = [q for q in presets if keys[q] == keys[p]]  # the first one's args run them
+        limits = {_label(q, runs[q]): _usable(runs[q]) for q in same}
         frame_peaks, shot_peaks = shared.setdefault(keys[p], ({}, {}))
-        rows.append(_search_one(searcher, _with_memory(est_args, first), p, runs[p], scfg,
-                                frame_peaks, shot_peaks))
+        rows.append(_search_one(searcher, _with_memory(est_args, same[0]), p, runs[p], scfg,
+                                frame_peaks, shot_peaks, limits))
     for row in rows:
         print(render_row(row), file=out)
     seconds = sum(c["seconds"] for c in searcher.calls)
@@ -189,18 +189,28 @@ def search(args: Sequence[str], out=None) -> dict:
     return result
 
 
+def _usable(run) -> int:
+    _, est, gpu = run
+    return int(gpu * (1 - est.headroom))
+
+
+def _label(preset, run) -> str:
+    return f"{run[2] / GB:g} GB" if preset is None else preset
+
+
 def _search_one(searcher: Searcher, run_args: list[str], preset, run, scfg: SearchConfig,
-                frame_peaks: dict[int, int], shot_peaks: dict[int, int]) -> dict:
+                frame_peaks: dict[int, int], shot_peaks: dict[int, int],
+                limits: dict[str, int]) -> dict:
     """The row of one preset: the largest F, else the largest shot count at F=1."""
     cfg, est, gpu = run
-    limit = int(gpu * (1 - est.headroom))
-    frames = largest_fitting(lambda f: searcher.peak(run_args, f, est.shots), limit,
+    limit = _usable(run)
+    frames = largest_fitting(lambda f: searcher.peak(run_args, f, est.shots, limits), limit,
                              scfg.max_frames, frame_peaks, scfg.start)
     shots = est.shots
     if frames == 0:
         shot_peaks.setdefault(est.shots, frame_peaks[1])
         shots = 0 if est.shots == 1 else largest_fitting(
-            lambda s: searcher.peak(run_args, 1, s), limit, est.shots - 1, shot_peaks)
+            lambda s: searcher.peak(run_args, 1, s, limits), limit, est.shots - 1, shot_peaks)
     peak = frame_peaks[frames] if frames else shot_peaks.get(shots)
     return _row(preset, cfg, est, gpu, limit, frames, shots, scfg.max_frames, peak)
 
