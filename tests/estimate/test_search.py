@@ -113,7 +113,8 @@ def test_search_rows_frames_then_shots_then_nothing(monkeypatch, capsys):
     row, text, _ = _stub_search(monkeypatch, 0.2, capsys)
     assert row["shots"] == 0
     assert row["peak_bytes"] is None
-    assert "nothing fits" in text
+    assert row["smallest"] == {"tokens": 16 + 16 + 16 + 4, "peak_bytes": 3e8}
+    assert "nothing fits: 1 shot of 1 latent frame (52 tokens) needs 0.3 GB" in text
 
 
 def test_real_search_two_presets_share_one_estimate(capsys):

@@ -211,7 +211,8 @@ def _search_one(searcher: Searcher, run_args: list[str], preset, run, scfg: Sear
         shot_peaks.setdefault(est.shots, frame_peaks[1])
         shots = 0 if est.shots == 1 else largest_fitting(
             lambda s: searcher.peak(run_args, 1, s, limits), limit, est.shots - 1, shot_peaks)
-    peak = frame_peaks[frames] if frames else shot_peaks.get(shots)
+    # The row's scene; when nothing fits, the smallest one (1 shot of 1 frame), to say by how much.
+    peak = frame_peaks[frames] if frames else shot_peaks.get(shots or 1, frame_peaks[1])
     return _row(preset, cfg, est, gpu, limit, frames, shots, scfg.max_frames, peak)
 
 
@@ -221,21 +222,25 @@ def _row(preset, cfg, est, gpu, limit, frames, shots, cap, peak) -> dict:
     n_shots = est.shots if frames else shots
     spec = scene_spec(replace(est, tokens=0, grid=[max(frames, 1), *est.frame],
                               shots=max(n_shots, 1)), cfg.model)
-    peak = peak if n_shots else None
-    return {
+    row = {
         "memory": preset or cfg.memory, "gpu_gb": gpu / GB, "usable_bytes": limit,
         "world_size": est.world_size, "sp_degree": cfg.parallel.sp_degree,
         "shots": n_shots, "frames": frames, "at_cap": frames == cap,
         "tokens": spec.num_tokens if n_shots else 0,
-        "peak_bytes": peak, "fraction": peak / gpu if peak else None,
+        "peak_bytes": peak if n_shots else None, "fraction": peak / gpu if n_shots else None,
     }
+    if not n_shots:
+        row["smallest"] = {"tokens": spec.num_tokens, "peak_bytes": peak}
+    return row
 
 
 def render_row(row: dict) -> str:
     head = (f"{row['memory']} ({row['gpu_gb']:.0f} GB, usable {row['usable_bytes'] / GB:.1f} GB)"
             f", {row['world_size']} GPUs, sp {row['sp_degree']}: ")
     if not row["shots"]:
-        return head + "nothing fits (not even 1 shot of 1 latent frame)"
+        small = row["smallest"]
+        return head + (f"nothing fits: 1 shot of 1 latent frame ({small['tokens']:,} tokens) "
+                       f"needs {small['peak_bytes'] / GB:.1f} GB")
     more = ">= " if row["at_cap"] else ""
     return (head + f"{row['shots']} shots x {more}{max(row['frames'], 1)} latent frames, "
             f"{row['tokens']:,} tokens, peak {row['peak_bytes'] / GB:.1f} GB "
