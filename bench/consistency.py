@@ -40,7 +40,13 @@ from lct_train.data.codecs import build_codec
 from lct_train.data.text_encoders import build_text_encoder
 from lct_train.eval.cli import evaluate
 from lct_train.sample.checkpoint_io import load_model
-from lct_train.sample.pipeline import CONTACT_SHEET, MANIFEST, Toolkit, run_scene
+from lct_train.sample.pipeline import (
+    CONTACT_SHEET,
+    MANIFEST,
+    Toolkit,
+    run_scene,
+    write_scenes_manifest,
+)
 from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.scene_file import parse_scene
 from lct_train.sample.writers import write_contact_sheet
@@ -158,14 +164,10 @@ def _sample(root: Path, name: str, runs: list[tuple[str, float]], requests: list
         manifest = folder / MANIFEST
         if not manifest.is_file():
             start = time.perf_counter()
-            lines = []
             for req in requests:
-                scene_dir = folder / req["key"]
                 run_scene(parse_scene(dict(req, mode=mode, t_c=t_c), source=req["key"]), kit,
-                          scene_dir, settings={"key": req["key"]})
-                lines.append((scene_dir / MANIFEST).read_text().replace(
-                    '"shot_', f'"{req["key"]}/shot_'))
-            manifest.write_text("".join(lines))
+                          folder / req["key"], settings={"key": req["key"]})
+            write_scenes_manifest(folder, [folder / req["key"] for req in requests])
             print(f"    {MODELS[name][0]} {mode} t_c={t_c}: {len(requests)} scenes in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
         manifests[(mode, t_c)] = manifest
