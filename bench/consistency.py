@@ -34,34 +34,42 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
-
+from data_tools import demo
 from lct_train.data.codecs import build_codec
 from lct_train.data.text_encoders import build_text_encoder
 from lct_train.eval.cli import evaluate
 from lct_train.sample.checkpoint_io import load_model
-from lct_train.sample.pipeline import CONTACT_SHEET, MANIFEST, Toolkit, run_scene
+from lct_train.sample.pipeline import (
+    CONTACT_SHEET,
+    MANIFEST,
+    Toolkit,
+    run_scene,
+    write_scenes_manifest,
+)
 from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.scene_file import parse_scene
-from lct_train.sample.writers import write_contact_sheet
+from lct_train.sample.writers import write_contact_sheet, write_sheet_grid
 
 REPO = Path(__file__).resolve().parents[1]
 SCALES = {
     # The 2-core CPU: the demo's model; one character per scene, 32x32 one-frame shots
     # (pixel:2 latents), 1024-token batches; (a) and (b) train side by side, one core each.
-    "cpu": dict(train_scenes=64, eval_scenes=16, steps=600, causal_steps=150, size=32, frames=1,
-                characters=1, sample_steps=16, guidance=1.0, device="cpu",
-                overrides=["data.max_tokens=1024"]),
+    # The 2-core CPU: the demo's recipe (data_tools/demo.py, conf/experiment/demo.yaml): one
+    # character per scene, 32x32 one-frame shots (pixel:2 latents), 1024-token batches; (a)
+    # and (b) train side by side, one core each.
+    "cpu": dict(train_scenes=64, eval_scenes=16, steps=demo.STAGE1_STEPS,
+                causal_steps=demo.CAUSAL_STEPS, size=32, frames=1, characters=1,
+                sample_steps=demo.SAMPLE["steps"], guidance=demo.SAMPLE["guidance"],
+                device="cpu", overrides=[]),
     # One GPU: more data and steps, two characters, 64x64 four-frame shots, bf16 FSDP on CUDA.
     "gpu": dict(train_scenes=2048, eval_scenes=64, steps=6000, causal_steps=1500, size=64,
                 frames=4, characters=2, sample_steps=30, guidance=3.0, device="cuda",
                 overrides=["parallel=fsdp", "data.max_tokens=16384", "data.num_workers=4"]),
 }
 SYNTH = ["--fps", "6", "--min-shots", "2", "--max-shots", "4"]
-# Short runs: the raw weights sample better than an EMA that still carries early weights.
-WEIGHTS = "model"
+WEIGHTS = demo.WEIGHTS  # short runs: the raw weights sample better than the EMA
 TRAIN_SEED, EVAL_SEED, SAMPLE_SEED = 0, 1, 1000
-SHIFT = 3.0  # = loss.timestep_shift of conf/experiment/demo.yaml
+SHIFT = demo.SAMPLE["shift"]  # = loss.timestep_shift of conf/experiment/demo.yaml
 T_C_SWEEP = (0.0, 0.1, 0.3, 0.5, 0.9)
 DEFAULT_T_C = 0.3
 MODELS = {  # name -> (label, run name, training overrides)
@@ -158,14 +166,10 @@ def _sample(root: Path, name: str, runs: list[tuple[str, float]], requests: list
         manifest = folder / MANIFEST
         if not manifest.is_file():
             start = time.perf_counter()
-            lines = []
             for req in requests:
-                scene_dir = folder / req["key"]
                 run_scene(parse_scene(dict(req, mode=mode, t_c=t_c), source=req["key"]), kit,
-                          scene_dir, settings={"key": req["key"]})
-                lines.append((scene_dir / MANIFEST).read_text().replace(
-                    '"shot_', f'"{req["key"]}/shot_'))
-            manifest.write_text("".join(lines))
+                          folder / req["key"], settings={"key": req["key"]})
+            write_scenes_manifest(folder, [folder / req["key"] for req in requests])
             print(f"    {MODELS[name][0]} {mode} t_c={t_c}: {len(requests)} scenes in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
         manifests[(mode, t_c)] = manifest
@@ -214,14 +218,6 @@ def _verdicts(rows: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
-def _label(image: Image.Image, text: str) -> Image.Image:
-    font = ImageFont.load_default()
-    out = Image.new("RGB", (image.width, image.height + 16), (16, 16, 16))
-    ImageDraw.Draw(out).text((4, 2), text, fill=(235, 235, 235), font=font)
-    out.paste(image, (0, 16))
-    return out
-
-
 def _contact_sheet(root: Path, eval_dir: Path, requests: list[dict], path: Path) -> None:
     """Per held-out scene one row: the true scene, then (a) joint, (b) joint, (c) AR-KV."""
     from lct_train.eval.scenes import read_eval_manifest, shot_frames
@@ -236,26 +232,12 @@ def _contact_sheet(root: Path, eval_dir: Path, requests: list[dict], path: Path)
                 tmp = root / "samples" / f"truth-{req['key']}.png"
                 write_contact_sheet(tmp, [shot_frames(s).numpy() for s in scene.shots],
                                     [s["prompt"][:48] for s in req["shots"]], frames_per_row=2)
-                label = f"{req['key']}: the true scene"
+                tiles.append((tmp, f"{req['key']}: the true scene"))
             else:
-                tmp = root / "samples" / name / f"{mode}-tc{DEFAULT_T_C}" / req["key"] / CONTACT_SHEET
-                label = f"{MODELS[name][0]}, {mode}"
-            with Image.open(tmp) as im:
-                tiles.append(_label(im.convert("RGB").crop((0, 0, min(im.width, 420), im.height)),
-                                    label))
-        row = Image.new("RGB", (sum(t.width + 8 for t in tiles), max(t.height for t in tiles)))
-        x = 0
-        for t in tiles:
-            row.paste(t, (x, 0))
-            x += t.width + 8
-        rows.append(row)
-    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 8 for r in rows)))
-    y = 0
-    for r in rows:
-        sheet.paste(r, (0, y))
-        y += r.height + 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+                tiles.append((root / "samples" / name / f"{mode}-tc{DEFAULT_T_C}" / req["key"]
+                              / CONTACT_SHEET, f"{MODELS[name][0]}, {mode}"))
+        rows.append(tiles)
+    write_sheet_grid(path, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

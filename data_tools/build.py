@@ -5,7 +5,8 @@ global worker ``c % (world_size * workers)`` (torchrun rank x local worker proce
 workers write disjoint shards. A chunk writes ``shards/<c>-<part>.tar.tmp`` parts (rolled over at
 ``shard_size_mb``), renames them when the chunk is complete, then writes
 ``shards/.done/<c>.json``; a re-run skips chunks with a marker and rebuilds the others.
-A scene that fails to decode or encode is logged and left out (listed in the marker).
+A scene that fails to decode or encode is logged and left out (listed in the marker). A scene's
+shots of one frame shape are VAE-encoded together, at most ``encode_frames`` frames per call.
 
 Devices: under torchrun each rank encodes on its own GPU (``--device cuda`` means
 ``cuda:LOCAL_RANK``, ``rank_device``). Worker processes (``--workers > 1``) are *spawned*, never
@@ -38,6 +39,7 @@ DONE_DIR = ".done"
 BYTES_PER_MB = 1 << 20
 PROGRESS_INTERVAL_S = 0.5
 WORKER_START_METHOD = "spawn"
+DEFAULT_ENCODE_FRAMES = 128  # one call holds about one long shot's frames (HunyuanVideo: 129)
 
 
 @dataclass
@@ -55,6 +57,12 @@ class BuildConfig:
     workers: int = 1  # processes per rank
     device: str = "cpu"
     allow_placeholder_prompts: bool = False  # build scenes whose prompts are split's TODOs
+    encode_frames: int = DEFAULT_ENCODE_FRAMES  # most frames per VAE call (a longer shot: alone)
+
+    def __post_init__(self):
+        if self.encode_frames < 1:
+            raise ValueError(f"--encode-frames (encode_frames) must be a frame count >= 1, "
+                             f"got {self.encode_frames}")
 
 
 def _dist() -> tuple[int, int]:
@@ -108,7 +116,7 @@ def build_chunk(cfg: BuildConfig, chunk: int, scenes: list[SceneEntry], codec, t
     failed = []
     for scene in scenes:
         try:
-            writer.write(encode_scene_entry(scene, spec, codec, text_encoder))
+            writer.write(encode_scene_entry(scene, spec, codec, text_encoder, cfg.encode_frames))
         except Exception as exc:  # a broken video must not stop a long build
             logger.warning("scene %s failed, left out: %s: %s", scene.key, type(exc).__name__, exc)
             failed.append({"key": scene.key, "error": f"{type(exc).__name__}: {exc}"})

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from data_tools.build import BuildConfig, build
+from data_tools.build import DEFAULT_ENCODE_FRAMES, BuildConfig, build
 from data_tools.inspect_shards import format_summary, inspect_dataset, verify_dataset
 from data_tools.split import DEFAULT_THRESHOLD, split_video
 from data_tools.synth import SynthConfig, write_synth
@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="device of the VAE and text encoder")
     b.add_argument("--allow-placeholder-prompts", action="store_true",
                    help="build scenes whose prompts are still split's TODO placeholders")
+    b.add_argument("--encode-frames", type=int, default=DEFAULT_ENCODE_FRAMES,
+                   help="most frames per VAE call: a scene's shots of one frame shape are encoded "
+                        "together up to this many frames (images: many per call); a longer shot is "
+                        "one call alone, its memory bounded by the VAE's own temporal tiling")
 
     s = _sub(sub, "split", "shot-detect a long video into a manifest skeleton (TODO prompts)")
     s.add_argument("video", help="the video file to cut into shots")
@@ -104,7 +108,7 @@ def _run(args) -> int:
     if args.cmd == "build":
         cfg = BuildConfig(args.manifest, args.out, args.vae, args.text_encoder, args.fps, args.area,
                           args.patch, args.max_frames, args.scenes_per_shard, args.shard_size_mb,
-                          args.workers, args.device, args.allow_placeholder_prompts)
+                          args.workers, args.device, args.allow_placeholder_prompts, args.encode_frames)
         print(json.dumps(build(cfg)))
     elif args.cmd == "split":
         scenes = split_video(args.video, args.out_manifest, max_shots=args.max_shots,

@@ -1,7 +1,13 @@
-"""One manifest scene -> one shard sample: decode each shot, resize, encode latents and prompts."""
+"""One manifest scene -> one shard sample: decode each shot, resize, encode latents and prompts.
+
+A scene's shots are VAE-encoded in batches (``encode_calls``): shots of one frame shape
+``(T, h, w)`` share a call, at most ``encode_frames`` frames per call, in manifest order; a shot
+longer than the cap is a call of its own. Frames stay uint8 until their call.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,21 +35,43 @@ def encode_prompts(text_encoder, prompts: list[str]) -> tuple[list[torch.Tensor]
     return [batch.valid(i) for i in range(len(prompts))], batch.pooled
 
 
-def shot_frames(shot, spec: FrameSpec, codec) -> torch.Tensor:
-    """``float [T, 3, h, w]`` in [-1, 1], T valid for the codec, (h, w) at the target area."""
+def shot_pixels(shot, spec: FrameSpec, codec) -> torch.Tensor:
+    """``uint8 [T, h, w, 3]``, T valid for the codec, (h, w) at the target area."""
     frames = decode_shot(shot.path, spec.fps, shot.start, shot.end, spec.max_frames)
     frames = frames[: codec.valid_frames(frames.shape[0])]
     size = target_size(frames.shape[1], frames.shape[2], spec.area, spec.multiple)
-    return frames_to_tensor(resize_frames(frames, size))
+    return resize_frames(frames, size)
 
 
-def encode_scene_entry(scene: SceneEntry, spec: FrameSpec, codec, text_encoder) -> dict:
+def encode_calls(shapes: Sequence[tuple[int, ...]], encode_frames: int) -> list[list[int]]:
+    """Shot indices of each VAE call: shots of one shape (frames first) in order, a call full
+    once another shot would take it past ``encode_frames`` frames (a longer shot: alone)."""
+    calls: list[list[int]] = []
+    open_calls: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        call = open_calls.get(shape)
+        if call is None or (len(call) + 1) * shape[0] > encode_frames:
+            call = open_calls[shape] = []
+            calls.append(call)
+        call.append(i)
+    return calls
+
+
+def encode_shots(codec, shots: Sequence[torch.Tensor], encode_frames: int) -> list[torch.Tensor]:
+    """Latents of ``uint8 [T, h, w, 3]`` shots in their order, batched by ``encode_calls``."""
+    latents: list[torch.Tensor] = [torch.empty(0)] * len(shots)
+    for call in encode_calls([tuple(x.shape) for x in shots], encode_frames):
+        batch = frames_to_tensor(torch.stack([shots[i] for i in call]))
+        for i, z in zip(call, codec.encode_batch(batch), strict=True):
+            latents[i] = z
+    return latents
+
+
+def encode_scene_entry(scene: SceneEntry, spec: FrameSpec, codec, text_encoder, encode_frames: int) -> dict:
     """The webdataset sample dict of one scene (see ``lct_train.data.schema``)."""
-    latents, sizes = [], []
-    for shot in scene.shots:
-        x = shot_frames(shot, spec, codec)
-        sizes.append(list(x.shape[:1]) + list(x.shape[2:]))
-        latents.append(codec.encode(x))
+    shots = [shot_pixels(shot, spec, codec) for shot in scene.shots]
+    sizes = [list(x.shape[:3]) for x in shots]
+    latents = encode_shots(codec, shots, encode_frames)
     prompts = [scene.global_prompt] + [s.rendered_prompt for s in scene.shots]
     text, pooled = encode_prompts(text_encoder, prompts)
     meta = {

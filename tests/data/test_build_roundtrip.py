@@ -11,8 +11,8 @@ from safetensors.torch import load
 from data_tools.cli import main as cli_main
 from data_tools.manifest import read_manifest
 from data_tools.resize import target_size
-from data_tools.scene_encoder import FrameSpec, shot_frames
-from lct_train.data.codecs import PixelCodec
+from data_tools.scene_encoder import FrameSpec, shot_pixels
+from lct_train.data.codecs import PixelCodec, frames_to_tensor
 from lct_train.data.schema import DatasetInfo, load_empty_prompt
 from lct_train.data.text_encoders import TinyTextEncoder
 from tests.data.conftest import TINY_AREA, TINY_SYNTH, build_tiny
@@ -45,7 +45,7 @@ def test_latents_match_decoded_frames(dataset_dir, synth_dir):
         assert meta["num_shots"] == len(scene.shots) == len(latents)
         assert text["pooled"].shape[0] == len(scene.shots) + 1
         for i, shot in enumerate(scene.shots):
-            x = shot_frames(shot, FrameSpec(8.0, TINY_AREA, 4), codec)
+            x = frames_to_tensor(shot_pixels(shot, FrameSpec(8.0, TINY_AREA, 4), codec))
             assert latents[f"shot_{i}"].shape == (12, x.shape[0], 16, 16)
             assert (codec.decode(latents[f"shot_{i}"]) - x).abs().max() < 1e-6
         assert meta["shot_prompts"][0].startswith("[SHOT CUT] ") == scene.shots[0].cut

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lct_train.data.codecs import PixelCodec, build_codec, frames_to_tensor, tensor_to_frames
@@ -77,3 +78,26 @@ def test_local_path_encoders_roundtrip(tmp_path):
     assert batch.tokens.shape[-1] == 32
     assert batch.mask.sum(1).tolist() == [3, 5]  # [CLS] ... [SEP]
     assert build_text_encoder(enc.spec()).spec() == enc.spec()
+
+
+def test_pixel_encode_batch_is_exactly_per_shot():
+    codec = PixelCodec(2)
+    shots = [torch.rand(3, 3, 8, 12) * 2 - 1 for _ in range(4)]
+    one_by_one = [codec.encode(x) for x in shots]
+    for batched in (codec.encode_batch(shots), codec.encode_batch(torch.stack(shots))):
+        assert len(batched) == len(shots)
+        assert all(torch.equal(z, ref) for z, ref in zip(batched, one_by_one, strict=True))
+    with pytest.raises(ValueError, match="one shape"):
+        codec.encode_batch([shots[0], shots[0][:2]])
+
+
+def test_tiny_hunyuan_encode_batch_matches_per_shot():
+    """A real VAE batch ``[B, C, T, H, W]``; 17 frames also run the VAE's framewise tiling."""
+    codec = build_codec("tiny-hunyuan")
+    for t in (1, 17):
+        shots = [torch.rand(t, 3, 16, 16) * 2 - 1 for _ in range(3)]
+        batched = codec.encode_batch(shots)
+        assert [z.shape for z in batched] == [(codec.latent_channels, codec.latent_frames(t), 2, 2)] * 3
+        for z, x in zip(batched, shots, strict=True):
+            torch.testing.assert_close(z, codec.encode(x), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(batched[0], batched[1])  # each shot its own latent

@@ -32,13 +32,21 @@ def test_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     sample = out / "sample"
-    shots = len(yaml.safe_load((out / "demo_scene.yaml").read_text())["shots"])
-    assert shots >= 2
-    for name in ("scene.mp4", "contact_sheet.png", "shot_000.mp4",
-                 f"shot_{shots - 1:03d}.safetensors"):
-        assert (sample / name).is_file(), name
-    with Image.open(sample / "contact_sheet.png") as sheet:
-        assert sheet.height >= shots * THUMB_HEIGHT  # one row per generated shot
+    scene_files = sorted((out / "scenes").glob("*.yaml"))
+    assert scene_files
+    keys = [f.stem for f in scene_files]
+    for mode in ("joint", "ar-kv"):
+        rows = [json.loads(line) for line in (sample / mode / "manifest.jsonl").open()]
+        assert sorted(row["key"] for row in rows) == keys  # one lct-eval manifest per sampling
+        for path in scene_files:
+            shots = len(yaml.safe_load(path.read_text())["shots"])
+            assert shots >= 2
+            for name in ("scene.mp4", "contact_sheet.png", "shot_000.mp4",
+                         f"shot_{shots - 1:03d}.safetensors"):
+                assert (sample / mode / path.stem / name).is_file(), (mode, name)
+    with Image.open(sample / "contact_sheet.png") as sheet:  # a row per scene, 3 tiles wide
+        assert sheet.height >= len(keys) * 2 * THUMB_HEIGHT
+        assert sheet.width >= 3 * THUMB_HEIGHT
     # both stages left a final checkpoint; causal FT started from stage 1's
     stage1 = out / "runs" / "stage1" / "checkpoints" / "step-00000002"
     causal = out / "runs" / "causal_ft" / "checkpoints" / "step-00000002"
@@ -47,9 +55,11 @@ def test_demo_end_to_end(tmp_path):
     assert "stage causal_ft (causal)" in log
     assert f"weights: checkpoint {stage1} (" in log
     assert len(STEP_LINE.findall(result.stderr)) >= 2
-    assert "hidden_agreement " in result.stdout  # lct-eval of the sample vs the ground truth
+    scores = re.findall(r"^  (stage 1, joint|causal FT, ar-kv) +(\d\.\d\d|n/a) ", result.stdout,
+                        re.MULTILINE)  # lct-eval of each sampling
+    assert [title for title, _ in scores] == ["stage 1, joint", "causal FT, ar-kv"], result.stdout
+    assert "the baseline without cross-shot attention" in result.stdout
     assert "(no colour is named)" in result.stdout
-    assert (sample / "manifest.jsonl").is_file()
     assert str(sample / "contact_sheet.png") in result.stdout
     first_build = _build_summary(result.stdout)
     assert first_build["scenes_built"] == 4

@@ -171,3 +171,44 @@ def test_pool_commands_report_their_errors(tmp_path, ckpt, capsys):
     assert "indices [0] are not in the pool" in capsys.readouterr().err
     assert main(["shot", *pool, "--prompt", "x", "--mode", "ar-kv", "--no-progress"]) == 2
     assert "needs a context-causal model" in capsys.readouterr().err
+
+
+def _scene_in(folder, **changes):
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(_scene(folder, **changes))
+
+
+def test_several_scene_files_share_one_model_and_one_manifest(tmp_path, ckpt):
+    from lct_train.eval.scenes import read_eval_manifest
+
+    files = [_scene_in(tmp_path / "a", key="synth-000004", seed=1),
+             _scene_in(tmp_path / "b", seed=5)]  # no key: the folder is the file's name
+    out = tmp_path / "out"
+    assert main(["scene", *files, "--ckpt", ckpt, "--out", str(out), *TOOLS]) == 0
+    scenes = read_eval_manifest(out / "manifest.jsonl")
+    assert [s.key for s in scenes] == ["synth-000004", "scene"]
+    for scene, folder in zip(scenes, ("synth-000004", "scene")):
+        assert [shot.path for shot in scene.shots] == [
+            out / folder / f"shot_{i:03d}.mp4" for i in range(3)]
+        assert all(shot.path.is_file() for shot in scene.shots)
+    # the same latents as the scene generated on its own
+    alone = tmp_path / "alone"
+    assert main(["scene", files[1], "--ckpt", ckpt, "--out", str(alone), *TOOLS]) == 0
+    for i in range(3):
+        together = load_file(str(out / "scene" / f"shot_{i:03d}.safetensors"))["latent"]
+        assert torch.equal(together, load_file(str(alone / f"shot_{i:03d}.safetensors"))["latent"])
+
+
+@pytest.mark.parametrize(("second", "message"), [
+    (dict(key="synth-000004"), "two scene files name the output folder 'synth-000004'"),
+    (dict(key="synth-000009", mode="sideways"), "mode"),
+])
+def test_several_scene_files_are_all_checked_before_any_is_written(tmp_path, ckpt, capsys,
+                                                                   second, message):
+    files = [_scene_in(tmp_path / "a", key="synth-000004"), _scene_in(tmp_path / "b", **second)]
+    out = tmp_path / "out"
+    assert main(["scene", *files, "--ckpt", ckpt, "--out", str(out), *TOOLS]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("lct-sample scene: error: ")
+    assert message in last
+    assert not out.exists()

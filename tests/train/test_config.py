@@ -44,7 +44,6 @@ def test_memory_presets(preset, memory, tokens):
     ("model.head_dim=30", "model.rope_axes_dim"),
     # refused at composition, before any model is built or anything is written
     ("stage.mask=isolated model.attn_backend=flash-varlen", "model.attn_backend"),
-    ("eval.every=5 parallel.sp_degree=2", "eval.every"),
 ])
 def test_errors_name_the_key(override, key):
     with pytest.raises(Exception) as info:

@@ -1,5 +1,6 @@
-"""In-training validation (eval.every): the same validation loss on 1 and 2 gloo ranks (fixed
-timesteps and noise; 3 held-out scenes, so rank 1 pads), a sample contact sheet and scores."""
+"""In-training validation (eval.every): the same validation loss on 1 rank, 2 gloo ranks of data
+parallelism (fixed timesteps and noise; 3 held-out scenes, so rank 1 pads) and 2 ranks of
+sequence parallelism, a sample contact sheet and scores."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ def test_validation_loss_is_rank_independent_and_sample_is_logged(heldout, tmp_p
               "steps=2", "eval.every=2", f"eval.data={data}", f"eval.truth={truth}",
               "eval.sample_scenes=1", "eval.sample_steps=2", "checkpoint.enabled=false"]
     got = {}
-    for nproc in (1, 2):
-        run_dir = tmp_path / f"ranks{nproc}"
-        run(nproc, [*common, f"run_dir={run_dir}"])
+    for nproc, sp in ((1, 1), (2, 1), (2, 2)):
+        run_dir = tmp_path / f"ranks{nproc}-sp{sp}"
+        run(nproc, [*common, f"run_dir={run_dir}", f"parallel.sp_degree={sp}"])
         records = _validation_records(run_dir)
         assert [r["step"] for r in records] == [2]
         rec = records[0]
@@ -43,8 +44,11 @@ def test_validation_loss_is_rank_independent_and_sample_is_logged(heldout, tmp_p
         assert 0.0 <= rec["val/hidden_agreement"] <= 1.0
         assert 0.0 <= rec["val/palette_similarity"] <= 1.0
         assert (run_dir / "eval" / "step-00000002.png").is_file()
-        got[nproc] = rec["val/loss"]
-    assert got[2] == pytest.approx(got[1], rel=1e-4)
+        got[nproc, sp] = rec
+    for ranks in ((2, 1), (2, 2)):  # data parallel; sequence parallel (each rank half a scene)
+        assert got[ranks]["val/loss"] == pytest.approx(got[1, 1]["val/loss"], rel=1e-4)
+    for key in ("val/hidden_agreement", "val/palette_similarity"):  # the same sample
+        assert got[2, 2][key] == pytest.approx(got[1, 1][key], abs=1e-4)
 
 
 def test_eval_without_data_is_a_config_error(tmp_path):

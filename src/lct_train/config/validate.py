@@ -135,9 +135,6 @@ def validate(cfg: Any) -> None:
     if cfg.stage.mask == "isolated" and cfg.model.attn_backend == "flash-varlen":
         raise ConfigError("model.attn_backend", "flash-varlen cannot express stage.mask=isolated "
                           "(two key intervals per row): use flex, reference or auto")
-    if cfg.eval.every > 0 and cfg.parallel.sp_degree > 1:
-        raise ConfigError("eval.every", "in-training validation does not run with sequence "
-                          "parallelism yet (parallel.sp_degree > 1): set eval.every=0")
     validate_loss(cfg.loss)
     validate_synthetic(cfg.synthetic)
     validate_eval(cfg.eval)

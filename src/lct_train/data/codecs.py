@@ -2,6 +2,8 @@
 
 Convention: ``frames`` are float ``[T, 3, H, W]`` in ``[-1, 1]``; ``latents`` are ``[C, F, h, w]``
 already multiplied by the scaling factor (what the shards store and the model sees).
+``encode(frames)`` encodes one shot; ``encode_batch(shots)`` encodes shots of one shape in one
+call (a list of ``[T, 3, H, W]`` or ``[B, T, 3, H, W]``) and returns one latent per shot.
 
 - :class:`PixelCodec`: space-to-depth of the frames themselves (factor 2 -> 12 channels),
   temporal factor 1, exactly invertible: generated latents decode to recognisable frames.
@@ -12,6 +14,8 @@ already multiplied by the scaling factor (what the shards store and the model se
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from einops import rearrange
@@ -25,13 +29,25 @@ TINY_HUNYUAN_CONFIG = dict(
 
 
 def frames_to_tensor(frames_uint8: torch.Tensor) -> torch.Tensor:
-    """``uint8 [T, H, W, 3]`` -> float ``[T, 3, H, W]`` in ``[-1, 1]``."""
-    return frames_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    """``uint8 [..., T, H, W, 3]`` -> float ``[..., T, 3, H, W]`` in ``[-1, 1]``."""
+    return frames_uint8.movedim(-1, -3).float().div(127.5).sub(1.0)
 
 
 def tensor_to_frames(frames: torch.Tensor) -> torch.Tensor:
     """float ``[T, 3, H, W]`` in ``[-1, 1]`` -> ``uint8 [T, H, W, 3]``."""
     return frames.clamp(-1, 1).add(1.0).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def stack_shots(shots: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """Shots of one shape (a list of ``[T, 3, H, W]``, or ``[B, T, 3, H, W]``) -> ``[B, T, 3, H, W]``."""
+    if isinstance(shots, torch.Tensor):
+        if shots.dim() != 5:
+            raise ValueError(f"encode_batch: need [B, T, 3, H, W] shots, got shape {tuple(shots.shape)}")
+        return shots
+    shapes = sorted({tuple(x.shape) for x in shots})
+    if len(shapes) != 1:
+        raise ValueError(f"encode_batch: shots of one shape [T, 3, H, W] per call, got {shapes or 'none'}")
+    return torch.stack(list(shots))
 
 
 class PixelCodec:
@@ -61,10 +77,14 @@ class PixelCodec:
         """Pixel frames that ``f`` latent frames decode to (inverse of ``latent_frames``)."""
         return f
 
-    @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encode_batch(frames[None])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, shots: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
         f = self.spatial_factor
-        return rearrange(frames.float(), "t c (h p) (w q) -> (c p q) t h w", p=f, q=f)
+        z = rearrange(stack_shots(shots).float(), "b t c (h p) (w q) -> b (c p q) t h w", p=f, q=f)
+        return list(z.unbind(0))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -110,13 +130,17 @@ class HunyuanVideoCodec:
         """Pixel frames that ``f`` latent frames decode to (inverse of ``latent_frames``)."""
         return (f - 1) * self.temporal_factor + 1
 
-    @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encode_batch(frames[None])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, shots: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One VAE call, the shots along its batch dimension ``[B, C, T, H, W]``."""
         p = next(self.vae.parameters())
-        x = rearrange(frames, "t c h w -> 1 c t h w").to(p.device, p.dtype)
+        x = rearrange(stack_shots(shots), "b t c h w -> b c t h w").to(p.device, p.dtype)
         dist = self.vae.encode(x).latent_dist
         z = dist.sample() if self.sample else dist.mode()
-        return (z[0] * self.scaling_factor).float().cpu()
+        return list((z * self.scaling_factor).float().cpu().unbind(0))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 Commands::
 
-    lct-sample scene SCENE.yaml --ckpt CKPT --codec pixel --text-encoder minilm --out DIR
+    lct-sample scene SCENE.yaml [SCENE2.yaml ...] --ckpt CKPT --codec pixel --text-encoder minilm --out DIR
         all modes (joint / conditioned / ar / ar-kv, set in the scene file). DIR gets per-shot
-        latents + mp4s, scene.mp4, contact_sheet.png, and is a history pool (pool.json), so
-        the interactive commands below can continue it.
+        latents + mp4s, scene.mp4, contact_sheet.png and manifest.jsonl (lct-eval's input),
+        and is a history pool (pool.json), so the interactive commands below can continue it.
+        Several scene files share one loaded model: each goes to DIR/<key or file name>/ and
+        DIR/manifest.jsonl lists them all.
     lct-sample init --pool DIR --global-prompt TEXT --ckpt CKPT --codec ... --text-encoder ...
         [--size F,H,W] [--steps N] [--guidance G] [--t-c T] ...   start an empty pool; the
         model, codec, encoder and sampling settings are stored and reused by later calls.
@@ -45,7 +47,13 @@ from lct_train.sample.history_pool import HistoryPool, PoolError
 from lct_train.sample.interactive import add_given, propose_shot
 from lct_train.sample.media import MediaError
 from lct_train.sample.modes import AR, AR_KV, AR_MODES, MODES
-from lct_train.sample.pipeline import Toolkit, caption, render_pool, run_scene
+from lct_train.sample.pipeline import (
+    Toolkit,
+    caption,
+    render_pool,
+    run_scene,
+    write_scenes_manifest,
+)
 from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.sampler import SamplingError, SamplingSettings
 from lct_train.sample.scene_file import SceneFileError, ShotSize, load_scene_file
@@ -104,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scene", help="generate a whole scene file (format: scene --help)",
                        description=scene_file.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scene_file")
-    p.add_argument("--out", required=True, help="output folder (also a history pool)")
+    p.add_argument("scene_files", nargs="+", metavar="scene_file")
+    p.add_argument("--out", required=True, help="output folder (a history pool; with several "
+                   "scene files, one sub-folder per scene and the manifest of all)")
     p.add_argument("--mode", choices=MODES, help="override the scene's mode")
     _model_args(p)
     _sp_arg(p)
@@ -205,21 +214,37 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
 
 
 def _cmd_scene(args) -> None:
-    request = load_scene_file(args.scene_file)
     overrides = {k: getattr(args, k) for k in (*SAMPLING_OPTIONS, "mode")
                  if getattr(args, k, None) is not None}
-    request = replace(request, **overrides)
+    # every file is read and checked before the model loads or anything is written
+    requests = [replace(load_scene_file(path), **overrides) for path in args.scene_files]
+    folders = _scene_folders(args.out, args.scene_files, requests)
     model_opts = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
     kit = _toolkit(model_opts, not args.no_progress, args.sp)
-    settings = dict(model_opts, **{k: getattr(request, k) for k in SAMPLING_OPTIONS})
-    if request.key is not None:
-        settings["key"] = request.key  # lct-eval's manifest names the scene it follows
-    sizes = [s.size for s in request.shots if s.size is not None]
-    if sizes:
-        settings["size"] = [sizes[-1].frames, sizes[-1].height, sizes[-1].width]
-    run_scene(request, kit, args.out, settings=settings)
-    if kit.writes:
-        print(f"wrote {len(request.shots)} shots to {args.out}")
+    for request, folder in zip(requests, folders):
+        settings = dict(model_opts, **{k: getattr(request, k) for k in SAMPLING_OPTIONS})
+        if request.key is not None:
+            settings["key"] = request.key  # lct-eval's manifest names the scene it follows
+        sizes = [s.size for s in request.shots if s.size is not None]
+        if sizes:
+            settings["size"] = [sizes[-1].frames, sizes[-1].height, sizes[-1].width]
+        run_scene(request, kit, folder, settings=settings)
+        if kit.writes:
+            print(f"wrote {len(request.shots)} shots to {folder}")
+    if kit.writes and len(folders) > 1:
+        write_scenes_manifest(args.out, folders)
+
+
+def _scene_folders(out: str, files: list[str], requests: list) -> list[Path]:
+    """``[out]`` for one scene; else ``out/<key or file stem>`` per scene (names unique)."""
+    if len(files) == 1:
+        return [Path(out)]
+    names = [r.key or Path(f).stem for f, r in zip(files, requests)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SceneFileError(f"two scene files name the output folder {repeated[0]!r} (same "
+                             "key or file name): each scene needs its own")
+    return [Path(out) / name for name in names]
 
 
 def _cmd_init(args) -> None:

@@ -188,6 +188,23 @@ def write_eval_manifest(pool: HistoryPool, out: Path) -> None:
     tmp.replace(out / MANIFEST)
 
 
+def write_scenes_manifest(out_dir: str | os.PathLike, folders: list[Path]) -> Path:
+    """``out_dir/manifest.jsonl``: the scenes of ``folders`` (sub-folders of ``out_dir``, each
+    with its own manifest) as one ``lct-eval`` manifest, shot paths relative to ``out_dir``."""
+    out = Path(out_dir)
+    rows = []
+    for folder in folders:
+        relative = Path(folder).resolve().relative_to(out.resolve())
+        for line in (Path(folder) / MANIFEST).read_text().splitlines():
+            row = json.loads(line)
+            row["shots"] = [dict(shot, path=str(relative / shot["path"])) for shot in row["shots"]]
+            rows.append(json.dumps(row) + "\n")
+    tmp = out / f"{MANIFEST}.tmp"
+    tmp.write_text("".join(rows))
+    tmp.replace(out / MANIFEST)
+    return out / MANIFEST
+
+
 def render_pool(pool: HistoryPool, kit: Toolkit, out_dir: str | os.PathLike) -> None:
     """Per-shot mp4s (written once; later calls read them back instead of decoding again),
     the scene mp4 and the contact sheet (accepted shots, then the pending one if any)."""

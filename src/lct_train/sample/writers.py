@@ -126,3 +126,38 @@ def write_contact_sheet(
             left += thumb.width + PAD
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(str(path))
+
+
+def write_sheet_grid(
+    path: str | os.PathLike,
+    rows: Sequence[Sequence[tuple[str | os.PathLike, str]]],
+    max_tile_width: int = 420,
+) -> None:
+    """PNG of contact sheets side by side: each row a list of ``(sheet png, label)``, every
+    tile cropped to ``max_tile_width`` and titled with its label (model comparisons)."""
+    font = ImageFont.load_default()
+    lines = []
+    for row in rows:
+        tiles = []
+        for image_path, label in row:
+            with Image.open(image_path) as im:
+                image = im.convert("RGB").crop((0, 0, min(im.width, max_tile_width), im.height))
+            tile = Image.new("RGB", (image.width, image.height + CAPTION_HEIGHT + PAD), BACKGROUND)
+            ImageDraw.Draw(tile).text((PAD, 2), label, fill=CAPTION_COLOR, font=font)
+            tile.paste(image, (0, CAPTION_HEIGHT + PAD))
+            tiles.append(tile)
+        line = Image.new("RGB", (sum(t.width + 2 * PAD for t in tiles),
+                                 max(t.height for t in tiles)), (0, 0, 0))
+        x = 0
+        for tile in tiles:
+            line.paste(tile, (x, 0))
+            x += tile.width + 2 * PAD
+        lines.append(line)
+    sheet = Image.new("RGB", (max(line.width for line in lines),
+                              sum(line.height + 2 * PAD for line in lines)), (0, 0, 0))
+    y = 0
+    for line in lines:
+        sheet.paste(line, (0, y))
+        y += line.height + 2 * PAD
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(str(path))

@@ -3,11 +3,13 @@ validator: a fixed held-out set, fixed timesteps and noise, every rank taking pa
 
 * **Loss**: the first ``eval.scenes`` held-out scenes (by key), one scene per forward; rank
   ``r`` takes scenes ``r, r + dp, ...`` and every rank runs the same number of forwards (a
-  rank short of scenes repeats scene 0 with weight 0), so FSDP's collectives line up. Shot
+  rank short of scenes repeats scene 0 with weight 0), so FSDP's collectives line up; the
+  ranks of a sequence-parallel group take the same scene, each its slice of it. Shot
   ``k`` is noised to ``eval.timesteps[k % len]`` with noise seeded by ``(eval.seed, key)``;
   the sum and shot count are all-reduced: the mean over every held-out shot.
 * **Sample**: every rank generates the same joint-mode scene from the prompts (embedded in
-  the shards) of the first ``eval.sample_scenes`` held-out scenes; rank 0 writes its contact
+  the shards) of the first ``eval.sample_scenes`` held-out scenes (under sequence parallelism
+  each SP group shares the work, as ``lct-sample --sp``); rank 0 writes its contact
   sheet to ``<run_dir>/eval/step-N.png`` and to TensorBoard, with its ``lct-eval`` scores.
 """
 
@@ -33,6 +35,7 @@ from lct_train.eval.report import score_scene
 from lct_train.eval.scenes import EvalInputError, read_truth
 from lct_train.model.geometry import scene_spec
 from lct_train.model.layout import build_packed_meta
+from lct_train.parallel.ulysses import shard_meta
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.modes import JOINT, PlannedShot, generate_scene
 from lct_train.sample.sampler import Sampler, SamplingSettings
@@ -105,15 +108,20 @@ class Validator:
             ts = self.cfg.timesteps
             t_shot = torch.tensor([ts[k % len(ts)] for k in range(meta.num_shots)], device=dev)
             noised = noise_at(video, meta, t_shot, eps)
+            z_t, target, text, local = noised.z_t, noised.target, mb.text.to(dev), meta
+            if inp.sp is not None:  # this rank's slice; the same noise on every SP rank
+                local = shard_meta(meta, inp.sp)
+                z_t, target = local.shard.local_video(z_t), local.shard.local_video(target)
+                text = local.shard.local_text(text)
             guidance = None
             if inp.guidance is not None:
                 guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)
-            pred = model(noised.z_t.to(inp.compute_dtype), mb.text.to(dev).to(inp.compute_dtype),
-                         mb.pooled.to(dev).to(inp.compute_dtype), noised.t_group, meta,
+            pred = model(z_t.to(inp.compute_dtype), text.to(inp.compute_dtype),
+                         mb.pooled.to(dev).to(inp.compute_dtype), noised.t_group, local,
                          guidance=guidance)
-            losses = shot_losses(pred, noised.target, meta)
-            sums += torch.stack([losses.sum().double(), torch.tensor(float(meta.num_shots),
-                                                                     device=dev).double()]) * weight
+            losses = shot_losses(pred, target, local)  # SP: this rank's part of each shot
+            shots = torch.tensor(meta.num_shots * inp.owns_batch, device=dev)
+            sums += torch.stack([losses.sum().double(), shots.double()]) * weight
         dist.all_reduce(sums)
         return float(sums[0] / sums[1])
 
@@ -130,7 +138,8 @@ class Validator:
         cfg = self.cfg
         settings = SamplingSettings(steps=cfg.sample_steps, guidance=cfg.guidance, shift=cfg.shift)
         sampler = Sampler(model, self.model_cfg, self.empty, mask=self.inp.mask,
-                          window=max(len(s.latents) for s in self.scenes), settings=settings)
+                          window=max(len(s.latents) for s in self.scenes), settings=settings,
+                          sp=self.inp.sp)
         scores, frames, captions = [], [], []
         for scene in self.scenes[:cfg.sample_scenes]:
             global_prompt, shots = self._plan(scene)
