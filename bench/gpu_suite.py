@@ -15,8 +15,8 @@ recorded and the suite goes on):
 5. ``host-syncs``: the synchronizing CUDA calls of one training step
    (``torch.cuda.set_sync_debug_mode("warn")``);
 
-plus ``estimate``, the memory estimator on the CPU, beside the GPU stages (when the
-``lct-estimate`` console script exists). Caps are in ``gpu_stages.GPU`` (455 s of GPU stages).
+plus ``estimate``, the memory estimator (``lct-estimate``) on the CPU, beside the GPU
+stages. Caps are in ``gpu_stages.GPU`` (455 s of GPU stages).
 Output, in ``--out`` (default ``$OUT``, else ``gpu_suite_out/``): ``gpu_suite.md``,
 ``gpu_suite.json``, ``gpu_suite.log`` (every stage's output), ``gpu_suite_estimate.log``.
 

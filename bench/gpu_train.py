@@ -1,6 +1,6 @@
 """The training stages of ``bench/gpu_suite.py``: one-GPU training steps of a preset at fixed
 scene geometries (tokens/s, MFU, peak memory), host syncs in one step, and the memory
-estimator's prediction for the same scenes (when ``lct-estimate`` exists).
+estimator's prediction for the same scenes (``lct-estimate``).
 
 The steps are the real ``Trainer``'s (FSDP2 over a one-rank group, full activation
 checkpointing, AdamW, the one metrics sync); only its batch source is swapped for scenes of one
@@ -9,9 +9,7 @@ set geometry (``FixedScenes``).
 
 from __future__ import annotations
 
-import configparser
 import contextlib
-import importlib.util
 import json
 import linecache
 import subprocess
@@ -30,7 +28,7 @@ from lct_train.model.layout import GroupSpec, SceneSpec
 from lct_train.train.batches import SyntheticBatches
 from lct_train.train.flops import MATMUL_FLOPS
 
-ESTIMATOR_SCRIPT = "lct-estimate"
+ESTIMATOR_MODULE = "lct_train.estimate.cli"  # lct-estimate
 SYNC_WARNING = "synchroniz"  # "called a synchronizing CUDA operation"
 
 
@@ -180,24 +178,9 @@ def stage_host_syncs(rec: Recorder, profile: Profile, scratch: Path) -> None:
 
 
 # ------------------------------------------------------------------------- memory estimator
-def estimator_entry(setup_cfg: Path = ROOT / "setup.cfg") -> tuple[str, str] | None:
-    """``(module, function)`` of the ``lct-estimate`` console script, if setup.cfg has one."""
-    parser = configparser.ConfigParser()
-    parser.read(setup_cfg)
-    scripts = parser.get("options.entry_points", "console_scripts", fallback="")
-    for line in scripts.splitlines():
-        name, _, target = line.partition("=")
-        if name.strip() == ESTIMATOR_SCRIPT and ":" in target:
-            module, func = target.strip().split(":")
-            return module.strip(), func.strip()
-    return None
-
-
-def run_estimator(module: str, func: str, overrides: list[str]) -> dict:
-    """The estimator's last output line (one JSON object), run as its console script would."""
-    code = (f"import sys, importlib; sys.argv = [{ESTIMATOR_SCRIPT!r}, *sys.argv[1:]]; "
-            f"sys.exit(getattr(importlib.import_module({module!r}), {func!r})())")
-    proc = subprocess.run([sys.executable, "-c", code, *overrides], cwd=ROOT, text=True,
+def run_estimator(overrides: list[str], module: str = ESTIMATOR_MODULE) -> dict:
+    """The estimator's last output line (one JSON object), run as ``lct-estimate`` would."""
+    proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=ROOT, text=True,
                           capture_output=True, check=False)
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
     try:
@@ -205,21 +188,13 @@ def run_estimator(module: str, func: str, overrides: list[str]) -> dict:
         float(result["peak_bytes"])  # the key the comparison needs
     except (IndexError, ValueError, KeyError, TypeError) as err:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise StageFailure(f"{ESTIMATOR_SCRIPT} {' '.join(overrides)}: exit {proc.returncode}: "
+        raise StageFailure(f"lct-estimate {' '.join(overrides)}: exit {proc.returncode}: "
                            f"{tail[0][:300]}") from err
     return result
 
 
 def stage_estimate(rec: Recorder, profile: Profile, scratch: Path) -> None:
     """``lct-estimate``'s peak memory for the training stages' scenes (CPU, fake tensors)."""
-    entry = estimator_entry()
-    if entry is None:
-        rec.note(f"estimator not available (no {ESTIMATOR_SCRIPT} console script in setup.cfg)")
-        return
-    module, func = entry
-    if importlib.util.find_spec(module) is None:
-        rec.note(f"estimator not available ({module} is not importable)")
-        return
     from lct_train.model.config import ModelConfig
 
     dummy = ModelConfig.from_yaml(ROOT / "conf" / "model" / f"{profile.model}.yaml").dummy_grid
@@ -234,7 +209,7 @@ def stage_estimate(rec: Recorder, profile: Profile, scratch: Path) -> None:
                          f"estimate.shots={shots}", f"estimate.text_len={profile.shot_text}",
                          f"estimate.grid=[{','.join(map(str, profile.shot_grid))}]",
                          f"estimate.gpu_gb={profile.gpu_gb}"]
-            runs[pool.submit(run_estimator, module, func, overrides)] = shots
+            runs[pool.submit(run_estimator, overrides)] = shots
         for done in as_completed(runs):
             shots = runs[done]
             try:

@@ -107,26 +107,18 @@ def test_bad_cap_is_one_line_error(tmp_path):
     assert proc.stderr.strip() == "gpu_suite: --cap: unknown stage(s) ['nosuch']"
 
 
-def test_estimator_found_through_setup_cfg_and_its_json_read(tmp_path, monkeypatch):
-    assert gpu_train.estimator_entry(tmp_path / "none.cfg") is None
-    cfg = tmp_path / "setup.cfg"
-    cfg.write_text("[options.entry_points]\nconsole_scripts =\n    lct-train = a.b:main\n"
-                   "    lct-estimate = est_probe:main\n")
-    assert gpu_train.estimator_entry(cfg) == ("est_probe", "main")
+def test_estimator_json_read(tmp_path, monkeypatch):
     (tmp_path / "est_probe.py").write_text(textwrap.dedent("""
         import json, sys
-        def main():
-            print("peak per rank ...")
-            print(json.dumps({"peak_bytes": 3 * 2**30, "fits": True, "argv": sys.argv[1:]}))
-            return 0
+        print("peak per rank ...")
+        print(json.dumps({"peak_bytes": 3 * 2**30, "fits": True, "argv": sys.argv[1:]}))
     """))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}")
-    result = gpu_train.run_estimator("est_probe", "main", ["model=tiny", "estimate.shots=2"])
+    result = gpu_train.run_estimator(["model=tiny", "estimate.shots=2"], module="est_probe")
     assert result["peak_bytes"] == 3 * 2**30
-    assert result["argv"] == ["model=tiny",
-                                                                    "estimate.shots=2"]
-    with pytest.raises(gpu_stages.StageFailure, match="exit 1: ModuleNotFoundError"):
-        gpu_train.run_estimator("no_such_estimator", "main", [])
+    assert result["argv"] == ["model=tiny", "estimate.shots=2"]
+    with pytest.raises(gpu_stages.StageFailure, match=r"exit 1: .*No module named no_such_estimator"):
+        gpu_train.run_estimator([], module="no_such_estimator")
 
 
 def test_junit_report_parsed(tmp_path):

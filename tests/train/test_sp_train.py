@@ -6,7 +6,8 @@
   sp=2 on 2 ranks, and dp=2 x sp=2 on 4 ranks.
 * the trainer with ``parallel.sp_degree=2`` and ``data_source=synthetic``: per-step losses of
   the 1-rank run (`one_rank`, conftest.py); checkpoints resume across SP degrees exactly
-  (sp=2 -> 1 rank; dp=2 on 2 ranks -> dp=2 x sp=2 on 4 ranks, which then gives dp=2's losses).
+  (sp=2 -> 1 rank; dp=2 on 2 ranks -> dp=2 x sp=2 on 4 ranks, which then gives dp=2's losses);
+  the same losses with the blocks compiled.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.train.torchrun import (
     DIST_COMMON,
     DIST_STEPS,
     LAUNCH_TIMEOUT_S,
+    SYNTHETIC,
     assert_same_losses,
     env,
     losses,
@@ -69,6 +71,16 @@ def test_sp_training_equals_one_rank(sp_two_ranks, one_rank):
     want = losses(one_rank)
     assert sorted(want) == list(range(1, DIST_STEPS + 1))
     assert_same_losses(losses(sp_two_ranks), want, range(1, DIST_STEPS + 1))
+
+
+def test_compiled_sp_training_equals_one_rank(one_rank, tmp_path):
+    """Per-block torch.compile (aot_eager: the graph capture and autograd of inductor without
+    its code generation) around the SP blocks, whose attention runs the all-to-alls; 2 steps
+    (the second recompiles for new shapes), the first 2 losses of the uncompiled 1-rank run."""
+    run(2, [*SYNTHETIC, "steps=2", f"run_dir={tmp_path}", "optim.grad_accum=2", SP2,
+            "parallel.compile=true", "parallel.compile_backend=aot_eager",
+            "checkpoint.enabled=false"])
+    assert_same_losses(losses(tmp_path), losses(one_rank), [1, 2])
 
 
 def test_resume_sp2_checkpoint_on_one_rank(sp_two_ranks, one_rank, tmp_path):
