@@ -13,7 +13,7 @@ INSTALLED := .installed
 
 help:
 	@echo "make install     install lct-train (+ the CPU torch $(TORCH_VERSION) if no torch is installed)"
-	@echo "make demo        install, build synthetic shards, train stage 1 + causal FT, sample a scene"
+	@echo "make demo        install, build synthetic shards, train stage 1 + causal FT, sample and score held-out scenes"
 	@echo "make test        ruff + the whole test suite (CPU)"
 	@echo "make stage1      LCT stage 1 on torchrun:    make stage1 NPROC=8 ARGS='model=lct-3b ...'"
 	@echo "make causal-ft   causal fine-tuning stage:   make causal-ft NPROC=8 ARGS='...'"

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from data_tools import demo
+from data_tools.manifest import read_manifest
 from lct_train.data.codecs import build_codec
 from lct_train.data.text_encoders import build_text_encoder
 from lct_train.eval.cli import evaluate
@@ -52,8 +53,6 @@ from lct_train.sample.writers import write_contact_sheet, write_sheet_grid
 
 REPO = Path(__file__).resolve().parents[1]
 SCALES = {
-    # The 2-core CPU: the demo's model; one character per scene, 32x32 one-frame shots
-    # (pixel:2 latents), 1024-token batches; (a) and (b) train side by side, one core each.
     # The 2-core CPU: the demo's recipe (data_tools/demo.py, conf/experiment/demo.yaml): one
     # character per scene, 32x32 one-frame shots (pixel:2 latents), 1024-token batches; (a)
     # and (b) train side by side, one core each.
@@ -68,7 +67,7 @@ SCALES = {
 }
 SYNTH = ["--fps", "6", "--min-shots", "2", "--max-shots", "4"]
 WEIGHTS = demo.WEIGHTS  # short runs: the raw weights sample better than the EMA
-TRAIN_SEED, EVAL_SEED, SAMPLE_SEED = 0, 1, 1000
+TRAIN_SEED, EVAL_SEED = 0, 1  # sampling seeds: data_tools.demo.scene_request
 SHIFT = demo.SAMPLE["shift"]  # = loss.timestep_shift of conf/experiment/demo.yaml
 T_C_SWEEP = (0.0, 0.1, 0.3, 0.5, 0.9)
 DEFAULT_T_C = 0.3
@@ -142,14 +141,9 @@ def _train_side_by_side(root: Path, names: list[str], cfg: dict) -> None:
 def _requests(eval_dir: Path, cfg: dict) -> list[dict]:
     """One scene file (as a dict) per held-out scene: its prompts, fixed seeds and size."""
     size = {"frames": cfg["frames"], "height": cfg["size"], "width": cfg["size"]}
-    out = []
-    for i, line in enumerate((eval_dir / "manifest.jsonl").read_text().splitlines()):
-        scene = json.loads(line)
-        shots = [{"prompt": s["prompt"], "cut": s["cut"]} for s in scene["shots"]]
-        out.append({"key": scene["key"], "global_prompt": scene["global_prompt"],
-                    "steps": cfg["sample_steps"], "guidance": cfg["guidance"], "shift": SHIFT,
-                    "seed": SAMPLE_SEED + 10 * i, "size": size, "shots": shots})
-    return out
+    return [demo.scene_request(scene, i, steps=cfg["sample_steps"], guidance=cfg["guidance"],
+                               shift=SHIFT, t_c=DEFAULT_T_C, size=size)
+            for i, scene in enumerate(read_manifest(eval_dir / "manifest.jsonl"))]
 
 
 def _sample(root: Path, name: str, runs: list[tuple[str, float]], requests: list[dict],

@@ -39,7 +39,9 @@ DONE_DIR = ".done"
 BYTES_PER_MB = 1 << 20
 PROGRESS_INTERVAL_S = 0.5
 WORKER_START_METHOD = "spawn"
-DEFAULT_ENCODE_FRAMES = 128  # one call holds about one long shot's frames (HunyuanVideo: 129)
+# = the frames diffusers' HunyuanVideo VAE holds at once when it encodes a long shot in temporal
+# tiles (tile_sample_min_num_frames): a batched call never holds more than a tiled long shot
+DEFAULT_ENCODE_FRAMES = 16
 
 
 @dataclass

@@ -66,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="build scenes whose prompts are still split's TODO placeholders")
     b.add_argument("--encode-frames", type=int, default=DEFAULT_ENCODE_FRAMES,
                    help="most frames per VAE call: a scene's shots of one frame shape are encoded "
-                        "together up to this many frames (images: many per call); a longer shot is "
-                        "one call alone, its memory bounded by the VAE's own temporal tiling")
+                        "together up to this many frames (images: many per call); memory grows "
+                        "with it. A longer shot is one call alone, its memory bounded by the VAE's "
+                        "own temporal tiling (16 frames at a time for HunyuanVideo, the default)")
 
     s = _sub(sub, "split", "shot-detect a long video into a manifest skeleton (TODO prompts)")
     s.add_argument("video", help="the video file to cut into shots")

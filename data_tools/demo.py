@@ -6,11 +6,11 @@
    decode to frames a person can read) and MiniLM text embeddings (a real encoder, offline);
 3. stage 1 (LCT): bidirectional scene attention, from scratch, on torchrun;
 4. causal fine-tuning from stage 1's newest checkpoint (context-causal masks);
-5. ``lct-sample``: the prompts of a few training scenes, generated scene-wide by stage 1
-   (joint) and shot by shot with the KV cache by the causal model (ar-kv), scored by
-   ``lct-eval`` (do the unprompted colours agree across the shots?) next to the baseline
-   without cross-shot attention (BENCHMARKS.md, ``bench/consistency.py``), with a contact
-   sheet of each training scene beside its samples.
+5. ``lct-sample``: the prompts of a few held-out scenes (other worlds than training's),
+   generated scene-wide by stage 1 (joint) and shot by shot with the KV cache by the causal
+   model (ar-kv), scored by ``lct-eval`` (do the unprompted colours agree across the shots?)
+   next to the baseline without cross-shot attention (BENCHMARKS.md,
+   ``bench/consistency.py``), with a contact sheet of each rendered scene beside its samples.
 
 Every step runs the real command line a user would type (printed before it runs); re-running
 resumes (finished shards are skipped, training continues from its newest checkpoint). The
@@ -83,22 +83,29 @@ def _train_cmd(stage: str, run_dir: Path, data_dir: Path, extra: list[str]) -> l
     ]
 
 
+def scene_request(scene, index: int, **settings) -> dict:
+    """A scene file (as a dict) with the prompts of manifest scene ``scene``, the ``index``-th
+    of a set: SAMPLE's settings (``settings`` override them), seed ``SAMPLE.seed + 10 index``
+    (shot ``i`` draws its noise from that + ``i``). bench/consistency.py uses it too."""
+    shots = [{"prompt": strip_cut(s.prompt), "cut": s.cut} for s in scene.shots]
+    return {"key": scene.key, "global_prompt": scene.global_prompt,
+            **dict(SAMPLE, seed=SAMPLE["seed"] + 10 * index), **settings, "shots": shots}
+
+
 def _demo_scenes(manifest: Path, out: Path) -> list[tuple[str, Path]]:
     """``(key, scene file)`` of the first SAMPLE_SCENES scenes of ``manifest`` with
-    2..MAX_SAMPLE_SHOTS authentic cuts (the unprompted colours must agree across shots): their
-    prompts, fixed seeds and size, written under ``out``."""
+    2..MAX_SAMPLE_SHOTS authentic cuts (the unprompted colours must agree across shots),
+    written under ``out``."""
     cuts = [s for s in read_manifest(manifest) if all(shot.cut for shot in s.shots)]
     cuts = [s for s in cuts if 2 <= len(s.shots) <= MAX_SAMPLE_SHOTS][:SAMPLE_SCENES]
-    if not cuts:
-        raise RuntimeError(f"{manifest}: no scene of 2..{MAX_SAMPLE_SHOTS} cut shots")
+    if len(cuts) < 2:  # lct-sample writes one scene into --out itself, several into sub-folders
+        raise RuntimeError(f"{manifest}: {len(cuts)} scene(s) of 2..{MAX_SAMPLE_SHOTS} cut shots, "
+                           "the demo samples at least 2")
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for i, scene in enumerate(cuts):
-        shots = [{"prompt": strip_cut(s.prompt), "cut": True} for s in scene.shots]
-        request = {"key": scene.key, "global_prompt": scene.global_prompt, **SAMPLE,
-                   "seed": SAMPLE["seed"] + 10 * i, "shots": shots}
         path = out / f"{scene.key}.yaml"
-        path.write_text(yaml.safe_dump(request, sort_keys=False))
+        path.write_text(yaml.safe_dump(scene_request(scene, i), sort_keys=False))
         files.append((scene.key, path))
     return files
 
@@ -126,10 +133,6 @@ def _comparison_sheet(path: Path, rendered: Path, sample_dir: Path, keys: list[s
             (sample_dir / mode / key / CONTACT_SHEET, f"{title} (colours named in no prompt)")
             for title, _, mode in SAMPLINGS])
     write_sheet_grid(path, rows)
-
-
-def scenes_prompt(scene_file: Path) -> str:
-    return yaml.safe_load(scene_file.read_text())["global_prompt"]
 
 
 def _fmt(value: float | None) -> str:
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"contact sheet:  {sheet}  (per scene: as rendered, then each sampling)")
     print(f"samples:        {sample_dir}/<mode>/<scene>/ (scene.mp4, shot_*.mp4, contact_sheet.png)")
     print(f"scene files:    {out / 'scenes'}  (the prompts of held-out scenes {', '.join(keys)})")
-    print(f"prompts:        e.g. {scenes_prompt(scenes[0][1])}  (no colour is named)")
+    first = yaml.safe_load(scenes[0][1].read_text())["global_prompt"]
+    print(f"prompts:        e.g. {first}  (no colour is named)")
     print(f"hidden_agreement: share of shot pairs whose unprompted colours agree (lct-eval, "
           f"docs/eval.md), over {len(keys)} scenes:")
     for title, score in scores.items():

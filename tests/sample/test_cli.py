@@ -202,6 +202,9 @@ def test_several_scene_files_share_one_model_and_one_manifest(tmp_path, ckpt):
 @pytest.mark.parametrize(("second", "message"), [
     (dict(key="synth-000004"), "two scene files name the output folder 'synth-000004'"),
     (dict(key="synth-000009", mode="sideways"), "mode"),
+    (dict(key=".."), "key must be a scene name"),
+    # checked against the loaded model before the first scene is generated
+    (dict(key="synth-000009", mode="ar-kv"), "mode 'ar-kv' needs a context-causal model"),
 ])
 def test_several_scene_files_are_all_checked_before_any_is_written(tmp_path, ckpt, capsys,
                                                                    second, message):

@@ -76,3 +76,25 @@ def test_contact_sheet_is_wide_enough_for_long_captions(tmp_path):
     path = tmp_path / "sheet.png"
     write_contact_sheet(path, [_frames(1, 8, 8)], ["a long caption " * 8])
     assert Image.open(path).width > 8 * (THUMB_HEIGHT // 8) + 2 * PAD
+
+
+def test_sheet_grid_places_labelled_tiles_row_by_row(tmp_path):
+    from lct_train.sample.writers import write_sheet_grid
+
+    colours = [(200, 0, 0), (0, 200, 0), (0, 0, 200)]
+    tiles = []
+    for i, colour in enumerate(colours):
+        Image.new("RGB", (40 + 10 * i, 30), colour).save(tmp_path / f"t{i}.png")
+        tiles.append((tmp_path / f"t{i}.png", f"tile {i}"))
+    out = tmp_path / "grid.png"
+    write_sheet_grid(out, [tiles[:2], tiles[2:]], max_tile_width=45)
+    with Image.open(out) as grid:
+        pixels = np.asarray(grid.convert("RGB"))
+    # row 0: tile 0 (40 wide) then tile 1 cropped to 45; row 1: tile 2 cropped to 45
+    top = 14 + 4 + 15  # caption band, then the middle of a 30-pixel tile
+    assert tuple(pixels[top, 20]) == colours[0]
+    assert tuple(pixels[top, 40 + 8 + 20]) == colours[1]
+    assert pixels.shape[1] == 40 + 45 + 4 * 4  # widths + 2 PAD after each tile
+    row2 = pixels.shape[0] // 2 + top
+    assert tuple(pixels[row2, 20]) == colours[2]
+    assert tuple(pixels[row2, 45 + 4]) != colours[2]  # cropped at 45

@@ -77,9 +77,11 @@ def test_compiled_sp_training_equals_one_rank(one_rank, tmp_path):
     """Per-block torch.compile (aot_eager: the graph capture and autograd of inductor without
     its code generation) around the SP blocks, whose attention runs the all-to-alls; 2 steps
     (the second recompiles for new shapes), the first 2 losses of the uncompiled 1-rank run."""
-    run(2, [*SYNTHETIC, "steps=2", f"run_dir={tmp_path}", "optim.grad_accum=2", SP2,
-            "parallel.compile=true", "parallel.compile_backend=aot_eager",
-            "checkpoint.enabled=false"])
+    proc = run(2, [*SYNTHETIC, "steps=2", f"run_dir={tmp_path}", "optim.grad_accum=2", SP2,
+                   "parallel.compile=true", "parallel.compile_backend=aot_eager",
+                   "checkpoint.enabled=false"], TORCH_LOGS="dynamo")
+    traced = proc.stdout + proc.stderr
+    assert "torchdynamo start tracing forward" in traced  # the blocks did go through dynamo
     assert_same_losses(losses(tmp_path), losses(one_rank), [1, 2])
 
 

@@ -39,9 +39,9 @@ def env() -> dict:
     return out
 
 
-def run(nproc: int, overrides: list[str]) -> subprocess.CompletedProcess:
+def run(nproc: int, overrides: list[str], **extra_env: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(torchrun_cmd(nproc, overrides), capture_output=True, text=True,
-                          timeout=LAUNCH_TIMEOUT_S, env=env())
+                          timeout=LAUNCH_TIMEOUT_S, env=env() | extra_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 

@@ -268,7 +268,7 @@ def _search(args: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from lct_train.estimate.cli import command
 
-    return command(argv, USAGE, "lct-estimate search", _search,
+    return command(argv, USAGE, "python -m lct_train.estimate.search", _search,
                    lambda args: _prepare(split_args(args)[1]))
 
 

@@ -50,6 +50,7 @@ from lct_train.sample.modes import AR, AR_KV, AR_MODES, MODES
 from lct_train.sample.pipeline import (
     Toolkit,
     caption,
+    check_request,
     render_pool,
     run_scene,
     write_scenes_manifest,
@@ -216,11 +217,14 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
 def _cmd_scene(args) -> None:
     overrides = {k: getattr(args, k) for k in (*SAMPLING_OPTIONS, "mode")
                  if getattr(args, k, None) is not None}
-    # every file is read and checked before the model loads or anything is written
+    # every file is read (before the model loads) and checked against the model before
+    # anything is written
     requests = [replace(load_scene_file(path), **overrides) for path in args.scene_files]
     folders = _scene_folders(args.out, args.scene_files, requests)
     model_opts = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
     kit = _toolkit(model_opts, not args.no_progress, args.sp)
+    for request in requests:
+        check_request(request, kit.loaded)
     for request, folder in zip(requests, folders):
         settings = dict(model_opts, **{k: getattr(request, k) for k in SAMPLING_OPTIONS})
         if request.key is not None:

@@ -151,8 +151,8 @@ def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = No
     if not isinstance(global_prompt, str):
         raise fail("global_prompt must be a string")
     key = data.get("key")
-    if key is not None and (not isinstance(key, str) or not key or "/" in key):
-        raise fail(f"key must be a non-empty string without '/', got {key!r}")
+    if key is not None and (not isinstance(key, str) or key in ("", ".", "..") or "/" in key):
+        raise fail(f"key must be a scene name (non-empty, no '/', not '.' or '..'), got {key!r}")
     raw_shots = data.get("shots")
     if not isinstance(raw_shots, list) or not raw_shots:
         raise fail("'shots' must be a non-empty list")

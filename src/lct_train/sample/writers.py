@@ -135,6 +135,8 @@ def write_sheet_grid(
 ) -> None:
     """PNG of contact sheets side by side: each row a list of ``(sheet png, label)``, every
     tile cropped to ``max_tile_width`` and titled with its label (model comparisons)."""
+    if not rows or not all(rows):
+        raise ValueError("write_sheet_grid: every row needs at least one tile")
     font = ImageFont.load_default()
     lines = []
     for row in rows:

@@ -25,7 +25,7 @@ from torch import nn
 
 from lct_train.data.packing import PackedScenes
 from lct_train.model.layout import PackedMeta, SceneSpec, build_packed_meta
-from lct_train.parallel.ulysses import SPGroup, shard_meta
+from lct_train.parallel.ulysses import SPGroup, local_inputs
 from lct_train.train.batches import global_micro_index
 from lct_train.train.flops import FlopCounter
 from lct_train.train.loss import bucket_sums, micro_generator, noise_batch, shot_losses
@@ -116,12 +116,8 @@ def forward_backward(
                                                                       inp.grad_accum, m))
         # Drawn for the whole micro-batch (the same on every SP rank), then sliced.
         noised = noise_batch(video, meta, gen, mean=inp.t_mean, std=inp.t_std, shift=inp.t_shift)
-        z_t, target, text = noised.z_t, noised.target, mb.text.to(dev, non_blocking=True)
-        local = meta
-        if inp.sp is not None:
-            local = shard_meta(meta, inp.sp)
-            z_t, target = local.shard.local_video(z_t), local.shard.local_video(target)
-            text = local.shard.local_text(text)
+        local, (z_t, target), text = local_inputs(meta, inp.sp, (noised.z_t, noised.target),
+                                                  mb.text.to(dev, non_blocking=True))
         guidance = None
         if inp.guidance is not None:
             guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)

@@ -35,7 +35,7 @@ from lct_train.eval.report import score_scene
 from lct_train.eval.scenes import EvalInputError, read_truth
 from lct_train.model.geometry import scene_spec
 from lct_train.model.layout import build_packed_meta
-from lct_train.parallel.ulysses import shard_meta
+from lct_train.parallel.ulysses import local_inputs
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.modes import JOINT, PlannedShot, generate_scene
 from lct_train.sample.sampler import Sampler, SamplingSettings
@@ -108,11 +108,9 @@ class Validator:
             ts = self.cfg.timesteps
             t_shot = torch.tensor([ts[k % len(ts)] for k in range(meta.num_shots)], device=dev)
             noised = noise_at(video, meta, t_shot, eps)
-            z_t, target, text, local = noised.z_t, noised.target, mb.text.to(dev), meta
-            if inp.sp is not None:  # this rank's slice; the same noise on every SP rank
-                local = shard_meta(meta, inp.sp)
-                z_t, target = local.shard.local_video(z_t), local.shard.local_video(target)
-                text = local.shard.local_text(text)
+            # SP: this rank's slice (the noise is the same on every rank of the group)
+            local, (z_t, target), text = local_inputs(meta, inp.sp, (noised.z_t, noised.target),
+                                                      mb.text.to(dev))
             guidance = None
             if inp.guidance is not None:
                 guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)
