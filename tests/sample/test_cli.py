@@ -215,3 +215,14 @@ def test_several_scene_files_are_all_checked_before_any_is_written(tmp_path, ckp
     assert last.startswith("lct-sample scene: error: ")
     assert message in last
     assert not out.exists()
+
+
+def test_a_later_scene_file_with_broken_media_writes_nothing(tmp_path, ckpt, capsys):
+    files = [_scene_in(tmp_path / "a", key="synth-000004"), _scene_in(tmp_path / "b", key="x")]
+    (tmp_path / "b" / "character.png").write_bytes(b"not an image")  # b's condition shot
+    out = tmp_path / "out"
+    assert main(["scene", *files, "--ckpt", ckpt, "--out", str(out), *TOOLS]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("lct-sample scene: error: ")
+    assert "character.png" in last
+    assert not out.exists()

@@ -50,7 +50,7 @@ from lct_train.sample.modes import AR, AR_KV, AR_MODES, MODES
 from lct_train.sample.pipeline import (
     Toolkit,
     caption,
-    check_request,
+    prepare_scene,
     render_pool,
     run_scene,
     write_scenes_manifest,
@@ -217,22 +217,21 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
 def _cmd_scene(args) -> None:
     overrides = {k: getattr(args, k) for k in (*SAMPLING_OPTIONS, "mode")
                  if getattr(args, k, None) is not None}
-    # every file is read (before the model loads) and checked against the model before
-    # anything is written
+    # every file is read (before the model loads), checked against the model and its media
+    # encoded before anything is generated or written
     requests = [replace(load_scene_file(path), **overrides) for path in args.scene_files]
     folders = _scene_folders(args.out, args.scene_files, requests)
     model_opts = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
     kit = _toolkit(model_opts, not args.no_progress, args.sp)
-    for request in requests:
-        check_request(request, kit.loaded)
-    for request, folder in zip(requests, folders):
+    plans = [prepare_scene(request, kit) for request in requests]
+    for request, folder, planned in zip(requests, folders, plans):
         settings = dict(model_opts, **{k: getattr(request, k) for k in SAMPLING_OPTIONS})
         if request.key is not None:
             settings["key"] = request.key  # lct-eval's manifest names the scene it follows
         sizes = [s.size for s in request.shots if s.size is not None]
         if sizes:
             settings["size"] = [sizes[-1].frames, sizes[-1].height, sizes[-1].width]
-        run_scene(request, kit, folder, settings=settings)
+        run_scene(request, kit, folder, settings=settings, planned=planned)
         if kit.writes:
             print(f"wrote {len(request.shots)} shots to {folder}")
     if kit.writes and len(folders) > 1:

@@ -50,7 +50,7 @@ def read_frames(path: str | os.PathLike) -> torch.Tensor:
     """An image or video file -> ``[T, 3, H, W]`` in ``[-1, 1]``."""
     try:
         return frames_to_tensor(read_video(path))
-    except (av.FFmpegError, IndexError) as exc:
+    except (av.FFmpegError, IndexError, OSError) as exc:  # OSError: PIL's unreadable image
         raise MediaError(f"condition {path}: cannot decode as video or image: {exc}") from exc
     except ValueError as exc:
         raise MediaError(f"condition {path}: {exc}") from exc

@@ -112,13 +112,21 @@ def plan_scene(request: SceneRequest, kit: Toolkit) -> tuple[PromptEmbedding, li
     return embedded[0], shots
 
 
+def prepare_scene(request: SceneRequest, kit: Toolkit) -> tuple[PromptEmbedding, list[PlannedShot]]:
+    """Everything that can refuse a request, before any generation: the model checks, then its
+    prompts and condition media encoded (``plan_scene``)."""
+    check_request(request, kit.loaded)
+    return plan_scene(request, kit)
+
+
 def run_scene(
-    request: SceneRequest, kit: Toolkit, out_dir: str | os.PathLike, settings: dict | None = None
+    request: SceneRequest, kit: Toolkit, out_dir: str | os.PathLike, settings: dict | None = None,
+    planned: tuple[PromptEmbedding, list[PlannedShot]] | None = None,
 ) -> HistoryPool:
     """Generates the scene and writes the output folder; returns the pool it saved.
-    ``settings`` are stored in the pool for the interactive commands."""
-    check_request(request, kit.loaded)
-    global_prompt, shots = plan_scene(request, kit)
+    ``settings`` are stored in the pool for the interactive commands; ``planned``: the
+    request's ``prepare_scene`` when the caller made it already."""
+    global_prompt, shots = planned if planned is not None else prepare_scene(request, kit)
     results = generate_scene(kit.sampler(settings_of(request)), global_prompt, shots,
                              request.mode)
     pool = HistoryPool(global_prompt=request.global_prompt, shots=results,
