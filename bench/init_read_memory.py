@@ -15,8 +15,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 WIDTH = dict(num_heads=8, head_dim=64, rope_axes_dim=[16, 24, 24], num_dual_blocks=8,
              num_single_blocks=4)
 
@@ -34,17 +32,11 @@ def model_cfg():
 def worker(export: str) -> None:
     import torch.distributed as dist
 
-    from lct_train.model.mmdit import LCTModel
-    from lct_train.parallel.mesh import build_mesh, mesh_shape
-    from lct_train.parallel.parallelize import materialize, parallelize
     from lct_train.train.init_weights import load_safetensors
-    from tests.train.init_worker import PARALLEL
+    from tests.train.init_worker import sharded_cpu_model
 
     dist.init_process_group("gloo")
-    mesh = build_mesh("cpu", mesh_shape(dist.get_world_size(), 1, -1, 1))
-    with torch.device("meta"):
-        model = LCTModel(model_cfg())
-    model = materialize(parallelize(model, mesh, PARALLEL), torch.device("cpu"))
+    model = sharded_cpu_model(model_cfg())
     shard = sum(p.to_local().numel() * 4 for p in model.parameters())
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     load_safetensors(model, Path(export))

@@ -16,12 +16,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from lct_train.core import safetensors_io
 from lct_train.core.errors import ConfigError, ConversionError
-from lct_train.model.mmdit import LCTModel
-from lct_train.parallel.mesh import build_mesh, mesh_shape
-from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.train.init_weights import load_safetensors
 from tests.testutils import tiny_config
-from tests.train.init_worker import PARALLEL
+from tests.train.init_worker import sharded_cpu_model
 
 
 def main(export: str, out: str, failing_rank: int) -> None:
@@ -32,10 +29,7 @@ def main(export: str, out: str, failing_rank: int) -> None:
             raise ConversionError(f"cannot read {key}: injected read failure")
 
         safetensors_io.SafetensorsReader.get_rows = broken
-    mesh = build_mesh("cpu", mesh_shape(dist.get_world_size(), 1, -1, 1))
-    with torch.device("meta"):
-        model = LCTModel(tiny_config())
-    model = materialize(parallelize(model, mesh, PARALLEL), torch.device("cpu"))
+    model = sharded_cpu_model(tiny_config())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         load_safetensors(model, Path(export))

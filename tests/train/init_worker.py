@@ -19,12 +19,18 @@ SEED = 3
 PARALLEL = ParallelConfig(activation_checkpoint="full", param_dtype="float32", reduce_dtype="float32")
 
 
-def main(out: str) -> None:
-    dist.init_process_group("gloo")
+def sharded_cpu_model(model_cfg) -> LCTModel:
+    """``model_cfg`` built on the meta device and FSDP-sharded over this gloo world (storage
+    uninitialised): the start of every worker of the init tests and bench/init_read_memory."""
     mesh = build_mesh("cpu", mesh_shape(dist.get_world_size(), 1, -1, 1))
     with torch.device("meta"):
-        model = LCTModel(tiny_config())
-    model = materialize(parallelize(model, mesh, PARALLEL), torch.device("cpu"))
+        model = LCTModel(model_cfg)
+    return materialize(parallelize(model, mesh, PARALLEL), torch.device("cpu"))
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")
+    model = sharded_cpu_model(tiny_config())
     init_sharded(model, SEED)
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                  cpu_offload=True))
