@@ -160,10 +160,10 @@ def _sample(root: Path, name: str, runs: list[tuple[str, float]], requests: list
         manifest = folder / MANIFEST
         if not manifest.is_file():
             start = time.perf_counter()
-            for req in requests:
-                run_scene(parse_scene(dict(req, mode=mode, t_c=t_c), source=req["key"]), kit,
-                          folder / req["key"], settings={"key": req["key"]})
-            write_scenes_manifest(folder, [folder / req["key"] for req in requests])
+            scenes = [(folder / req["key"], run_scene(
+                parse_scene(dict(req, mode=mode, t_c=t_c), source=req["key"]), kit,
+                folder / req["key"], settings={"key": req["key"]})) for req in requests]
+            write_scenes_manifest(folder, scenes)
             print(f"    {MODELS[name][0]} {mode} t_c={t_c}: {len(requests)} scenes in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
         manifests[(mode, t_c)] = manifest

@@ -61,7 +61,9 @@ def main() -> int:
         size = export.stat().st_size
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", __file__, "--worker", str(export)]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        root = str(Path(__file__).resolve().parents[1])  # the worker imports tests.train
+        env = dict(os.environ, OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if proc.returncode:
             print(proc.stderr[-3000:])

@@ -11,6 +11,7 @@ from data_tools.build import DEFAULT_ENCODE_FRAMES, BuildConfig, build
 from data_tools.inspect_shards import format_summary, inspect_dataset, verify_dataset
 from data_tools.split import DEFAULT_THRESHOLD, split_video
 from data_tools.synth import SynthConfig, write_synth
+from lct_train.data.config import DEFAULT_MAX_SHOTS
 from lct_train.data.schema import DEFAULT_MAX_LATENT_ABS
 
 ERROR_STATUS = 2
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     s = _sub(sub, "split", "shot-detect a long video into a manifest skeleton (TODO prompts)")
     s.add_argument("video", help="the video file to cut into shots")
     s.add_argument("out_manifest", help="JSONL manifest to write")
-    s.add_argument("--max-shots", type=int, default=9, help="most shots per scene")
+    s.add_argument("--max-shots", type=int, default=DEFAULT_MAX_SHOTS, help="most shots per scene")
     s.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="PySceneDetect ContentDetector threshold")
     s.add_argument("--min-scene-len", type=int, default=15, help="shortest shot, in frames")

@@ -32,3 +32,10 @@ def build_synthetic_shards(tmp_path_factory, synth: dict, area: int, name: str =
     build(BuildConfig(str(raw / "manifest.jsonl"), str(out), vae="pixel:2", text_encoder="tiny",
                       area=area, scenes_per_shard=1))
     return out, raw / "gt"
+
+
+def one_line(err: str) -> str:
+    """The single line of an error output (fails if there are more)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]

@@ -60,7 +60,6 @@ def test_smoke_runs_every_stage(smoke):
         (k, n) for k, _ in gpu_stages.SMOKE.attn_kernels for n in gpu_stages.SMOKE.attn_shots}
     assert all(r["bidir_ms"] > 0 and r["causal_ms"] > 0 and math.isfinite(r["causal_tflops"])
                for r in attention)
-    assert all(r["ideal"] == (r["n"] + 1) / (2 * r["n"]) for r in attention)
     # 3: a row per shot count with throughput, MFU and memory, in both compile modes
     for stage, shots in (("train-eager", gpu_stages.SMOKE.train_shots),
                          ("train-compiled", gpu_stages.SMOKE.compiled_shots)):
@@ -72,8 +71,8 @@ def test_smoke_runs_every_stage(smoke):
     kv = _rows(report, "kv-cache", "kv-cache")
     assert [r["n"] for r in kv] == list(gpu_stages.SMOKE.kv_shots)
     assert all(r["max_abs_diff"] < 1e-4 and r["attn_ratio"] > 1 and r["speedup"] > 0 for r in kv)
-    # 5: the step ran (syncs are counted on CUDA only)
-    assert _rows(report, "host-syncs", "host syncs")
+    # 5: the step ran; syncs are counted on CUDA only, the CPU run says so
+    assert _rows(report, "host-syncs", "host syncs") == [{"site": "n/a on CPU", "count": None}]
     text = (out / "gpu_suite.md").read_text()
     assert "## Goals" in text
     assert "MFU >=" in text

@@ -83,7 +83,7 @@ def _stub_search(monkeypatch, gpu_gb, capsys):
     """``search`` over the real configs with a stubbed estimate: (2 + shots x frames) x 0.1 GB."""
     calls = []
 
-    def peak(self, run_args, frames, shots, limits):
+    def peak(self, run_args, frame, frames, shots, limits):
         calls.append((frames, shots))
         self.calls.append({"frames": frames, "shots": shots, "seconds": 0.0})
         return int((2 + shots * frames) * 1e8)

@@ -1,12 +1,13 @@
 """torchrun worker of ``test_init.py``: sharded safetensors loading on this world size.
 
 ``argv``: export path, output path, and the rank whose reads fail (-1: none). Rank 0 saves the
-full state dict, or every rank writes the one-line error it raised to ``<out>.rank<R>``.
+full state dict and every rank the rows it read per tensor (``<out>.rows<R>``, JSON), or every
+rank writes the one-line error it raised to ``<out>.rank<R>``.
 """
 
 from __future__ import annotations
 
-import resource
+import json
 import sys
 from pathlib import Path
 
@@ -29,16 +30,23 @@ def main(export: str, out: str, failing_rank: int) -> None:
             raise ConversionError(f"cannot read {key}: injected read failure")
 
         safetensors_io.SafetensorsReader.get_rows = broken
+    rows_read: dict[str, int] = {}
+    get_rows = safetensors_io.SafetensorsReader.get_rows
+
+    def counted(self, key, start, stop):
+        rows_read[key] = rows_read.get(key, 0) + stop - start
+        return get_rows(self, key, start, stop)
+
+    if rank != failing_rank:
+        safetensors_io.SafetensorsReader.get_rows = counted
     model = sharded_cpu_model(tiny_config())
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         load_safetensors(model, Path(export))
     except ConfigError as err:
         Path(f"{out}.rank{rank}").write_text(str(err))
         dist.destroy_process_group()
         return
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    Path(f"{out}.rss{rank}").write_text(f"{rss_before} {rss}")
+    Path(f"{out}.rows{rank}").write_text(json.dumps(rows_read))
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                  cpu_offload=True))
     if rank == 0:

@@ -14,6 +14,7 @@ from tests.train.torchrun import DIST_COMMON as COMMON
 from tests.train.torchrun import DIST_STEPS as STEPS
 from tests.train.torchrun import (
     SYNTHETIC,
+    assert_resumed_like,
     assert_same_losses,
     env,
     losses,
@@ -36,15 +37,7 @@ def test_fsdp_two_ranks_equal_one_rank(one_rank, two_ranks):
 def test_resume_two_ranks_on_one(one_rank, two_ranks, tmp_path):
     ckpt = two_ranks / "checkpoints" / "step-00000002"
     run(1, [*COMMON, f"run_dir={tmp_path}", "optim.grad_accum=2", f"resume={ckpt}"])
-    got = losses(tmp_path)
-    assert sorted(got) == [3, 4]
-    assert_same_losses(got, losses(one_rank), [3, 4])
-    final = f"checkpoints/step-{STEPS:08d}"
-    for key in ("model", "ema"):  # weights and their EMA end where the unbroken run's did
-        want = model_weights(one_rank / final, tmp_path / "want", key)
-        have = model_weights(tmp_path / final, tmp_path / "have", key)
-        for name, value in want.items():
-            torch.testing.assert_close(have[name], value, rtol=1e-5, atol=1e-6)
+    assert_resumed_like(tmp_path, one_rank, tmp_path)  # losses, weights and EMA
 
 
 def test_resume_one_rank_on_two(one_rank, tmp_path):

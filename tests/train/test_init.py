@@ -3,6 +3,7 @@ one process, whatever the world size (2 ranks, and 3 for uneven shards)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,14 @@ def test_sharded_safetensors_read_gives_the_full_weights(tmp_path):
     assert got.keys() == want.keys()
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+    reads = [json.loads(Path(f"{out}.rows{r}").read_text()) for r in range(3)]
+    for name, value in want.items():
+        if value.dim() == 0:
+            continue
+        per_rank = [r.get(name, 0) for r in reads]
+        assert sum(per_rank) == value.shape[0], (name, per_rank)  # every row read exactly once
+        if value.shape[0] >= 3:  # sharded over all 3 ranks: no rank reads the whole tensor
+            assert max(per_rank) < value.shape[0], (name, per_rank)
 
 
 def test_a_read_failure_on_one_rank_fails_every_rank_with_one_message(tmp_path):

@@ -11,13 +11,8 @@ import yaml
 
 from lct_train.core.checkpoint_layout import META_FILE, TMP_MARK, step_name
 from lct_train.train.checkpoint_lineage import SET_ASIDE_DIR
-from tests.train.torchrun import losses
-
-
-def one_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
+from tests.testutils import one_line
+from tests.train.torchrun import assert_same_losses, losses
 
 
 def ckpt(run_dir, step):
@@ -94,7 +89,7 @@ def test_a_refused_start_changes_nothing_on_disk(train, tmp_path):
     before = snapshot(run)
     status, err = train(f"run_dir={run}", "steps=4", "model=small")
     assert status == 2
-    assert err.strip().splitlines() == [err.strip()]  # one line
+    one_line(err)
     assert "config error: model: does not match the model of" in err
     assert snapshot(run) == before
 
@@ -107,7 +102,7 @@ def test_a_damaged_checkpoint_is_named_and_auto_falls_back(train, tmp_path):
     shard.write_bytes(shard.read_bytes()[:1000])  # truncated
     status, err = train(f"run_dir={run}", "steps=4", f"resume={ckpt(run, 4)}")
     assert status == 2
-    assert len(err.strip().splitlines()) == 1, err
+    one_line(err)
     assert f"resume: checkpoint {ckpt(run, 4)} is damaged: file __0_0.distcp has 1000" in err
     # a checkpoint written before checksums (no "files" in its meta): DCP's failure, one line
     meta_path = ckpt(run, 4) / META_FILE
@@ -124,8 +119,7 @@ def test_a_damaged_checkpoint_is_named_and_auto_falls_back(train, tmp_path):
     assert f"resumed from {ckpt(run, 2)} at step 2" in err
     assert set_aside(run) == ["step-00000004"]  # the damaged one, kept for inspection
     got = losses(run)
-    for step in (3, 4):
-        assert abs(got[step] - want[step]) <= 1e-6 * abs(want[step]), (step, got, want)
+    assert_same_losses(got, want, [3, 4])
 
 
 def test_an_interrupted_save_is_completed_not_deleted(train, tmp_path):

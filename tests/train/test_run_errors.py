@@ -10,14 +10,9 @@ import pytest
 
 from lct_train.data.schema import DATASET_FILE
 from tests.data.test_bad_data import missing_text, rewrite
+from tests.testutils import one_line
 from tests.train.test_kill_resume import DATA_GEOMETRY, build_dataset
 from tests.train.torchrun import LAUNCH_TIMEOUT_S, env, torchrun_cmd
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

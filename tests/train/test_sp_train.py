@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from lct_train.config.store import compose_config, one_line_error
 from lct_train.config.validate import ConfigError
@@ -28,10 +27,10 @@ from tests.train.torchrun import (
     DIST_STEPS,
     LAUNCH_TIMEOUT_S,
     SYNTHETIC,
+    assert_resumed_like,
     assert_same_losses,
     env,
     losses,
-    model_weights,
     run,
 )
 
@@ -89,15 +88,7 @@ def test_resume_sp2_checkpoint_on_one_rank(sp_two_ranks, one_rank, tmp_path):
     """Saved at sp=2, resumed on 1 rank: the losses and final weights of the unbroken run."""
     run(1, [*DIST_COMMON, f"run_dir={tmp_path}", "optim.grad_accum=2",
             f"resume={sp_two_ranks / 'checkpoints' / 'step-00000002'}"])
-    got = losses(tmp_path)
-    assert sorted(got) == [3, 4]
-    assert_same_losses(got, losses(one_rank), [3, 4])
-    final = f"checkpoints/step-{DIST_STEPS:08d}"
-    for key in ("model", "ema"):
-        want = model_weights(one_rank / final, tmp_path / "want", key)
-        have = model_weights(tmp_path / final, tmp_path / "have", key)
-        for name, value in want.items():
-            torch.testing.assert_close(have[name], value, rtol=1e-5, atol=1e-6)
+    assert_resumed_like(tmp_path, one_rank, tmp_path)
 
 
 def test_dp2_sp2_resumed_from_dp2_equals_dp2(two_ranks, tmp_path):

@@ -105,6 +105,21 @@ def assert_same_losses(got: dict, want: dict, steps) -> None:
         assert got[step] == pytest.approx(want[step], **TOL), (step, got, want)
 
 
+def assert_resumed_like(got_dir: Path, want_dir: Path, tmp_path: Path) -> None:
+    """A run resumed at step 2 into ``got_dir`` trained steps 3..DIST_STEPS with the losses of
+    the unbroken ``want_dir`` and ends on its weights and EMA (the same keys, fp32 tolerance)."""
+    got = losses(got_dir)
+    assert sorted(got) == list(range(3, DIST_STEPS + 1))
+    assert_same_losses(got, losses(want_dir), range(3, DIST_STEPS + 1))
+    final = f"checkpoints/step-{DIST_STEPS:08d}"
+    for key in ("model", "ema"):
+        want = model_weights(want_dir / final, tmp_path / "want", key)
+        have = model_weights(got_dir / final, tmp_path / "have", key)
+        assert have.keys() == want.keys(), key
+        for name, value in want.items():
+            torch.testing.assert_close(have[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def model_weights(ckpt, tmp_path, key="model") -> dict[str, torch.Tensor]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / f"{ckpt.parent.parent.name}-{ckpt.name}.pt"

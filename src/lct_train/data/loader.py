@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from lct_train.core.errors import ConfigError
 from lct_train.data.config import DataConfig
 from lct_train.data.schema import (
     GEOMETRY_KEYS,
@@ -52,14 +53,12 @@ class LoaderStateMismatchError(RuntimeError):
     """The checkpointed loader state was written for another world size or worker count."""
 
 
-class SourceError(ValueError):
-    """A data source cannot be used (missing directory, no shards, too few); ``key`` is its
-    config key, ``data.sources[<i>].path``."""
+class SourceError(ConfigError):
+    """A data source cannot be used (missing directory, no shards, too few): a config error of
+    ``data.sources[<i>].path``."""
 
     def __init__(self, index: int, message: str):
-        self.key = f"data.sources[{index}].path"
-        super().__init__(f"{self.key}: {message}")
-        self.message = message
+        super().__init__(f"data.sources[{index}].path", message)
 
 
 def list_shards(root: str | Path) -> list[str]:

@@ -29,7 +29,6 @@ from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY
 
 from lct_train.config.schema import TrainConfig
-from lct_train.core.dtypes import dtype_of
 from lct_train.data.packing import PackedScenes
 from lct_train.estimate.config import EstimateConfig
 from lct_train.estimate.scene import scene_spec
@@ -87,18 +86,6 @@ def _micro_batch(spec: SceneSpec, model_cfg, step: int, m: int) -> PackedScenes:
         pooled=torch.randn(len(spec.groups), model_cfg.pooled_dim),
         shot_is_image=torch.zeros(spec.num_shots, dtype=torch.bool),
         stats={"scenes": 1.0, "tokens": float(spec.num_tokens), "packing_efficiency": 1.0})
-
-
-def _step_inputs(cfg: TrainConfig, model_cfg, world: World) -> StepInputs:
-    return StepInputs(
-        device=DEVICE, compute_dtype=dtype_of(cfg.parallel.param_dtype), mask=cfg.stage.mask,
-        text_rope=model_cfg.text_rope, seed=cfg.seed, dp_rank=world.dp_rank,
-        dp_size=world.dp_size, sp=world.sp, grad_accum=cfg.optim.grad_accum,
-        t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
-        t_shift=cfg.loss.timestep_shift,
-        guidance=cfg.loss.guidance if model_cfg.guidance_embeds else None,
-        buckets=cfg.logging.timestep_buckets,
-        defer_grad_sync=cfg.parallel.defer_grad_sync)
 
 
 def _host_metas(spec: SceneSpec, inp: StepInputs, backend, refiner: bool) -> list[PackedMeta]:
@@ -168,7 +155,7 @@ def measure(cfg: TrainConfig, est: EstimateConfig, fake: bool = True,
     model_cfg = dataclasses.replace(cfg.model, attn_backend=est.attention)
     spec = scene_spec(est, model_cfg)
     world = _world(cfg)
-    inp = _step_inputs(cfg, model_cfg, world)
+    inp = StepInputs.from_config(cfg, model_cfg, world, DEVICE)
     backend = get_backend(est.attention, torch.device("cuda"), cfg.stage.mask == "causal")
     with torch.device("meta"):
         model = LCTModel(model_cfg)

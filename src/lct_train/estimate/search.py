@@ -126,9 +126,9 @@ def _with_memory(args: list[str], preset: str | None) -> list[str]:
 
 
 def _comparable(cfg) -> dict:
-    from omegaconf import OmegaConf
+    from lct_train.config.store import to_dict
 
-    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    d = to_dict(cfg)
     d.pop("memory", None)
     d["data"].pop("max_tokens", None)
     return d
@@ -141,11 +141,13 @@ class Searcher:
         self.out = out or sys.stdout
         self.calls: list[dict] = []
 
-    def peak(self, run_args: list[str], frames: int, shots: int, limits: dict[str, int]) -> int:
-        """The peak of one scene, printed with its verdict against each preset's usable bytes."""
+    def peak(self, run_args: list[str], frame: tuple[int, int], frames: int, shots: int,
+             limits: dict[str, int]) -> int:
+        """The peak of one scene (``shots`` x ``frames`` latent frames of ``frame`` patches),
+        printed with its verdict against each preset's usable bytes."""
         from lct_train.estimate.cli import estimate
 
-        h, w = _prepare(run_args)[1].frame
+        h, w = frame
         scene = [a for a in run_args if not a.startswith("estimate.shots=")]
         scene += [f"estimate.grid=[{frames},{h},{w}]", f"estimate.shots={shots}"]
         start = time.perf_counter()
@@ -204,13 +206,13 @@ def _search_one(searcher: Searcher, run_args: list[str], preset, run, scfg: Sear
     """The row of one preset: the largest F, else the largest shot count at F=1."""
     cfg, est, gpu = run
     limit = _usable(run)
-    frames = largest_fitting(lambda f: searcher.peak(run_args, f, est.shots, limits), limit,
+    frames = largest_fitting(lambda f: searcher.peak(run_args, est.frame, f, est.shots, limits), limit,
                              scfg.max_frames, frame_peaks, scfg.start)
     shots = est.shots
     if frames == 0:
         shot_peaks.setdefault(est.shots, frame_peaks[1])
         shots = 0 if est.shots == 1 else largest_fitting(
-            lambda s: searcher.peak(run_args, 1, s, limits), limit, est.shots - 1, shot_peaks)
+            lambda s: searcher.peak(run_args, est.frame, 1, s, limits), limit, est.shots - 1, shot_peaks)
     # The row's scene; when nothing fits, the smallest one (1 shot of 1 frame), to say by how much.
     peak = frame_peaks[frames] if frames else shot_peaks.get(shots or 1, frame_peaks[1])
     return _row(preset, cfg, est, gpu, limit, frames, shots, scfg.max_frames, peak)

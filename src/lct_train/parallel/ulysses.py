@@ -105,15 +105,10 @@ class SequenceShard:
         self.text = _range(text_counts, sp.rank)
         self.video = _range(self.video_counts, sp.rank)
 
-    def check_heads(self, num_heads: int) -> None:
-        if num_heads % self.sp.size:
-            raise ValueError(f"sequence parallelism: {num_heads} heads are not divisible by "
-                             f"sp_degree {self.sp.size}")
-
     def attend(self, attend_fn, q, k, v, *, text: bool = False) -> torch.Tensor:
         """``attend_fn(q, k, v)`` on the full sequence for this rank's heads; ``q, k, v`` are this
-        rank's rows ``[n, H, D]``, the result too. One all-to-all each way."""
-        self.check_heads(q.shape[1])
+        rank's rows ``[n, H, D]``, the result too. One all-to-all each way. (``H`` divisible
+        by the SP size: checked once, by the config and by ``lct-sample --sp``.)"""
         counts = self.text_counts if text else self.joint_counts
         full = _Exchange.apply(torch.stack([q, k, v], dim=1), self.sp, counts, True)
         out = attend_fn(*full.unbind(1))

@@ -224,6 +224,7 @@ def _cmd_scene(args) -> None:
     model_opts = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
     kit = _toolkit(model_opts, not args.no_progress, args.sp)
     plans = [prepare_scene(request, kit) for request in requests]
+    written = []
     for request, folder, planned in zip(requests, folders, plans):
         settings = dict(model_opts, **{k: getattr(request, k) for k in SAMPLING_OPTIONS})
         if request.key is not None:
@@ -231,11 +232,12 @@ def _cmd_scene(args) -> None:
         sizes = [s.size for s in request.shots if s.size is not None]
         if sizes:
             settings["size"] = [sizes[-1].frames, sizes[-1].height, sizes[-1].width]
-        run_scene(request, kit, folder, settings=settings, planned=planned)
+        written.append((folder, run_scene(request, kit, folder, settings=settings,
+                                          planned=planned)))
         if kit.writes:
             print(f"wrote {len(request.shots)} shots to {folder}")
     if kit.writes and len(folders) > 1:
-        write_scenes_manifest(args.out, folders)
+        write_scenes_manifest(args.out, written)
 
 
 def _scene_folders(out: str, files: list[str], requests: list) -> list[Path]:

@@ -183,34 +183,33 @@ def accepted_frames(kit: Toolkit, shot: PoolShot, path: Path):
     return video
 
 
-def write_eval_manifest(pool: HistoryPool, out: Path) -> None:
-    """``manifest.jsonl``: the accepted shots as one scene of ``lct-eval``'s manifest format."""
-    key = pool.settings.get("key") or out.resolve().name
-    shots = [{"path": f"shot_{i:03d}.mp4", "prompt": shot.prompt, "given": shot.mode == GIVEN,
-              "context": list(shot.context), "mode": shot.mode, "seed": shot.seed}
-             for i, shot in enumerate(pool.shots)]
-    row = {"key": key, "global_prompt": pool.global_prompt, "source": "lct-sample",
-           "shots": shots}
-    tmp = out / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(row) + "\n")
-    tmp.replace(out / MANIFEST)
+def eval_manifest_row(pool: HistoryPool, folder: Path, relative_to: Path | None = None) -> dict:
+    """The accepted shots of the pool in ``folder`` as one scene of ``lct-eval``'s manifest
+    format; shot paths relative to ``relative_to`` (default: ``folder``)."""
+    prefix = Path(".") if relative_to is None else folder.resolve().relative_to(
+        relative_to.resolve())
+    key = pool.settings.get("key") or folder.resolve().name
+    shots = [{"path": str(prefix / f"shot_{i:03d}.mp4"), "prompt": shot.prompt,
+              "given": shot.mode == GIVEN, "context": list(shot.context), "mode": shot.mode,
+              "seed": shot.seed} for i, shot in enumerate(pool.shots)]
+    return {"key": key, "global_prompt": pool.global_prompt, "source": "lct-sample",
+            "shots": shots}
 
 
-def write_scenes_manifest(out_dir: str | os.PathLike, folders: list[Path]) -> Path:
-    """``out_dir/manifest.jsonl``: the scenes of ``folders`` (sub-folders of ``out_dir``, each
-    with its own manifest) as one ``lct-eval`` manifest, shot paths relative to ``out_dir``."""
-    out = Path(out_dir)
-    rows = []
-    for folder in folders:
-        relative = Path(folder).resolve().relative_to(out.resolve())
-        for line in (Path(folder) / MANIFEST).read_text().splitlines():
-            row = json.loads(line)
-            row["shots"] = [dict(shot, path=str(relative / shot["path"])) for shot in row["shots"]]
-            rows.append(json.dumps(row) + "\n")
+def write_manifest(out: Path, rows: list[dict]) -> Path:
+    """``out/manifest.jsonl`` of ``rows``, written atomically."""
     tmp = out / f"{MANIFEST}.tmp"
-    tmp.write_text("".join(rows))
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
     tmp.replace(out / MANIFEST)
     return out / MANIFEST
+
+
+def write_scenes_manifest(out_dir: str | os.PathLike, scenes: list[tuple[Path, HistoryPool]]) -> Path:
+    """``out_dir/manifest.jsonl``: the ``(folder, pool)`` scenes (sub-folders of ``out_dir``) as
+    one ``lct-eval`` manifest, shot paths relative to ``out_dir``."""
+    out = Path(out_dir)
+    return write_manifest(out, [eval_manifest_row(pool, Path(folder), out)
+                                for folder, pool in scenes])
 
 
 def render_pool(pool: HistoryPool, kit: Toolkit, out_dir: str | os.PathLike) -> None:
@@ -224,7 +223,7 @@ def render_pool(pool: HistoryPool, kit: Toolkit, out_dir: str | os.PathLike) -> 
         captions.append(caption(i, shot))
     if frames:
         write_mp4(out / SCENE_VIDEO, scene_frames(frames, kit.fps), kit.fps)
-        write_eval_manifest(pool, out)
+        write_manifest(out, [eval_manifest_row(pool, out)])
     if pool.pending is not None:
         video = decode(kit, pool.pending)
         write_mp4(out / PENDING_VIDEO, video, kit.fps)

@@ -35,12 +35,10 @@ class LoaderBatches:
 
     def __init__(self, data_cfg: DataConfig, model_cfg: ModelConfig, dp_rank: int, dp_size: int,
                  grad_accum: int):
-        from lct_train.data.loader import SceneLoader, SourceError
+        from lct_train.data.loader import SceneLoader
 
-        try:
-            self.loader = SceneLoader(data_cfg, dp_rank=dp_rank, dp_world_size=dp_size)
-        except SourceError as err:
-            raise ConfigError(err.key, err.message) from err
+        # a bad source raises loader.SourceError, a ConfigError naming data.sources[i].path
+        self.loader = SceneLoader(data_cfg, dp_rank=dp_rank, dp_world_size=dp_size)
         info = self.loader.infos[0]
         for key in GEOMETRY_KEYS:
             if getattr(info, key) != getattr(model_cfg, key):

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lct_train.core.dtypes import dtype_of
 from lct_train.data.packing import PackedScenes
 from lct_train.model.layout import PackedMeta, SceneSpec, build_packed_meta
 from lct_train.parallel.ulysses import SPGroup, local_inputs
@@ -56,6 +57,20 @@ class StepInputs:
     nonfinite_at_step: int = 0  # debug: poison this step's loss
     sp: SPGroup | None = None  # sequence parallelism: this rank's group (None: sp_degree 1)
 
+    @classmethod
+    def from_config(cls, cfg, model_cfg, world, device: torch.device) -> StepInputs:
+        """The step settings of run config ``cfg`` on ``world`` (the trainer and lct-estimate
+        build theirs here)."""
+        return cls(
+            device=device, compute_dtype=dtype_of(cfg.parallel.param_dtype),
+            mask=cfg.stage.mask, text_rope=model_cfg.text_rope, seed=cfg.seed,
+            dp_rank=world.dp_rank, dp_size=world.dp_size, grad_accum=cfg.optim.grad_accum,
+            t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
+            t_shift=cfg.loss.timestep_shift,
+            guidance=cfg.loss.guidance if model_cfg.guidance_embeds else None,
+            buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step,
+            defer_grad_sync=cfg.parallel.defer_grad_sync, sp=world.sp)
+
     @property
     def sp_size(self) -> int:
         return 1 if self.sp is None else self.sp.size
@@ -79,6 +94,23 @@ def _bad_samples(mb: PackedScenes) -> float:
 def host_meta(specs: list[SceneSpec], inp: StepInputs) -> PackedMeta:
     """A micro-batch's metadata, built on the host (moved to the device by the step)."""
     return build_packed_meta(specs, mask=inp.mask, text_rope=inp.text_rope)
+
+
+def noised_shot_losses(model: nn.Module, mb: PackedScenes, meta: PackedMeta, noised,
+                       inp: StepInputs) -> torch.Tensor:
+    """Per-shot loss sums of the model on a noised micro-batch (``meta`` on the device; the
+    training step and the validation loss). Under sequence parallelism the forward runs this
+    rank's slice and the sums are this rank's part of each shot's loss."""
+    dev = inp.device
+    local, (z_t, target), text = local_inputs(meta, inp.sp, (noised.z_t, noised.target),
+                                              mb.text.to(dev, non_blocking=True))
+    guidance = None
+    if inp.guidance is not None:
+        guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)
+    pred = model(z_t.to(inp.compute_dtype), text.to(inp.compute_dtype),
+                 mb.pooled.to(dev, non_blocking=True).to(inp.compute_dtype), noised.t_group,
+                 local, guidance=guidance)
+    return shot_losses(pred, target, local)
 
 
 def forward_backward(
@@ -116,20 +148,7 @@ def forward_backward(
                                                                       inp.grad_accum, m))
         # Drawn for the whole micro-batch (the same on every SP rank), then sliced.
         noised = noise_batch(video, meta, gen, mean=inp.t_mean, std=inp.t_std, shift=inp.t_shift)
-        local, (z_t, target), text = local_inputs(meta, inp.sp, (noised.z_t, noised.target),
-                                                  mb.text.to(dev, non_blocking=True))
-        guidance = None
-        if inp.guidance is not None:
-            guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)
-        pred = model(
-            z_t.to(inp.compute_dtype),
-            text.to(inp.compute_dtype),
-            mb.pooled.to(dev, non_blocking=True).to(inp.compute_dtype),
-            noised.t_group,
-            local,
-            guidance=guidance,
-        )
-        losses = shot_losses(pred, target, local)  # SP: this rank's part of each shot's loss
+        losses = noised_shot_losses(model, mb, meta, noised, inp)
         if step == inp.nonfinite_at_step:
             losses = losses * float("nan")
         (losses.sum() * scale).backward()

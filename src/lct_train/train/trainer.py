@@ -34,7 +34,6 @@ from torch.distributed.checkpoint.api import CheckpointException
 from lct_train.config.schema import TrainConfig
 from lct_train.config.store import to_dict, to_yaml
 from lct_train.core import checkpoint_layout as layout
-from lct_train.core.dtypes import dtype_of
 from lct_train.core.errors import ConfigError
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import World, set_train_timeout
@@ -108,15 +107,7 @@ class Trainer:
         self.batches = self._build_batches()
         self.metrics = MetricsLogger(cfg.logging, world.is_main, cfg.steps, world.size,
                                      peak_flops(cfg.logging.peak_tflops, world.device))
-        self.step_inputs = StepInputs(
-            device=world.device, compute_dtype=dtype_of(cfg.parallel.param_dtype),
-            mask=cfg.stage.mask, text_rope=self.model_cfg.text_rope, seed=cfg.seed,
-            dp_rank=world.dp_rank, dp_size=world.dp_size, grad_accum=cfg.optim.grad_accum,
-            t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
-            t_shift=cfg.loss.timestep_shift,
-            guidance=cfg.loss.guidance if self.model_cfg.guidance_embeds else None,
-            buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step,
-            defer_grad_sync=cfg.parallel.defer_grad_sync, sp=world.sp)
+        self.step_inputs = StepInputs.from_config(cfg, self.model_cfg, world, world.device)
         self.validator = None
         if cfg.eval.every > 0:
             from lct_train.train.validation import Validator

@@ -35,12 +35,12 @@ from lct_train.eval.report import score_scene
 from lct_train.eval.scenes import EvalInputError, read_truth
 from lct_train.model.geometry import scene_spec
 from lct_train.model.layout import build_packed_meta
-from lct_train.parallel.ulysses import local_inputs
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.modes import JOINT, PlannedShot, generate_scene
 from lct_train.sample.sampler import Sampler, SamplingSettings
 from lct_train.sample.writers import to_uint8_frames, write_contact_sheet
-from lct_train.train.loss import noise_at, shot_losses
+from lct_train.train.loss import noise_at
+from lct_train.train.step import noised_shot_losses
 
 VAL_STREAM = "lct-train/validation"
 SAMPLE_SEED = 0
@@ -108,16 +108,8 @@ class Validator:
             ts = self.cfg.timesteps
             t_shot = torch.tensor([ts[k % len(ts)] for k in range(meta.num_shots)], device=dev)
             noised = noise_at(video, meta, t_shot, eps)
-            # SP: this rank's slice (the noise is the same on every rank of the group)
-            local, (z_t, target), text = local_inputs(meta, inp.sp, (noised.z_t, noised.target),
-                                                      mb.text.to(dev))
-            guidance = None
-            if inp.guidance is not None:
-                guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)
-            pred = model(z_t.to(inp.compute_dtype), text.to(inp.compute_dtype),
-                         mb.pooled.to(dev).to(inp.compute_dtype), noised.t_group, local,
-                         guidance=guidance)
-            losses = shot_losses(pred, target, local)  # SP: this rank's part of each shot
+            # SP: this rank's part of each shot (the noise is the same on every rank of a group)
+            losses = noised_shot_losses(model, mb, meta, noised, inp)
             shots = torch.tensor(meta.num_shots * inp.owns_batch, device=dev)
             sums += torch.stack([losses.sum().double(), shots.double()]) * weight
         dist.all_reduce(sums)
