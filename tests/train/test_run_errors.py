@@ -137,3 +137,23 @@ def test_a_rank_that_lost_its_peer_says_so_in_one_line(train, tmp_path, monkeypa
     record = json.loads(error_file.read_text())["message"]
     assert record["message"] == line
     assert int(record["extraInfo"]["timestamp"]) >= int(started) + 1
+
+
+def test_a_run_dir_under_an_unsearchable_directory_is_one_line(train, tmp_path, monkeypatch):
+    """``locked/run`` where ``locked`` cannot be searched (as a non-root user meets it; the
+    tests run as root, so the refusal of the file system is simulated)."""
+    from pathlib import Path
+
+    locked = tmp_path / "locked"
+    exists = Path.exists
+
+    def refusing_exists(self, *args, **kwargs):
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", refusing_exists)
+    status, err = train(f"run_dir={locked / 'run'}")
+    assert status == 2
+    assert one_line(err) == (f"lct-train: config error: run_dir: cannot look for {locked / 'run'}"
+                             f": permission denied in {locked}")
