@@ -14,6 +14,7 @@ from lct_train.convert.reference import fixed_input, run_diffusers
 from lct_train.core.safetensors_io import SafetensorsReader
 
 DIFFUSERS_TIMESTEP_SCALE = 1000.0
+FP32_REL = 1e-5  # the project's fp32 parity bound with diffusers
 SMALL_SHARD = "4KB"  # forces several shards and an index
 
 
@@ -59,7 +60,9 @@ def test_diffusers_output_after_round_trip(round_trip, tiny_diffusers):
     inp = fixed_input(cfg, text_pad=2)
     want = run_diffusers(tiny_diffusers, inp, DIFFUSERS_TIMESTEP_SCALE)
     got = run_diffusers(loaded.eval(), inp, DIFFUSERS_TIMESTEP_SCALE)
-    assert torch.equal(got, want)
+    # The weights are bit-identical (test above), but diffusers loads them as views of one flat
+    # buffer: other memory alignment, other SIMD rounding. Same output = within fp32 rounding.
+    assert ((got - want).abs().max() / want.abs().max()).item() <= FP32_REL
 
 
 def test_bf16_export_casts_every_tensor(round_trip, tiny_diffusers):
