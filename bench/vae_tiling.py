@@ -69,7 +69,7 @@ def main() -> None:
           f"{args.size[0]}x{args.size[1]}x{args.size[2]}, width x{args.width}")
     results = {}
     for tiled in (False, True):
-        seconds, peak_mb, z = results[tiled] = run(args, tiled)
+        seconds, peak_mb, _ = results[tiled] = run(args, tiled)
         name = f"tiled {args.tile}/{args.stride}" if tiled else "untiled"
         print(f"{name:>16}: encode {seconds:7.2f} s   peak memory above the model {peak_mb:8.1f} MB")
     ref, tiled_z = results[False][2], results[True][2]

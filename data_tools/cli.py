@@ -63,9 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                         "vae/ as the VAE and its text_encoder/ + tokenizer/ (Llama) and "
                         "text_encoder_2/ + tokenizer_2/ (CLIP-L) as HunyuanVideo's text encoders, "
                         "exactly as diffusers' encode_prompt; --vae / --text-encoder override a part")
-    b.add_argument("--vae", help=CODEC_HELP + f" (default: {DEFAULT_VAE}, or the --pipeline's)")
+    b.add_argument("--vae", help=CODEC_HELP + f"; None: {DEFAULT_VAE}, or the --pipeline's vae/")
     b.add_argument("--text-encoder",
-                   help=TEXT_ENCODER_HELP + f" (default: {DEFAULT_TEXT_ENCODER}, or the --pipeline's)")
+                   help=TEXT_ENCODER_HELP + f"; None: {DEFAULT_TEXT_ENCODER}, or the --pipeline's")
     b.add_argument("--dtype", choices=ENCODER_DTYPES, default="auto",
                    help="weights of the VAE and HunyuanVideo text encoders: auto = bf16 on CUDA, "
                         "fp32 on CPU (latents and text are stored in fp32)")

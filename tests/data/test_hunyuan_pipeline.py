@@ -107,10 +107,22 @@ def test_a_cut_prompt_is_one_warning_line_saying_how(encoder, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
     assert "\n" not in lines[0]
-    assert "first 256 of" in lines[0]
+    assert "first 256 of its" in lines[0]
     assert "Llama tokens" in lines[0]
-    assert "first 77 of" in lines[0]
+    assert "first 77 of its" in lines[0]
     assert "CLIP tokens" in lines[0]
+
+
+def test_the_llama_cut_starts_where_the_closing_eot_token_is_lost(encoder, caplog):
+    fits, cut = "a" + " cat" * 254, "a" + " cat" * 255  # 255 / 256 prompt tokens, + <|eot_id|>
+    template = default_template()["template"]
+    assert len(encoder.tokenizer(template.format(fits))["input_ids"]) - encoder.crop_start == 256
+    with caplog.at_level(logging.WARNING, logger="lct_train.data.hunyuan_text"):
+        assert encoder.encode([fits]).mask.sum() == 256
+        assert "Llama" not in caplog.text  # (CLIP's 77 tokens are cut in both)
+        assert encoder.encode([cut]).mask.sum() == 256
+    assert len(caplog.records) == 2
+    assert "the first 256 of its 257 Llama tokens" in caplog.records[1].getMessage()
 
 
 def test_spec_rebuilds_the_same_encoder(encoder):

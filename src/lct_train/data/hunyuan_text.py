@@ -77,12 +77,13 @@ class HunyuanVideoTextEncoder:
     def _warn_cut(self, prompts: list[str], llama_ids: list[list[int]]) -> None:
         for prompt, ids in zip(prompts, llama_ids):
             cuts = []
-            n_llama = len(ids) - self.crop_start - 1  # the prompt's tokens and <|eot_id|>
+            n_llama = len(ids) - self.crop_start  # the prompt's tokens and the closing <|eot_id|>
             if n_llama > self.max_length:
-                cuts.append(f"its first {self.max_length} of {n_llama} Llama tokens")
+                cuts.append(f"the first {self.max_length} of its {n_llama} Llama tokens "
+                            "(<|eot_id|> included)")
             n_clip = len(self.tokenizer_2(prompt)["input_ids"])
             if n_clip > CLIP_MAX_LENGTH:
-                cuts.append(f"its first {CLIP_MAX_LENGTH} of {n_clip} CLIP tokens")
+                cuts.append(f"the first {CLIP_MAX_LENGTH} of its {n_clip} CLIP tokens")
             if cuts:
                 shown = prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "..."
                 logger.warning("prompt %r is cut to %s, as diffusers' HunyuanVideo encode_prompt "
