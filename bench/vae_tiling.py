@@ -7,7 +7,8 @@ channels, 16 latent channels; ``--width`` scales the channels) with random weigh
 memory do not depend on the weights. ``--size`` is one shot F,H,W in pixels; the tiles are
 ``--tile`` pixels with ``--stride`` (diffusers' defaults 256/192 are for 480p and above: at a small
 CPU size the same ratio shows the effect). Each case runs in a fresh process, so its peak
-resident memory (``ru_maxrss``) is its own; the figure printed is the peak above the process's
+resident memory (``ru_maxrss``) is its own; wall and CPU seconds are printed (on a shared
+machine the CPU seconds are the steadier figure); the memory figure printed is the peak above the process's
 memory after the VAE is built, i.e. the activations of the encode. Also printed: how far the
 tiled latents are from the untiled ones (random weights: not a quality figure).
 """
@@ -38,12 +39,13 @@ def _case(args, tiled: bool, queue) -> None:
     frames, height, width = args.size
     x = torch.rand(1, 3, frames, height, width, generator=torch.Generator().manual_seed(1)) * 2 - 1
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.no_grad():
         z = vae.encode(x).latent_dist.mode()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((seconds, (peak - base) / KIB, z.numpy()))  # plain bytes: the process ends next
+    # plain bytes: the process ends next
+    queue.put((seconds, cpu_seconds, (peak - base) / KIB, z.numpy()))
 
 
 def run(args, tiled: bool):
@@ -69,13 +71,14 @@ def main() -> None:
           f"{args.size[0]}x{args.size[1]}x{args.size[2]}, width x{args.width}")
     results = {}
     for tiled in (False, True):
-        seconds, peak_mb, _ = results[tiled] = run(args, tiled)
+        seconds, cpu_seconds, peak_mb, _ = results[tiled] = run(args, tiled)
         name = f"tiled {args.tile}/{args.stride}" if tiled else "untiled"
-        print(f"{name:>16}: encode {seconds:7.2f} s   peak memory above the model {peak_mb:8.1f} MB")
-    ref, tiled_z = results[False][2], results[True][2]
-    print(f"tiled / untiled: time x{results[True][0] / results[False][0]:.2f}, memory "
-          f"x{results[True][1] / results[False][1]:.2f}; latents max |diff| "
-          f"{abs(tiled_z - ref).max():.3g} (max |latent| {abs(ref).max():.3g})")
+        print(f"{name:>16}: encode {seconds:7.2f} s wall, {cpu_seconds:7.2f} s CPU   peak memory "
+              f"above the model {peak_mb:8.1f} MB")
+    untiled, tiled = results[False], results[True]
+    print(f"tiled / untiled: CPU time x{tiled[1] / untiled[1]:.2f}, memory x{tiled[2] / untiled[2]:.2f}; "
+          f"latents max |diff| {abs(tiled[3] - untiled[3]).max():.3g} "
+          f"(max |latent| {abs(untiled[3]).max():.3g})")
 
 
 if __name__ == "__main__":
