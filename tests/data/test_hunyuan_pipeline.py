@@ -125,6 +125,19 @@ def test_the_llama_cut_starts_where_the_closing_eot_token_is_lost(encoder, caplo
     assert "the first 256 of its 257 Llama tokens" in caplog.records[1].getMessage()
 
 
+def test_bf16_weights_give_close_conditioning(tiny_hunyuan_pipeline, encoder):
+    """The dtype option (bf16 on GPUs; here on CPU): weights in bf16, rows returned in fp32."""
+    half, vae = load_pipeline(tiny_hunyuan_pipeline, dtype=torch.bfloat16)
+    assert next(half.llama.parameters()).dtype == next(half.clip.parameters()).dtype == torch.bfloat16
+    assert next(vae.vae.parameters()).dtype == torch.bfloat16
+    assert half.spec()["dtype"] == "bfloat16"
+    got, ref = half.encode(PROMPTS[:3]), encoder.encode(PROMPTS[:3])
+    assert got.tokens.dtype == got.pooled.dtype == torch.float32
+    assert torch.equal(got.mask, ref.mask)
+    for i in range(3):
+        assert (got.valid(i) - ref.valid(i)).abs().max() <= 0.05 * ref.valid(i).abs().max()
+
+
 def test_spec_rebuilds_the_same_encoder(encoder):
     spec = encoder.spec()
     assert spec["kind"] == "hunyuan-video"
@@ -163,6 +176,16 @@ def test_build_pipeline_stores_what_encode_prompt_gives(synth_dir, tmp_path, tin
     ref_tokens, ref_pooled = encode_prompt(diffusers_pipe, [""])
     assert (empty_tokens - ref_tokens[0]).abs().max() <= ATOL
     assert (empty_pooled - ref_pooled[0]).abs().max() <= ATOL
+
+
+def test_build_takes_a_part_given_separately_over_the_pipelines(synth_dir, tmp_path, tiny_hunyuan_pipeline):
+    out = tmp_path / "ds"
+    args = ["build", str(_manifest(synth_dir, tmp_path, 1)), str(out), "--pipeline", str(tiny_hunyuan_pipeline),
+            "--text-encoder", "tiny", "--model", "tiny", "--area", "1024"]
+    assert shards_main(args) == 0  # tiny: 4 latent channels as the pipeline's VAE, 32/16 text
+    info = DatasetInfo.read(out)
+    assert info.text_encoder["kind"] == "tiny"
+    assert info.vae["path"] == str(tiny_hunyuan_pipeline / "vae")
 
 
 @pytest.mark.parametrize(("model", "extra", "named"), [
