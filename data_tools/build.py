@@ -12,6 +12,12 @@ Devices: under torchrun each rank encodes on its own GPU (``--device cuda`` mean
 ``cuda:LOCAL_RANK``, ``rank_device``). Worker processes (``--workers > 1``) are *spawned*, never
 forked (a forked child cannot use CUDA once the parent touched it), and each builds its own
 encoders on the rank's device.
+
+Encoders: ``--pipeline DIR`` loads the VAE and text encoders of a diffusers pipeline folder
+(``lct_train.data.pipeline_dir``); ``--vae`` / ``--text-encoder`` give a part separately (and
+override the pipeline's). ``--dtype`` is their weights' dtype (``auto``: bf16 on CUDA, fp32 on
+CPU). ``--model`` checks them against the model the shards are for before anything is encoded
+or written (``model_fit``).
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ import torch
 from tqdm import tqdm
 
 from data_tools.manifest import PLACEHOLDER, SceneEntry, placeholder_prompts, read_manifest
+from data_tools.model_fit import check_model_fit, read_model
 from data_tools.scene_encoder import FrameSpec, encode_prompts, encode_scene_entry
 from data_tools.shard_writer import ChunkWriter, remove_chunk
+from lct_train.core.dtypes import dtype_of
 from lct_train.data.codecs import build_codec
 from lct_train.data.schema import CHECKSUM_KIND, SHARDS_DIR, DatasetInfo, save_empty_prompt
 from lct_train.data.text_encoders import build_text_encoder
@@ -42,14 +50,17 @@ WORKER_START_METHOD = "spawn"
 # = the frames diffusers' HunyuanVideo VAE holds at once when it encodes a long shot in temporal
 # tiles (tile_sample_min_num_frames): a batched call never holds more than a tiled long shot
 DEFAULT_ENCODE_FRAMES = 16
+DEFAULT_VAE = "pixel:2"
+DEFAULT_TEXT_ENCODER = "minilm"
+ENCODER_DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
 class BuildConfig:
     manifest: str
     out: str
-    vae: str = "pixel:2"
-    text_encoder: str = "minilm"
+    vae: str | None = None  # None: the pipeline's vae/, else DEFAULT_VAE
+    text_encoder: str | None = None  # None: the pipeline's text encoders, else DEFAULT_TEXT_ENCODER
     fps: float = 8.0
     area: int = 64 * 64
     patch: int = 2  # model spatial patch: sizes are multiples of spatial_factor * patch
@@ -60,11 +71,31 @@ class BuildConfig:
     device: str = "cpu"
     allow_placeholder_prompts: bool = False  # build scenes whose prompts are split's TODOs
     encode_frames: int = DEFAULT_ENCODE_FRAMES  # most frames per VAE call (a longer shot: alone)
+    pipeline: str | None = None  # diffusers pipeline folder: its VAE and text encoders
+    model: str | None = None  # preset name or export folder the encoders must fit
+    dtype: str = "auto"  # VAE and text encoder weights (auto: bf16 on CUDA, fp32 on CPU)
 
     def __post_init__(self):
         if self.encode_frames < 1:
             raise ValueError(f"--encode-frames (encode_frames) must be a frame count >= 1, "
                              f"got {self.encode_frames}")
+        if self.dtype not in ENCODER_DTYPES:
+            raise ValueError(f"--dtype (dtype) must be one of {', '.join(ENCODER_DTYPES)}, got {self.dtype!r}")
+
+    def encoder_dtype(self):
+        if self.dtype == "auto":
+            return dtype_of("bf16" if self.device.startswith("cuda") else "fp32")
+        return dtype_of(self.dtype)
+
+    def encoder_names(self) -> tuple[str, str]:
+        """How the codec and the text encoder were given (for messages)."""
+        def named(flag: str, value: str | None, default: str, part: str) -> str:
+            if value:
+                return f"{flag} {value}"
+            return f"--pipeline {self.pipeline} ({part})" if self.pipeline else f"{flag} {default}"
+
+        return (named("--vae", self.vae, DEFAULT_VAE, "vae/"),
+                named("--text-encoder", self.text_encoder, DEFAULT_TEXT_ENCODER, "text encoders"))
 
 
 def _dist() -> tuple[int, int]:
@@ -87,7 +118,20 @@ def worker_context():
 
 
 def _encoders(cfg: BuildConfig):
-    return build_codec(cfg.vae, device=cfg.device), build_text_encoder(cfg.text_encoder)
+    """(codec, text encoder) on ``cfg.device`` in ``cfg.encoder_dtype()``."""
+    dtype = cfg.encoder_dtype()
+    text_encoder = codec = None
+    if cfg.pipeline:
+        from lct_train.data.pipeline_dir import load_pipeline
+
+        text_encoder, codec = load_pipeline(cfg.pipeline, device=cfg.device, dtype=dtype,
+                                            text_encoder=cfg.text_encoder is None, codec=cfg.vae is None)
+    if codec is None:
+        codec = build_codec(cfg.vae or DEFAULT_VAE, device=cfg.device, dtype=dtype)
+    if text_encoder is None:
+        text_encoder = build_text_encoder(cfg.text_encoder or DEFAULT_TEXT_ENCODER, device=cfg.device,
+                                          dtype=dtype)
+    return codec, text_encoder
 
 
 def write_dataset_info(cfg: BuildConfig, codec, text_encoder) -> DatasetInfo:
@@ -171,9 +215,14 @@ def build(cfg: BuildConfig) -> dict:
     scenes = read_manifest(cfg.manifest)
     if not cfg.allow_placeholder_prompts:
         refuse_placeholders(cfg.manifest, scenes)
+    workers = max(1, cfg.workers)
+    # rank 0 needs the encoders for dataset.json, --model for its check; one process reuses them
+    encoders = _encoders(cfg) if rank == 0 or workers == 1 or cfg.model else None
+    if cfg.model:
+        check_model_fit(read_model(cfg.model), cfg.model, encoders[0], cfg.encoder_names()[0],
+                        encoders[1], cfg.encoder_names()[1], cfg.patch)
     shard_dir = Path(cfg.out) / SHARDS_DIR
     (shard_dir / DONE_DIR).mkdir(parents=True, exist_ok=True)
-    workers = max(1, cfg.workers)
     slots = world * workers
     n_chunks = -(-len(scenes) // cfg.scenes_per_shard)
     mine: list[list[tuple[int, list[SceneEntry]]]] = [[] for _ in range(workers)]
@@ -187,12 +236,10 @@ def build(cfg: BuildConfig) -> dict:
         mine[c % slots % workers].append((c, scenes[c * cfg.scenes_per_shard : (c + 1) * cfg.scenes_per_shard]))
     todo = sum(len(s) for w in mine for _, s in w)
     logger.info("rank %d/%d: %d chunks to build, %d already done", rank, world, sum(map(len, mine)), skipped)
-    # rank 0 needs the encoders for dataset.json; a single-process build reuses them
-    encoders = _encoders(cfg) if rank == 0 or workers == 1 else None
     if rank == 0:
         write_dataset_info(cfg, *encoders)
-        if workers > 1:
-            encoders = None  # the worker processes build their own
+    if workers > 1:
+        encoders = None  # the worker processes build their own
     start = time.perf_counter()
     if workers == 1:
         codec, text_encoder = encoders

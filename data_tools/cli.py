@@ -7,12 +7,21 @@ import json
 import logging
 import sys
 
-from data_tools.build import DEFAULT_ENCODE_FRAMES, BuildConfig, build
+from data_tools.build import (
+    DEFAULT_ENCODE_FRAMES,
+    DEFAULT_TEXT_ENCODER,
+    DEFAULT_VAE,
+    ENCODER_DTYPES,
+    BuildConfig,
+    build,
+)
 from data_tools.inspect_shards import format_summary, inspect_dataset, verify_dataset
 from data_tools.split import DEFAULT_THRESHOLD, split_video
 from data_tools.synth import SynthConfig, write_synth
+from lct_train.data.codecs import CODEC_HELP
 from lct_train.data.config import DEFAULT_MAX_SHOTS
 from lct_train.data.schema import DEFAULT_MAX_LATENT_ABS
+from lct_train.data.text_encoders import TEXT_ENCODER_HELP
 
 ERROR_STATUS = 2
 # Help of the synth options (one per SynthConfig field).
@@ -49,8 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     b = _sub(sub, "build", "encode a JSONL scene manifest into webdataset scene shards")
     b.add_argument("manifest", help="JSONL manifest, one scene per line (see README: Data)")
     b.add_argument("out", help="dataset directory (shards/, dataset.json, empty_prompt.safetensors)")
-    b.add_argument("--vae", default="pixel:2", help="pixel[:F] | tiny-hunyuan | hunyuan:PATH")
-    b.add_argument("--text-encoder", default="minilm", help="minilm | tiny | hf:PATH")
+    b.add_argument("--pipeline", metavar="DIR",
+                   help="diffusers pipeline folder (model_index.json; HunyuanVideoPipeline): its "
+                        "vae/ as the VAE and its text_encoder/ + tokenizer/ (Llama) and "
+                        "text_encoder_2/ + tokenizer_2/ (CLIP-L) as HunyuanVideo's text encoders, "
+                        "exactly as diffusers' encode_prompt; --vae / --text-encoder override a part")
+    b.add_argument("--vae", help=CODEC_HELP + f"; None: {DEFAULT_VAE}, or the --pipeline's vae/")
+    b.add_argument("--text-encoder",
+                   help=TEXT_ENCODER_HELP + f"; None: {DEFAULT_TEXT_ENCODER}, or the --pipeline's")
+    b.add_argument("--dtype", choices=ENCODER_DTYPES, default="auto",
+                   help="weights of the VAE and HunyuanVideo text encoders: auto = bf16 on CUDA, "
+                        "fp32 on CPU (latents and text are stored in fp32)")
+    b.add_argument("--model", metavar="NAME_OR_EXPORT_DIR",
+                   help="model the shards are for: a conf/model preset (hunyuan-video, tiny, ...) or "
+                        "an export folder with config.json; the encoders' latent channels, text and "
+                        "pooled widths and --patch are checked against it before anything is encoded")
     b.add_argument("--fps", type=float, default=8.0, help="frames sampled per second of video")
     b.add_argument("--area", type=int, default=64 * 64,
                    help="target pixel area per frame, aspect kept (paper: 230400 = 480x480)")
@@ -110,7 +132,8 @@ def _run(args) -> int:
     if args.cmd == "build":
         cfg = BuildConfig(args.manifest, args.out, args.vae, args.text_encoder, args.fps, args.area,
                           args.patch, args.max_frames, args.scenes_per_shard, args.shard_size_mb,
-                          args.workers, args.device, args.allow_placeholder_prompts, args.encode_frames)
+                          args.workers, args.device, args.allow_placeholder_prompts, args.encode_frames,
+                          args.pipeline, args.model, args.dtype)
         print(json.dumps(build(cfg)))
     elif args.cmd == "split":
         scenes = split_video(args.video, args.out_manifest, max_shots=args.max_shots,

@@ -25,3 +25,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hunyuan_pipeline(tmp_path_factory):
+    """A tiny random HunyuanVideo pipeline folder in the diffusers layout (tests/tiny_pipelines.py),
+    built once per session. Read-only: copy it (shutil.copytree) before damaging it."""
+    from tests.tiny_pipelines import save_tiny_hunyuan_pipeline
+
+    return save_tiny_hunyuan_pipeline(tmp_path_factory.mktemp("tiny_hunyuan") / "pipeline")

@@ -66,7 +66,9 @@ def test_local_path_encoders_roundtrip(tmp_path):
     AutoencoderKLHunyuanVideo(**TINY_HUNYUAN_CONFIG).save_pretrained(vae_dir)
     codec = HunyuanVideoCodec(str(vae_dir))
     assert codec.latent_channels == TINY_HUNYUAN_CONFIG["latent_channels"]
-    assert build_codec(f"hunyuan:{vae_dir}").spec() == {"kind": "hunyuan", "path": str(vae_dir)}
+    assert build_codec(f"hunyuan:{vae_dir}").spec() == {"kind": "hunyuan", "path": str(vae_dir), "tiling": True}
+    assert codec.vae.use_tiling  # a real VAE: diffusers' spatial tiling on by default
+    assert not build_codec({"kind": "hunyuan", "path": str(vae_dir), "tiling": False}).vae.use_tiling
 
     BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(text_dir)
@@ -101,3 +103,28 @@ def test_tiny_hunyuan_encode_batch_matches_per_shot():
         for z, x in zip(batched, shots, strict=True):
             torch.testing.assert_close(z, codec.encode(x), rtol=1e-4, atol=1e-5)
         assert not torch.allclose(batched[0], batched[1])  # each shot its own latent
+
+
+# diffusers' own bound for this VAE's tiling (tests/models/autoencoders/
+# test_models_autoencoder_hunyuan_video.py::test_enable_disable_tiling: max difference < 0.5)
+VAE_TILING_TOLERANCE = 0.5
+SMALL_TILES = dict(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16,
+                   tile_sample_stride_width=16, tile_sample_min_num_frames=4, tile_sample_stride_num_frames=4)
+
+
+def test_tiled_vae_is_within_the_tiling_tolerance_of_untiled():
+    """Small tiles on a 9 x 48 x 48 shot: 3 x 3 spatial tiles and 2 temporal tiles. The random
+    VAE is not trained to agree across tiles, so the bound is diffusers' own; a constant shot,
+    the same in every tile, must come out the same (the tiles are put back in their places)."""
+    from lct_train.data.codecs import HunyuanVideoCodec
+
+    codec = HunyuanVideoCodec(tiling=False)
+    assert not codec.vae.use_tiling  # the tiny random VAE: off unless asked
+    shots = torch.stack([torch.rand(9, 3, 48, 48) * 2 - 1, torch.full((9, 3, 48, 48), 0.3)])
+    untiled = codec.encode_batch(shots)
+    codec.vae.enable_tiling(**SMALL_TILES)
+    tiled = codec.encode_batch(shots)
+    assert tiled[0].shape == untiled[0].shape == (4, 3, 6, 6)
+    diff = (tiled[0] - untiled[0]).abs().max()
+    assert 0 < diff < VAE_TILING_TOLERANCE  # the tiled path ran, within the bound
+    assert (tiled[1] - untiled[1]).abs().max() < 1e-5

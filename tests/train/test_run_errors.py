@@ -49,6 +49,22 @@ def test_bad_data_paths_name_the_source(train, tmp_path, sources, dataset, case,
     assert not run.exists()
 
 
+@pytest.mark.parametrize(("override", "line"), [
+    ("model.text_dim=48", "model.text_dim: is 48 but the data (DATA) has 32"),
+    ("model.latent_channels=16", "model.latent_channels: is 16 but the data (DATA) has 12"),
+])
+def test_a_shard_set_of_other_encoders_is_one_line_naming_both_sides(train, tmp_path, dataset,
+                                                                     override, line):
+    """Issue 19: the training start against an incompatible set stays one line (the build side
+    refuses earlier with lct-shards build --model: tests/data/test_hunyuan_pipeline.py)."""
+    run = tmp_path / "run"
+    status, err = train(f"run_dir={run}", "data_source=shards", *DATA_GEOMETRY, override,
+                        f"data.sources=[{{path: {dataset}}}]", "data.num_workers=0")
+    assert status == 2
+    assert one_line(err) == f"lct-train: config error: {line.replace('DATA', str(dataset))}"
+    assert not run.exists()
+
+
 @pytest.mark.parametrize(("overrides", "start"), [
     (["resume=/nowhere/step-00000010"], "resume: /nowhere/step-00000010 is not a training "
                                         "checkpoint"),

@@ -208,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("import-diffusers", help="diffusers HunyuanVideo transformer -> LCT export")
-    p.add_argument("source", help="diffusers transformer directory (or pipeline directory)")
+    p.add_argument("source", help="diffusers HunyuanVideoTransformer3DModel folder, or a "
+                   "HunyuanVideoPipeline folder (model_index.json; its transformer/ is imported, "
+                   "the folder lct-shards build --pipeline reads)")
     _add_output_args(p)
     p.add_argument(
         "--base-config", help="ModelConfig YAML/JSON for non-diffusers fields (dummy_grid)"

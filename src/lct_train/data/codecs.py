@@ -8,7 +8,10 @@ call (a list of ``[T, 3, H, W]`` or ``[B, T, 3, H, W]``) and returns one latent 
 - :class:`PixelCodec`: space-to-depth of the frames themselves (factor 2 -> 12 channels),
   temporal factor 1, exactly invertible: generated latents decode to recognisable frames.
 - :class:`HunyuanVideoCodec`: a diffusers ``AutoencoderKLHunyuanVideo`` from a local path, or
-  tiny random weights built from config (tests, offline).
+  tiny random weights built from config (tests, offline). A VAE loaded from a path runs with
+  diffusers' spatial tiling on (``enable_tiling``: 256-pixel tiles, stride 192) besides its
+  temporal tiling (16 frames, stride 12, always on), as diffusers' HunyuanVideo examples do: a
+  480p shot then never holds the whole frame's activations at once.
 
 ``build_codec(spec)`` rebuilds a codec from the ``spec()`` dict stored in ``dataset.json``.
 """
@@ -21,6 +24,9 @@ import torch
 from einops import rearrange
 
 RGB = 3
+CODEC_HELP = ("pixel[:F] (space-to-depth, factor F) | tiny-hunyuan (random, tests) | hunyuan:PATH "
+              "(a diffusers AutoencoderKLHunyuanVideo folder, e.g. a pipeline's vae/; spatial and "
+              "temporal tiling on)")
 TINY_HUNYUAN_SEED = 0
 TINY_HUNYUAN_CONFIG = dict(
     latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
@@ -98,16 +104,21 @@ class HunyuanVideoCodec:
     image_frame = "first"
 
     def __init__(self, path: str | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 sample: bool = False):
+                 sample: bool = False, tiling: bool | None = None):
         from diffusers import AutoencoderKLHunyuanVideo
 
         if path is None:
             torch.manual_seed(TINY_HUNYUAN_SEED)
             self.vae = AutoencoderKLHunyuanVideo(**TINY_HUNYUAN_CONFIG)
+            if dtype != torch.float32:  # built in fp32
+                self.vae = self.vae.to(dtype)
         else:
-            self.vae = AutoencoderKLHunyuanVideo.from_pretrained(path, local_files_only=True)
+            self.vae = AutoencoderKLHunyuanVideo.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
         self.path, self.sample = path, sample
-        self.vae = self.vae.to(device=device, dtype=dtype).eval()
+        self.tiling = path is not None if tiling is None else tiling  # on for a real VAE
+        if self.tiling:
+            self.vae.enable_tiling()
+        self.vae = self.vae.to(device).eval()
         cfg = self.vae.config
         self.latent_channels = int(cfg.latent_channels)
         self.temporal_factor = int(cfg.temporal_compression_ratio)
@@ -115,7 +126,7 @@ class HunyuanVideoCodec:
         self.scaling_factor = float(cfg.scaling_factor)
 
     def spec(self) -> dict:
-        return {"kind": "hunyuan", "path": self.path}
+        return {"kind": "hunyuan", "path": self.path, "tiling": self.tiling}
 
     def valid_frames(self, n: int) -> int:
         """Largest ``1 + k * temporal_factor`` not above ``n``."""
@@ -163,7 +174,9 @@ def build_codec(spec: dict | str, **kwargs) -> PixelCodec | HunyuanVideoCodec:
             spec = {"kind": "hunyuan", "path": None}
     kind = spec.get("kind")
     if kind == "pixel":
-        return PixelCodec(int(spec.get("factor", 2)))
+        return PixelCodec(int(spec.get("factor", 2)))  # exact: no device or dtype
     if kind == "hunyuan":
+        if "tiling" in spec:
+            kwargs.setdefault("tiling", spec["tiling"])
         return HunyuanVideoCodec(spec.get("path"), **kwargs)
     raise ValueError(f"unknown codec {spec!r}: use pixel[:F], tiny-hunyuan or hunyuan:PATH")

@@ -4,7 +4,9 @@
   (384-d tokens, mean-pooled + L2-normalised sentence vector, as sentence-transformers does);
 - :class:`HFTextEncoder`: any transformers encoder from a local directory (encoder-decoder
   models use their encoder), mean-pooled;
-- :class:`TinyTextEncoder`: byte tokens and seeded random weights, for tests.
+- :class:`TinyTextEncoder`: byte tokens and seeded random weights, for tests;
+- ``hunyuan-video``: HunyuanVideo's Llama + CLIP-L encoders exactly as diffusers'
+  ``encode_prompt`` (``hunyuan_text``), from a pipeline folder (``pipeline_dir``).
 
 ``build_text_encoder(spec)`` rebuilds one from the ``spec()`` dict stored in ``dataset.json``.
 """
@@ -111,19 +113,34 @@ class TinyTextEncoder:
         return TextBatch(tokens, mask, masked_mean(tokens, mask) @ self.pool_proj)
 
 
-def build_text_encoder(spec: dict | str, **kwargs):
-    """From a ``spec()`` dict or a CLI string: ``minilm``, ``tiny``, ``hf:PATH``."""
+TEXT_ENCODER_KINDS = ("minilm", "tiny", "hf:PATH", "hunyuan-video:DIR")
+TEXT_ENCODER_HELP = ("minilm (all-MiniLM-L6-v2, 384-d) | tiny (random, tests) | hf:PATH (a "
+                     "transformers encoder folder with its tokenizer, mean-pooled) | "
+                     "hunyuan-video:DIR (HunyuanVideo's Llama + CLIP-L as diffusers' encode_prompt, "
+                     "from a folder holding text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/ "
+                     "as a pipeline does)")
+
+
+def build_text_encoder(spec: dict | str, *, device: str = "cpu", dtype: torch.dtype | None = None):
+    """From a ``spec()`` dict or a CLI string (``TEXT_ENCODER_KINDS``). ``device`` places the
+    model; ``dtype`` (``hunyuan-video`` only; default: the spec's, else fp32) its weights."""
     if isinstance(spec, str):
         kind, _, arg = spec.partition(":")
-        spec = {"kind": kind, "path": arg} if kind == "hf" else {"kind": kind}
+        spec = {"kind": kind, "path": arg} if kind in ("hf", "hunyuan-video") else {"kind": kind}
     kind = spec.get("kind")
-    opts = {k: v for k, v in spec.items() if k not in ("kind", "path")}
+    opts = {k: v for k, v in spec.items() if k not in ("kind", "path", "dtype")}
     if kind == "minilm":
-        return MiniLMTextEncoder(**opts, **kwargs)
+        return MiniLMTextEncoder(**opts, device=device)
     if kind == "tiny":
         return TinyTextEncoder(**opts)
+    if kind in ("hf", "hunyuan-video") and not spec.get("path"):
+        raise ValueError(f"text encoder {kind}:PATH needs a local folder")
     if kind == "hf":
-        if not spec.get("path"):
-            raise ValueError("text encoder hf:PATH needs a local model directory")
-        return HFTextEncoder(spec["path"], **opts, **kwargs)
-    raise ValueError(f"unknown text encoder {spec!r}: use minilm, tiny or hf:PATH")
+        return HFTextEncoder(spec["path"], **opts, device=device)
+    if kind == "hunyuan-video":
+        from lct_train.core.dtypes import dtype_of
+        from lct_train.data.pipeline_dir import load_text_encoder
+
+        dtype = dtype or dtype_of(spec.get("dtype", "float32"))
+        return load_text_encoder(spec["path"], device=device, dtype=dtype, **opts)
+    raise ValueError(f"unknown text encoder {spec!r}: use {', '.join(TEXT_ENCODER_KINDS)}")

@@ -40,7 +40,9 @@ from pathlib import Path
 from lct_train.core import exits
 from lct_train.core.dtypes import SAMPLE_DTYPES, dtype_of
 from lct_train.core.errors import ConfigError
+from lct_train.data.codecs import CODEC_HELP
 from lct_train.data.schema import shot_prompt
+from lct_train.data.text_encoders import TEXT_ENCODER_HELP
 from lct_train.model.layout import MASKS
 from lct_train.sample import scene_file
 from lct_train.sample.checkpoint_io import WEIGHT_SETS, CheckpointError, load_model
@@ -61,8 +63,8 @@ from lct_train.sample.sampler import SamplingError, SamplingSettings
 from lct_train.sample.scene_file import SceneFileError, ShotSize, load_scene_file
 from lct_train.sample.writers import DEFAULT_FPS
 
-MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "codec", "text_encoder", "device", "dtype",
-                 "fps")
+MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "pipeline", "codec", "text_encoder", "device",
+                 "dtype", "fps")
 SAMPLING_OPTIONS = ("steps", "guidance", "embedded_guidance", "t_c", "shift")
 SAMPLING_DEFAULTS = asdict(SamplingSettings())  # one source: the SamplingSettings defaults
 MODEL_DEFAULTS = {"device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS}
@@ -92,8 +94,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask", choices=MASKS,
                    help="attention mask the model was trained with (DCP: read from lct_meta)")
     g.add_argument("--window", type=int, help="most shots per forward (default: checkpoint/9)")
-    g.add_argument("--codec", help="pixel[:F] | tiny-hunyuan | hunyuan:PATH")
-    g.add_argument("--text-encoder", dest="text_encoder", help="minilm | tiny | hf:PATH")
+    g.add_argument("--pipeline", metavar="DIR",
+                   help="diffusers HunyuanVideoPipeline folder (model_index.json): its vae/ as the "
+                        "codec and its Llama + CLIP-L text encoders (as diffusers' encode_prompt), "
+                        "in the model's --dtype; --codec / --text-encoder override a part")
+    g.add_argument("--codec", help=CODEC_HELP)
+    g.add_argument("--text-encoder", dest="text_encoder", help=TEXT_ENCODER_HELP)
     g.add_argument("--device", help="cpu | cuda (default cpu)")
     g.add_argument("--dtype", choices=sorted(SAMPLE_DTYPES), help="model dtype (default float32)")
     g.add_argument("--fps", type=int, help=f"mp4 frame rate (default {DEFAULT_FPS})")
@@ -190,7 +196,8 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
     from lct_train.data.codecs import build_codec
     from lct_train.data.text_encoders import build_text_encoder
 
-    missing = [f"--{k.replace('_', '-')}" for k in ("ckpt", "codec", "text_encoder") if not opts[k]]
+    needed = ("ckpt",) if opts.get("pipeline") else ("ckpt", "codec", "text_encoder")
+    missing = [f"--{k.replace('_', '-')}" for k in needed if not opts[k]]
     if missing:
         raise SamplingError(f"missing {', '.join(missing)} (give it, or init the pool with it)")
     device = opts["device"]
@@ -201,18 +208,35 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
     if sp_degree < 1 or loaded.config.num_heads % sp_degree:
         raise SamplingError(f"--sp {sp_degree} does not divide the model's "
                             f"{loaded.config.num_heads} attention heads")
+    text_encoder, codec = _pipeline_parts(opts, device)
     try:
-        prompts = PromptEncoder(build_text_encoder(opts["text_encoder"]), loaded.config)
+        prompts = PromptEncoder(text_encoder or build_text_encoder(opts["text_encoder"], device=device),
+                                loaded.config)
     except (ValueError, OSError) as exc:  # an unknown spec, or a width the model cannot take
-        raise SamplingError(f"--text-encoder {opts['text_encoder']}: {exc}") from exc
+        given = f"--text-encoder {opts['text_encoder']}" if opts["text_encoder"] else f"--pipeline {opts['pipeline']}"
+        raise SamplingError(f"{given}: {exc}") from exc
     try:
-        codec = build_codec(opts["codec"], device=device)
+        codec = codec or build_codec(opts["codec"], device=device)
     except (ValueError, OSError) as exc:
         raise SamplingError(f"--codec {opts['codec']}: {exc}") from exc
     sp = _start_sp(sp_degree, opts["device"]).sp if sp_degree > 1 else None
     writes = sp is None or sp.rank == 0
     return Toolkit(loaded, codec, prompts, progress=progress and writes, fps=int(opts["fps"]),
                    sp=sp, writes=writes)
+
+
+def _pipeline_parts(opts: dict, device: str):
+    """(text encoder, codec) of ``--pipeline`` in the model's dtype, ``None`` for a part given
+    with ``--text-encoder`` / ``--codec`` (or when there is no pipeline)."""
+    if not opts.get("pipeline"):
+        return None, None
+    from lct_train.data.pipeline_dir import load_pipeline
+
+    try:
+        return load_pipeline(opts["pipeline"], device=device, dtype=dtype_of(opts["dtype"]),
+                             text_encoder=not opts["text_encoder"], codec=not opts["codec"])
+    except (ValueError, OSError) as exc:
+        raise SamplingError(str(exc)) from exc
 
 
 def _cmd_scene(args) -> None:

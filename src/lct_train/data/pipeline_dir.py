@@ -1,0 +1,173 @@
+"""A diffusers pipeline folder (``model_index.json`` + one sub-folder per part) -> the text
+encoder and the codec, loaded as diffusers loads them: each part with the library and class
+``model_index.json`` names, from its own sub-folder, offline.
+
+Supported: ``HunyuanVideoPipeline`` (``vae/``: AutoencoderKLHunyuanVideo; ``text_encoder/`` +
+``tokenizer/``: Llama; ``text_encoder_2/`` + ``tokenizer_2/``: CLIP-L). One fix over diffusers:
+transformers 5's ``LlamaTokenizer(Fast)`` replaces the byte-level pre-tokenizer of a Llama 3
+``tokenizer.json`` (HunyuanVideo's) with a SentencePiece one and so changes the tokens
+(transformers issue 45488); such a tokenizer is loaded as ``PreTrainedTokenizerFast``, which keeps
+``tokenizer.json`` as written (the tokens transformers 4 and the source model use).
+
+Every failure is one line (:class:`PipelineDirError`, a ``ValueError``) naming the folder or part.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+MODEL_INDEX = "model_index.json"
+HUNYUAN_PIPELINE = "HunyuanVideoPipeline"
+HUNYUAN_VAE = "AutoencoderKLHunyuanVideo"
+# the parts of a HunyuanVideo folder and their classes when there is no model_index.json
+HUNYUAN_TEXT_PARTS = {
+    "text_encoder": ("transformers", "LlamaModel"),
+    "tokenizer": ("transformers", "PreTrainedTokenizerFast"),
+    "text_encoder_2": ("transformers", "CLIPTextModel"),
+    "tokenizer_2": ("transformers", "CLIPTokenizer"),
+}
+TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+LIBRARIES = ("diffusers", "transformers")
+BYTE_LEVEL_FILE = "tokenizer.json"
+
+
+class PipelineDirError(ValueError):
+    """A pipeline folder that cannot be used (one line, naming the folder or part)."""
+
+
+def read_model_index(root: str | Path, flag: str = "--pipeline") -> dict:
+    """``root/model_index.json`` of a ``HunyuanVideoPipeline``; another family is refused."""
+    root = Path(root)
+    file = root / MODEL_INDEX
+    if not root.is_dir():
+        raise PipelineDirError(f"{flag} {root}: no such folder")
+    if not file.is_file():
+        raise PipelineDirError(f"{flag} {root}: not a diffusers pipeline folder (no {MODEL_INDEX})")
+    try:
+        index = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineDirError(f"{file} is not valid JSON: {exc}") from None
+    name = index.get("_class_name") if isinstance(index, dict) else None
+    if name != HUNYUAN_PIPELINE:
+        raise PipelineDirError(f"{file}: a diffusers {name} folder is not supported yet by {flag} "
+                               f"(it loads {HUNYUAN_PIPELINE} only)")
+    return index
+
+
+def _part_class(root: Path, index: dict | None, part: str) -> tuple[str, str]:
+    if index is None:
+        return HUNYUAN_TEXT_PARTS[part]
+    entry = index.get(part)
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
+        raise PipelineDirError(f"{root / MODEL_INDEX} names no {part} (got {entry!r})")
+    if entry[0] not in LIBRARIES:
+        raise PipelineDirError(f"{root / MODEL_INDEX}: {part} is a {entry[0]}.{entry[1]}; only "
+                               f"{' and '.join(LIBRARIES)} classes load offline here")
+    return entry[0], entry[1]
+
+
+def _part_dir(root: Path, index: dict | None, part: str) -> Path:
+    folder = root / part
+    if folder.is_dir():
+        return folder
+    encoder = next((enc for enc, tok in TOKENIZER_OF.items() if tok == part), None)
+    if encoder is not None and (root / encoder).is_dir():
+        raise PipelineDirError(f"{folder} is missing: the tokenizer of {root / encoder} must be "
+                               f"beside it, in {part}/")
+    named = " (model_index.json names it)" if index is not None else ""
+    raise PipelineDirError(f"{folder} is missing: a HunyuanVideo folder needs {part}/{named}")
+
+
+def _byte_level(folder: Path) -> bool:
+    file = folder / BYTE_LEVEL_FILE
+    if not file.is_file():
+        return False
+    pre = json.loads(file.read_text()).get("pre_tokenizer") or {}
+    return "ByteLevel" in json.dumps(pre)
+
+
+@contextmanager
+def _quiet_loading():
+    """No "Loading weights" progress bars of transformers (a CLI's stderr stays its own)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def load_part(root: str | Path, index: dict | None, part: str, dtype: torch.dtype | None = None):
+    """One part from ``root/part`` with its named class (``from_pretrained``, offline)."""
+    root = Path(root)
+    library, name = _part_class(root, index, part)
+    folder = _part_dir(root, index, part)
+    if name.startswith("LlamaTokenizer") and _byte_level(folder):
+        name = "PreTrainedTokenizerFast"  # see the module docstring: keeps Llama 3's tokens
+    cls = getattr(importlib.import_module(library), name, None)
+    if cls is None:
+        raise PipelineDirError(f"{root / MODEL_INDEX}: {part} names {library}.{name}, which this "
+                               f"{library} does not have")
+    kwargs = {"local_files_only": True}
+    if dtype is not None and library == "transformers" and not part.startswith("tokenizer"):
+        kwargs["dtype"] = dtype
+    try:
+        with _quiet_loading():
+            return cls.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineDirError(f"{folder}: cannot load {library}.{name}: {reason}") from None
+
+
+def load_text_encoder(root: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                      index: dict | None = None, flag: str = "--text-encoder hunyuan-video:", **opts):
+    """HunyuanVideo's Llama + CLIP text encoders of the folder ``root`` (a pipeline folder, or
+    one holding ``text_encoder/``, ``tokenizer/``, ``text_encoder_2/``, ``tokenizer_2/``)."""
+    from lct_train.core.dtypes import DTYPES
+    from lct_train.data.hunyuan_text import HunyuanVideoTextEncoder
+
+    root = Path(root)
+    if index is None and (root / MODEL_INDEX).is_file():
+        index = read_model_index(root, flag)
+    if not root.is_dir():
+        raise PipelineDirError(f"{flag}{root}: no such folder")
+    parts = {part: load_part(root, index, part, dtype) for part in HUNYUAN_TEXT_PARTS}
+    for part in TOKENIZER_OF:
+        parts[part] = parts[part].to(device)
+    dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
+    spec = {"kind": "hunyuan-video", "path": str(root), "dtype": dtype_name}
+    return HunyuanVideoTextEncoder(**parts, spec=spec, **opts)
+
+
+def load_codec(root: str | Path, index: dict, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """The ``vae/`` of a HunyuanVideo pipeline folder as a ``HunyuanVideoCodec`` (tiled)."""
+    from lct_train.data.codecs import HunyuanVideoCodec
+
+    root = Path(root)
+    library, name = _part_class(root, index, "vae")
+    if name != HUNYUAN_VAE:
+        raise PipelineDirError(f"{root / MODEL_INDEX}: vae is a {library}.{name}; a HunyuanVideo "
+                               f"pipeline's is {HUNYUAN_VAE}")
+    folder = _part_dir(root, index, "vae")
+    try:
+        return HunyuanVideoCodec(str(folder), device=device, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise PipelineDirError(f"{folder}: cannot load {name}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def load_pipeline(root: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  text_encoder: bool = True, codec: bool = True):
+    """``(text encoder, codec)`` of the pipeline folder ``root`` (``None`` for a part not asked
+    for: one given separately with ``--text-encoder`` / ``--vae``)."""
+    index = read_model_index(root)
+    enc = load_text_encoder(root, device=device, dtype=dtype, index=index, flag="--pipeline ") if text_encoder else None
+    vae = load_codec(root, index, device=device, dtype=dtype) if codec else None
+    return enc, vae
