@@ -16,17 +16,21 @@ from lct_train.core.checkpoint_layout import META_FILE, BadMetaError
 from lct_train.core.dtypes import CONVERT_DTYPES, dtype_of
 from lct_train.core.errors import ConversionError
 from lct_train.model.config import ModelConfig
+from lct_train.model.wan.config import FAMILY as WAN_FAMILY
+from lct_train.model.wan.config import WanConfig
 
 CONFIG_FILE = "config.json"
 EXPORT_INFO_FILE = "lct_export.json"  # provenance of an export (source, weights, mask, window)
 WEIGHTS_BASE = "model"  # model.safetensors / model-0000i-of-0000N.safetensors
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+def build_model(cfg: ModelConfig | WanConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The bare model of `cfg`'s family (`LCTModel`, or `WanModel` for a `WanConfig`)."""
     from lct_train.model.mmdit import LCTModel
+    from lct_train.model.wan.model import WanModel
 
     with torch.device(device):
-        return LCTModel(cfg)
+        return WanModel(cfg) if isinstance(cfg, WanConfig) else LCTModel(cfg)
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -35,9 +39,11 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def parse_model_config(data: dict, source: str) -> ModelConfig:
+def parse_model_config(data: dict, source: str) -> ModelConfig | WanConfig:
+    """A `ModelConfig`, or a `WanConfig` when ``family: wan``."""
+    config_type = WanConfig if data.get("family") == WAN_FAMILY else ModelConfig
     try:
-        return ModelConfig.from_dict(data)
+        return config_type.from_dict(data)
     except (TypeError, ValueError) as err:
         raise ConversionError(f"{source}: not a valid ModelConfig: {err}") from err
 
