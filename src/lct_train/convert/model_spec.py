@@ -15,8 +15,8 @@ import torch
 from lct_train.core.checkpoint_layout import META_FILE, BadMetaError
 from lct_train.core.dtypes import CONVERT_DTYPES, dtype_of
 from lct_train.core.errors import ConversionError
+from lct_train.model import family
 from lct_train.model.config import ModelConfig
-from lct_train.model.wan.config import FAMILY as WAN_FAMILY
 from lct_train.model.wan.config import WanConfig
 
 CONFIG_FILE = "config.json"
@@ -25,12 +25,8 @@ WEIGHTS_BASE = "model"  # model.safetensors / model-0000i-of-0000N.safetensors
 
 
 def build_model(cfg: ModelConfig | WanConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The bare model of `cfg`'s family (`LCTModel`, or `WanModel` for a `WanConfig`)."""
-    from lct_train.model.mmdit import LCTModel
-    from lct_train.model.wan.model import WanModel
-
-    with torch.device(device):
-        return WanModel(cfg) if isinstance(cfg, WanConfig) else LCTModel(cfg)
+    """The bare model of `cfg`'s family (`lct_train.model.family`)."""
+    return family.build_model(cfg, device)
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -40,10 +36,9 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def parse_model_config(data: dict, source: str) -> ModelConfig | WanConfig:
-    """A `ModelConfig`, or a `WanConfig` when ``family: wan``."""
-    config_type = WanConfig if data.get("family") == WAN_FAMILY else ModelConfig
+    """A `ModelConfig`, or a `WanConfig` when ``family: wan`` (`lct_train.model.family`)."""
     try:
-        return config_type.from_dict(data)
+        return family.config_from_dict(data)
     except (TypeError, ValueError) as err:
         raise ConversionError(f"{source}: not a valid ModelConfig: {err}") from err
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lct_train.model.attention import get_backend
+from lct_train.model.init import _embedder_normal
 from lct_train.model.layers import TimestepEmbedding, timestep_sinusoid
 from lct_train.model.rope import rope_cos_sin
 from lct_train.model.wan.blocks import MODULATION_CHUNKS, FP32LayerNorm, WanBlock, WanBlockContext
@@ -24,6 +25,10 @@ from lct_train.model.wan.kv_cache import WanKVCache
 from lct_train.model.wan.layout import WanMeta
 
 ROPE_FREQ_DTYPE = torch.float64  # diffusers builds Wan's RoPE table in float64, stores fp32
+
+
+def _table_normal(t: torch.Tensor, gen: torch.Generator | None) -> object:
+    return nn.init.normal_(t, std=t.shape[-1] ** -0.5, generator=gen)
 
 
 class WanTextProjection(nn.Module):
@@ -74,6 +79,16 @@ class WanModel(nn.Module):
         self.norm_out = FP32LayerNorm(dim, cfg.norm_eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, cfg.patch_dim)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def init_rules(self):
+        """Scratch initialisation beyond `lct_train.model.init`'s generic rules (Linear:
+        Xavier, embedders: N(0, 0.02), `proj_out`: 0), as Wan's own `init_weights`: the text
+        embedder like the timestep embedder, every modulation table N(0, 1/D) (its constructor's
+        draw)."""
+        tables = [self.scale_shift_table, *(b.scale_shift_table for b in self.blocks)]
+        text = self.condition_embedder.text_embedder
+        return [*((t, _table_normal) for t in tables),
+                *((lin.weight, _embedder_normal) for lin in (text.linear_1, text.linear_2))]
 
     def block_lists(self) -> tuple[nn.ModuleList, ...]:
         """The repeated blocks: the units ``parallelize`` wraps (AC, compile, FSDP)."""
