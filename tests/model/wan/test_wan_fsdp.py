@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from lct_train.model.init import init_weights
@@ -16,6 +17,7 @@ from tests.model.wan.fsdp_worker import BATCH, SEED, loss_of
 from tests.model.wan.wan_testutils import tiny_wan_config
 from tests.train.torchrun import LAUNCH_TIMEOUT_S, env
 
+pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 

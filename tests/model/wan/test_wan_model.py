@@ -134,3 +134,5 @@ def test_input_errors(model):
     other = meta_for(cfg.__class__(**{**cfg.to_dict(), "text_len": 30}), [BATCH[1]])
     with pytest.raises(ValueError, match="text_len=30"):
         run(model, other, video, text, t)
+    with pytest.raises(ValueError, match=r"\(rope_offsets, shot_gap\)=\('temporal', 8\)"):
+        run(model, meta_for(cfg, [BATCH[1]], shot_gap=8), video, text, t)

@@ -59,8 +59,8 @@ def tiny_wan_model(seed: int = 0, **overrides) -> WanModel:
 
 
 def meta_for(cfg: WanConfig, specs, mask: str = "bidirectional", **kwargs):
-    return build_wan_meta(specs, text_len=cfg.text_len, mask=mask, shot_gap=cfg.shot_gap,
-                          rope_offsets=cfg.rope_offsets, **kwargs)
+    settings = dict(text_len=cfg.text_len, shot_gap=cfg.shot_gap, rope_offsets=cfg.rope_offsets)
+    return build_wan_meta(specs, mask=mask, **{**settings, **kwargs})
 
 
 def random_wan_inputs(cfg: WanConfig, meta, seed: int = 0, dtype=torch.float32):

@@ -61,6 +61,8 @@ class WanMeta:
     cached_video: int = 0
     cached_text: int = 0
     shard: object | None = None  # sequence parallelism: not supported on this family yet
+    rope_offsets: str = "temporal"  # the RoPE settings the coordinates were built with
+    shot_gap: int = 4
 
     @property
     def num_groups(self) -> int:
@@ -235,5 +237,7 @@ def build_wan_meta(
         cached_groups=len(cached.groups),
         cached_video=cached_video,
         cached_text=cached_text,
+        rope_offsets=rope_offsets,
+        shot_gap=shot_gap,
     )
     return meta.to(device) if device is not None else meta

@@ -162,6 +162,10 @@ class WanModel(nn.Module):
         if meta.text_len != cfg.text_len:
             raise ValueError(f"WanModel: meta was built with text_len={meta.text_len}, the "
                              f"model has {cfg.text_len}")
+        built, ours = (meta.rope_offsets, meta.shot_gap), (cfg.rope_offsets, cfg.shot_gap)
+        if built != ours:
+            raise ValueError(f"WanModel: meta was built with (rope_offsets, shot_gap)={built}, "
+                             f"the model has {ours}")
         if meta.shard is not None:
             raise ValueError("WanModel: sequence parallelism is not supported on Wan yet")
         if kv_cache is not None:
