@@ -135,3 +135,14 @@ def test_base_config_supplies_the_lct_settings(pipeline_root, tmp_path):
     assert main(["import-diffusers", str(pipeline_root), str(out), "--base-config", str(base)]) == 0
     cfg = read_model_config(out)
     assert (cfg.shot_gap, cfg.rope_offsets, cfg.num_layers) == (8, "diagonal", 2)
+
+
+def test_verify_two_wan_exports_and_refuse_another_family(imported, tmp_path, capsys,
+                                                          tiny_diffusers_dir):
+    again = tmp_path / "init"
+    assert main(["init", str(imported), str(again), "--set", "shot_gap=8"]) == 0
+    assert read_model_config(again).shot_gap == 8  # an LCT setting: the outputs still agree
+    assert main(["verify", str(again), "--reference", str(imported)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["verify", str(imported), "--reference", str(tiny_diffusers_dir)]) == 1
+    assert "are different model families" in one_line(capsys.readouterr().err)
