@@ -17,8 +17,8 @@ MODULATION_CHUNKS = 6  # shift / scale / gate for self-attention, then for the F
 
 
 class WanBlockContext(BlockContext):
-    """`BlockContext` (RoPE, self-attention over `meta.attn`, KV cache) plus the windowed
-    cross-attention of a `WanMeta`."""
+    """`BlockContext` (RoPE, self-attention over `meta.attn`, KV cache, sequence parallelism)
+    plus the windowed cross-attention of a `WanMeta`."""
 
     __slots__ = ()
 
@@ -30,8 +30,14 @@ class WanBlockContext(BlockContext):
         if self.kv_cache is not None:
             k_text, v_text = self.kv_cache.update_text(layer, k[:-1], v[:-1])
             k, v = torch.cat([k_text, k[-1:]]), torch.cat([v_text, v[-1:]])
-        index = self.meta.window_index
-        return attend(self.backend, q, k[index], v[index], self.meta.cross_attn)
+        index, shard = self.meta.window_index, self.meta.shard
+
+        def windows(q, k, v):
+            return attend(self.backend, q, k[index], v[index], self.meta.cross_attn)
+
+        # Under sequence parallelism (``meta.shard``) the queries are this rank's video rows,
+        # the text rows are replicated: one all-to-all of q to heads, and back.
+        return windows(q, k, v) if shard is None else shard.attend_queries(windows, q, k, v)
 
 
 class FP32LayerNorm(nn.LayerNorm):

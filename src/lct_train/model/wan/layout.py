@@ -60,7 +60,10 @@ class WanMeta:
     cached_groups: int = 0  # KV cache: groups before this batch's groups (one scene)
     cached_video: int = 0
     cached_text: int = 0
-    shard: object | None = None  # sequence parallelism: not supported on this family yet
+    # Sequence parallelism: this rank's slice (`lct_train.parallel.wan_sp.shard_wan_meta`).
+    # When set, the per-token fields (and num_video) cover the slice only; the text rows, the
+    # intervals and the windows stay those of the whole batch.
+    shard: object | None = None
     rope_offsets: str = "temporal"  # the RoPE settings the coordinates were built with
     shot_gap: int = 4
 

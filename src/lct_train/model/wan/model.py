@@ -166,8 +166,9 @@ class WanModel(nn.Module):
         if built != ours:
             raise ValueError(f"WanModel: meta was built with (rope_offsets, shot_gap)={built}, "
                              f"the model has {ours}")
-        if meta.shard is not None:
-            raise ValueError("WanModel: sequence parallelism is not supported on Wan yet")
+        if meta.shard is not None and cfg.num_heads % meta.shard.sp.size:
+            raise ValueError(f"WanModel: sequence parallelism of {meta.shard.sp.size} ranks "
+                             f"needs num_heads={cfg.num_heads} divisible by it")
         if kv_cache is not None:
             if meta.mask != "causal":
                 raise ValueError("WanModel: a KV cache needs a context-causal batch")
