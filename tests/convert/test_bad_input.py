@@ -13,6 +13,7 @@ from lct_train.convert.cli import main
 from lct_train.convert.model_spec import read_model_config
 from lct_train.convert.verify import load_lct_model
 from lct_train.core.errors import ConversionError
+from tests.testutils import one_line
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRUNCATE_BYTES = 100
@@ -32,7 +33,7 @@ def _edit_weights(source, edit) -> None:
 
 def _import_fails(source, tmp_path, capsys) -> str:
     out = tmp_path / "out"
-    assert main(["import-diffusers", str(source), str(out)]) == 1
+    assert main(["import-diffusers", str(source), str(out)]) == 2
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp dir left
     return capsys.readouterr().err
@@ -97,7 +98,7 @@ def test_existing_output_is_kept(source, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert main(["import-diffusers", str(source), str(out)]) == 1
+    assert main(["import-diffusers", str(source), str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
 
@@ -131,8 +132,9 @@ def test_failure_mid_write_leaves_nothing(source, tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(safetensors_io, "save_file", fail_on_second_shard)
     out = tmp_path / "out"
-    with pytest.raises(OSError, match="disk full"):
-        main(["import-diffusers", str(source), str(out), "--max-shard-size", "4KB"])
+    assert main(["import-diffusers", str(source), str(out), "--max-shard-size", "4KB"]) == 2
+    assert one_line(capsys.readouterr().err).startswith("lct-convert import-diffusers: error: "
+                                                        "disk full writing ")
     assert len(written) == 1  # the failure came after a shard was on disk
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

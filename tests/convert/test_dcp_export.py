@@ -104,25 +104,25 @@ def test_init_from_an_export_weights_file_keeps_its_provenance(tmp_path, capsys)
     loaded = load_model(init)  # the sampler reads the copied mask and window
     assert (loaded.mask, loaded.window) == ("causal", MAX_SHOTS)
 
-    assert main(["init", str(export), str(tmp_path / "x"), "--weights", "model"]) == 1
+    assert main(["init", str(export), str(tmp_path / "x"), "--weights", "model"]) == 2
     assert "leave --weights out" in capsys.readouterr().err
     not_an_export = tmp_path / "loose" / "weights.safetensors"
     not_an_export.parent.mkdir()
     not_an_export.write_bytes((export / "model.safetensors").read_bytes())
-    assert main(["init", str(not_an_export), str(tmp_path / "y")]) == 1
+    assert main(["init", str(not_an_export), str(tmp_path / "y")]) == 2
     assert f"{not_an_export.parent / 'config.json'} does not exist" in capsys.readouterr().err
-    assert main(["init", str(tmp_path / "nothing"), str(tmp_path / "z")]) == 1
+    assert main(["init", str(tmp_path / "nothing"), str(tmp_path / "z")]) == 2
     assert "nothing does not exist" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name in ("x", "y", "z")]
 
 
 def test_not_a_checkpoint_and_wrong_weight_set(tmp_path, capsys):
     ckpt, _, _ = _save_single_process_checkpoint(tmp_path / "run")
-    assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 1
+    assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "not a training checkpoint" in capsys.readouterr().err
     narrower = {**tiny_config().to_dict(), "head_dim": 8, "rope_axes_dim": [0, 4, 4]}
     (ckpt / "lct_meta.json").write_text(json.dumps({"config": {"model": narrower}}))
-    assert main(["export", str(ckpt), str(tmp_path / "out")]) == 1
+    assert main(["export", str(ckpt), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "shape mismatches" in err
     assert "transformer_blocks.0.attn.norm_q.weight: got (16,), expected (8,)" in err
@@ -156,7 +156,7 @@ def test_truncated_shard(tmp_path, capsys):
     ckpt, _, _ = _save_single_process_checkpoint(tmp_path / "run")
     shard = next(ckpt.glob("*.distcp"))
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    assert main(["export", str(ckpt), str(tmp_path / "out")]) == 1
+    assert main(["export", str(ckpt), str(tmp_path / "out")]) == 2
     assert "cannot load" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

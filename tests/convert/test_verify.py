@@ -79,4 +79,4 @@ def test_reference_of_another_architecture_is_refused(imported, tiny_diffusers_d
     make_tiny_diffusers(num_single_layers=2).save_pretrained(bigger, safe_serialization=True)
     with pytest.raises(ConversionError, match="num_single_blocks: 1 vs 2"):
         verify(imported, reference=bigger)
-    assert main(["verify", str(imported), "--reference", str(bigger)]) == 1
+    assert main(["verify", str(imported), "--reference", str(bigger)]) == 2  # refused

@@ -92,7 +92,7 @@ def _edit(root, edit) -> None:
 
 def _fails(root, tmp_path, capsys, *extra) -> str:
     out = tmp_path / "out"
-    assert main(["import-diffusers", str(root), str(out), *extra]) == 1
+    assert main(["import-diffusers", str(root), str(out), *extra]) == 2
     assert not out.exists()
     return one_line(capsys.readouterr().err)
 
@@ -144,5 +144,5 @@ def test_verify_two_wan_exports_and_refuse_another_family(imported, tmp_path, ca
     assert read_model_config(again).shot_gap == 8  # an LCT setting: the outputs still agree
     assert main(["verify", str(again), "--reference", str(imported)]) == 0
     assert "OK" in capsys.readouterr().out
-    assert main(["verify", str(imported), "--reference", str(tiny_diffusers_dir)]) == 1
+    assert main(["verify", str(imported), "--reference", str(tiny_diffusers_dir)]) == 2
     assert "are different model families" in one_line(capsys.readouterr().err)

@@ -122,6 +122,21 @@ def test_a_damaged_checkpoint_is_named_and_auto_falls_back(train, tmp_path):
     assert_same_losses(got, want, [3, 4])
 
 
+def test_a_checkpoint_without_its_meta_is_named_and_set_aside(train, tmp_path):
+    run = tmp_path / "run"
+    assert train(f"run_dir={run}", "steps=4", "checkpoint.every=2")[0] == 0
+    want = losses(run)
+    (ckpt(run, 4) / META_FILE).unlink()
+    status, err = train(f"run_dir={run}", "steps=4")  # resume=auto
+    assert status == 0
+    assert (f"WARNING: checkpoint {ckpt(run, 4)} is damaged (its {META_FILE} is missing): "
+            "falling back to an older one") in err
+    assert f"resumed from {ckpt(run, 2)} at step 2" in err
+    assert set_aside(run) == ["step-00000004"]
+    assert (ckpt(run, 4) / META_FILE).is_file()  # the new step 4
+    assert_same_losses(losses(run), want, [3, 4])
+
+
 def test_an_interrupted_save_is_completed_not_deleted(train, tmp_path):
     run = tmp_path / "run"
     assert train(f"run_dir={run}", "steps=2", "checkpoint.every=2")[0] == 0

@@ -92,3 +92,68 @@ def test_bad_sample_fraction_under_torchrun_ends_with_the_project_line(dataset, 
     last = [ln for ln in out.splitlines() if ln.strip() and set(ln.strip()) != {"="}][-1]
     assert "lct-train: rank" in last, out[-3000:]
     assert "data error: " in last
+
+
+@pytest.mark.slow
+def test_a_config_error_under_torchrun_is_the_root_cause(tmp_path):
+    """sp_degree=3 on 2 ranks: the project's line once, and torchrun's report names it as the
+    root cause (each rank recorded it) instead of "To enable traceback see ..."."""
+    proc = subprocess.run(torchrun_cmd(2, ["parallel.sp_degree=3", f"run_dir={tmp_path / 'run'}",
+                                           "data_source=synthetic"]),
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    ours = [ln for ln in out.splitlines() if ln.startswith("lct-train: config error: ")]
+    assert len(ours) == 1, out
+    assert "parallel.sp_degree" in ours[0]
+    root_cause = out.split("Root Cause")[1]
+    assert ours[0] in root_cause, out
+    assert "To enable traceback" not in out
+    assert "lct_train/" not in out, out  # no traceback of ours (torchrun prints its own)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_that_lost_its_peer_says_so_in_one_line(train, tmp_path, monkeypatch):
+    """What gloo raises in a collective whose peer stopped becomes one line recorded one second
+    after the peer's own line, so that torchrun's root cause stays the peer's."""
+    import json
+
+    from lct_train.train.trainer import Trainer
+
+    def lose_the_peer(self):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                           "[127.0.0.1]:9136. This is typically caused by a remote worker crashing.")
+
+    monkeypatch.setattr(Trainer, "train", lose_the_peer)
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    started = time.time()
+    status, err = train(f"run_dir={tmp_path / 'run'}")
+    assert status == 2
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]  # after the start-up line
+    assert line == ("lct-train: rank 0: stopped: another rank stopped first (its line above "
+                    "says why)")
+    record = json.loads(error_file.read_text())["message"]
+    assert record["message"] == line
+    assert int(record["extraInfo"]["timestamp"]) >= int(started) + 1
+
+
+def test_a_run_dir_under_an_unsearchable_directory_is_one_line(train, tmp_path, monkeypatch):
+    """``locked/run`` where ``locked`` cannot be searched (as a non-root user meets it; the
+    tests run as root, so the refusal of the file system is simulated)."""
+    from pathlib import Path
+
+    locked = tmp_path / "locked"
+    exists = Path.exists
+
+    def refusing_exists(self, *args, **kwargs):
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", refusing_exists)
+    status, err = train(f"run_dir={locked / 'run'}")
+    assert status == 2
+    assert one_line(err) == (f"lct-train: config error: run_dir: cannot look for {locked / 'run'}"
+                             f": permission denied in {locked}")

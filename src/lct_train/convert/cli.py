@@ -6,8 +6,8 @@
     lct-convert export-diffusers SRC OUT   LCT export -> diffusers HunyuanVideo / Wan transformer
     lct-convert verify PATH [--reference REF]
 
-Every command exits with status 1 and a one-line message naming the offending keys or files on
-bad input, leaving no output behind.
+On bad input every command exits with status 2 (``core.exits``) and a one-line message naming
+the offending keys or files, leaving no output behind.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from lct_train.convert.model_spec import (
     read_model_config,
 )
 from lct_train.convert.verify import verify
+from lct_train.core import exits
 from lct_train.core.checkpoint_layout import WEIGHT_SETS, holds_checkpoint
 from lct_train.core.errors import ConversionError
 from lct_train.core.safetensors_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsReader
@@ -48,7 +49,6 @@ SIZE_UNITS = {
     "MIB": 1024**2,
     "GIB": 1024**3,
 }
-EXIT_ERROR = 1
 
 
 def parse_size(text: str) -> int:
@@ -162,15 +162,17 @@ def cmd_export_diffusers(args) -> None:
     print(f"wrote {args.out}")
 
 
-def cmd_verify(args) -> None:
+def cmd_verify(args) -> int:
     report = verify(
         args.path, args.reference, device=args.device, dtype=parse_dtype(args.dtype), rtol=args.rtol
     )
     print("\n".join(report.lines()))
     if args.json:
         print(json.dumps(report.__dict__ | {"ok": report.ok}, indent=2))
-    if not report.ok:
-        raise ConversionError(f"verification of {args.path} failed")
+    if not report.ok:  # a verdict, not a refusal (README "Exit codes")
+        print(f"lct-convert verify: verification of {args.path} failed", file=sys.stderr)
+        return exits.VERDICT_NO
+    return exits.OK
 
 
 def _add_output_args(parser: argparse.ArgumentParser, weights: bool = False) -> None:
@@ -241,11 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except ConversionError as err:
-        print(f"lct-convert {args.command}: error: {one_line(str(err))}", file=sys.stderr)
-        return EXIT_ERROR
-    return 0
+        status = args.func(args)
+    except (ConversionError, OSError) as err:  # bad input or environment: exit 2
+        return exits.refuse(f"lct-convert {args.command}: error: {one_line(str(err))}")
+    return exits.OK if status is None else status
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ ranks as ``(dp_replicate, dp_shard, sp)`` (``lct_train.parallel.mesh``): FSDP ov
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from dataclasses import dataclass
@@ -124,6 +125,20 @@ def set_train_timeout(world: World, seconds: int) -> None:
         dist.distributed_c10d._set_pg_timeout(timeout, group)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(synchronize: bool = True) -> None:
+    """Ends this process's collectives in order; call it on every rank, on success and on
+    every error path, before the interpreter exits.
+
+    ``synchronize`` (the success path): a barrier first, so no rank tears its connections down
+    while a peer is still working (rank 0 writing the outputs). On an error path the peers may
+    be gone or inside another collective, so there is no barrier. Then every group is
+    destroyed and the garbage collected while the interpreter is fully alive: a group kept
+    alive by a reference cycle would otherwise be destroyed during interpreter finalisation,
+    where gloo's worker threads abort the process ("terminate called without an active
+    exception")."""
+    if not dist.is_initialized():
+        return
+    if synchronize:
+        dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()

@@ -37,6 +37,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from lct_train.core import exits
 from lct_train.core.dtypes import SAMPLE_DTYPES, dtype_of
 from lct_train.core.errors import ConfigError
 from lct_train.data.schema import shot_prompt
@@ -356,18 +357,26 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    done = False
     try:
         COMMANDS[args.command](args)
-    except ERRORS as exc:
-        if os.environ.get("RANK", "0") == "0":  # under --sp: one line, not one per rank
-            print(f"lct-sample {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        done = True
+    except ERRORS as exc:  # checked alike on every rank: under --sp said once, not per rank
+        return exits.refuse(f"lct-sample {args.command}: error: {exc}", say=rank == 0)
+    except OSError as exc:  # the environment (a full disk, permissions), from the rank it hit
+        return exits.refuse(f"lct-sample {args.command}: error: {exc}")
+    except Exception as exc:
+        if not exits.peer_lost(exc):
+            raise
+        return exits.refuse(f"lct-sample {args.command}: rank {rank}: stopped: another rank "
+                            "stopped first (its line above says why)", after_peer=True)
     finally:
         if getattr(args, "sp", 1) > 1:
             from lct_train.parallel.dist import shutdown
 
-            shutdown()
-    return 0
+            shutdown(synchronize=done)
+    return exits.OK
 
 
 if __name__ == "__main__":

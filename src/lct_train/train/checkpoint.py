@@ -23,6 +23,7 @@ Naming, what counts as a checkpoint, newest-valid resolution and ``lct_meta.json
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -36,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
@@ -53,6 +55,33 @@ from lct_train.core.checkpoint_layout import (
 )
 from lct_train.train import checkpoint_integrity as integrity
 from lct_train.train.checkpoint_lineage import SET_ASIDE_DIR, set_aside, stamp
+
+LOW_DISK_BYTES = 64 << 20  # below this much free space a failed write is a full disk
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); the message names the path."""
+
+
+def _os_reason(err: BaseException) -> str:
+    """The OS error behind a failed write, on one line (DCP wraps each rank's in its own)."""
+    if isinstance(err, CheckpointException):
+        causes = [exc for exc, _ in err.failures.values()]
+        err = next((c for c in causes if isinstance(c, OSError)), causes[0] if causes else err)
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror} (writing {err.filename})" if err.filename else err.strerror
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _write_failure(err: BaseException, where: Path) -> str:
+    """Why a save failed. torch's zip writer turns a full disk into "unexpected pos ...", so a
+    nearly full disk is named as such whatever the writer said."""
+    reason = _os_reason(err)
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(where).free
+        if free < LOW_DISK_BYTES and "No space left" not in reason:
+            reason = f"No space left on device ({free} bytes free; the writer said: {reason})"
+    return reason
 
 
 def retained_steps(steps: list[int], keep_last: int, keep_every: int) -> set[int]:
@@ -169,8 +198,21 @@ class CheckpointManager:
         return box[0]
 
     def save(self, step: int, states: dict[str, Any], meta: dict[str, Any]) -> Path:
+        """Writes ``step-N`` atomically; a write that fails (a full disk) raises
+        ``CheckpointWriteError`` naming the path, and every earlier checkpoint stays as it was
+        (the partial ``*.tmp-*`` directory has no meta file, so nothing ever resumes from it)."""
         final = self.root / step_name(step)
         tmp = self.root / f"{final.name}{TMP_MARK}{self._shared_id()}"
+        try:
+            self._write(step, states, meta, final, tmp)
+        except (OSError, CheckpointException) as err:
+            raise CheckpointWriteError(f"cannot save checkpoint step {step} to {tmp}: "
+                                       f"{_write_failure(err, self.root)}") from None
+        dist.barrier()
+        return final
+
+    def _write(self, step: int, states: dict[str, Any], meta: dict[str, Any], final: Path,
+               tmp: Path) -> None:
         dcp.save(states, checkpoint_id=str(tmp))
         files = integrity.record_files(tmp, self.rank, self.world)
         if self.rank == 0:
@@ -182,8 +224,6 @@ class CheckpointManager:
             tmp.rename(final)
             _fsync_dir(self.root)
             self._purge(step)
-        dist.barrier()
-        return final
 
     def _purge(self, just_saved: int) -> None:
         """Retention over the current line; never the checkpoint just written."""

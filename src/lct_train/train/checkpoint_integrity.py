@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from lct_train.core.checkpoint_layout import read_meta
+from lct_train.core.checkpoint_layout import META_FILE, read_meta
 
 CHUNK_BYTES = 8 << 20
 FILES_KEY = "files"
@@ -76,17 +76,21 @@ def verify(ckpt: Path, rank: int = 0, world: int = 1) -> str | None:
 
     The same answer on every rank: each checks its share of the files, then all compare.
     """
-    try:
-        expected = read_meta(ckpt).get(FILES_KEY) or {}
-    except Exception as err:  # an unreadable meta file is a bad checkpoint, named
-        expected, problem = {}, str(err)
-    else:
-        problem = None
-    if problem is None:
-        names = sorted(expected)[rank::world]
-        problem = check_files(ckpt, {n: expected[n] for n in names})
+    problem = _local_problem(ckpt, rank, world)
     if world > 1:
         found = [None] * world
         dist.all_gather_object(found, problem)
         problem = next((p for p in found if p is not None), None)
     return problem
+
+
+def _local_problem(ckpt: Path, rank: int, world: int) -> str | None:
+    """This rank's share of ``verify``: the meta file, then its slice of the recorded files."""
+    if not (ckpt / META_FILE).is_file():  # renamed to step-N only after the meta was written
+        return f"its {META_FILE} is missing"
+    try:
+        expected = read_meta(ckpt).get(FILES_KEY) or {}
+    except Exception as err:  # an unreadable meta file is a bad checkpoint, named
+        return str(err)
+    names = sorted(expected)[rank::world]
+    return check_files(ckpt, {n: expected[n] for n in names})

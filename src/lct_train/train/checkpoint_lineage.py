@@ -52,10 +52,21 @@ def interrupted_saves(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def metaless(root: Path) -> list[tuple[int, Path]]:
+    """``step-N`` directories (final names) whose ``lct_meta.json`` is gone: a rename only
+    happens after the meta is written, so such a directory is a damaged checkpoint."""
+    if not root.is_dir():
+        return []
+    return sorted((_step_of(p), p) for p in root.glob("step-*")
+                  if STEP_RE.match(p.name) and p.is_dir() and not (p / META_FILE).is_file())
+
+
 def candidates(root: Path) -> list[tuple[int, Path]]:
     """What ``resume=auto`` may continue from, newest first (interrupted saves included; one
-    per step)."""
+    per step). A checkpoint that lost its meta is listed too, so that verifying it names the
+    damage instead of passing over it in silence."""
     by_step = dict(interrupted_saves(root))
+    by_step.update(dict(metaless(root)))
     by_step.update(dict(list_checkpoints(root)))
     return sorted(by_step.items(), reverse=True)
 
@@ -102,7 +113,7 @@ def settle(root: Path, start_step: int, resumed: Path | None) -> tuple[Path | No
         if path == resumed:
             resumed = final
     duplicates = [p for p in root.glob(f"step-*{TMP_MARK}*") if (p / META_FILE).is_file()]
-    newer = [p for s, p in list_checkpoints(root)
+    newer = [p for s, p in list_checkpoints(root) + metaless(root)
              if s > start_step or (s == start_step and p != resumed)]
     if newer or duplicates:
         dest = root / SET_ASIDE_DIR / f"{stamp()}-from-{step_name(start_step)}"

@@ -6,17 +6,14 @@ the composed config and exits. A bad config exits with status 2 and one line nam
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 from lct_train.config.store import compose_config, find_conf_dir, one_line_error, to_yaml
+from lct_train.core import exits
 
-CONFIG_ERROR_STATUS = 2
 USAGE = """usage: lct-train [--cfg] [key=value | group=option ...]
 
 Hydra overrides over conf/train.yaml ({conf}). Groups: model data optim parallel checkpoint
@@ -39,9 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = compose_config(overrides)
     except Exception as err:  # composition / validation: one line, then exit
-        if rank == 0:
-            print(f"lct-train: config error: {one_line_error(err)}", file=sys.stderr)
-        return CONFIG_ERROR_STATUS
+        return exits.refuse(f"lct-train: config error: {one_line_error(err)}", say=rank == 0)
     if print_only:
         print(to_yaml(cfg))
         return 0
@@ -51,27 +46,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(cfg) -> int:
+    """One training run on this rank. Every refused start and every run error ends in one line
+    (``core.exits``): a config error from the main rank, a run error from the rank it hit, and
+    from a rank whose collective lost that peer, a line saying so (no traceback anywhere)."""
     from lct_train.core.errors import ConfigError
     from lct_train.parallel.dist import init_distributed, shutdown
-    from lct_train.train.trainer import Trainer
 
-    world = None
+    world, finished = None, False
+    rank = int(os.environ.get("RANK", "0"))
     try:
         world = init_distributed(cfg.parallel)
+        from lct_train.train.trainer import Trainer
+
         Trainer(cfg, world).train()
-    except ConfigError as err:
-        if world is None or world.is_main:
-            print(f"lct-train: config error: {err}", file=sys.stderr)
-        return CONFIG_ERROR_STATUS
-    except run_errors() as err:  # a stop the project explains: one line, from the rank it hit
-        rank = world.rank if world is not None else int(os.environ.get("RANK", "0"))
-        line = f"lct-train: rank {rank}: {error_kind(err)}: {error_summary(err)}"
-        print(line, file=sys.stderr, flush=True)
-        record_for_torchrun(line)
-        return CONFIG_ERROR_STATUS
+        finished = True
+    except ConfigError as err:  # the same on every rank: said once, recorded by each
+        return exits.refuse(f"lct-train: config error: {err}", say=rank == 0)
+    except run_errors() as err:  # a stop the project explains, from the rank it hit
+        return exits.refuse(f"lct-train: rank {rank}: {error_kind(err)}: {error_summary(err)}")
+    except OSError as err:  # the environment: permissions, a full disk, a vanished path
+        return exits.refuse(f"lct-train: rank {rank}: {err}")
+    except Exception as err:
+        if not exits.peer_lost(err):
+            raise
+        return exits.refuse(f"lct-train: rank {rank}: stopped: another rank stopped first "
+                            "(its line above says why)", after_peer=True)
     finally:
-        shutdown()
-    return 0
+        shutdown(synchronize=finished)
+    return exits.OK
 
 
 def run_errors() -> tuple[type[BaseException], ...]:
@@ -79,13 +81,16 @@ def run_errors() -> tuple[type[BaseException], ...]:
     from lct_train.data.loader import LoaderStateMismatchError
     from lct_train.data.stream import EmptyDatasetError
     from lct_train.data.worker import DataQualityError
+    from lct_train.train.checkpoint import CheckpointWriteError
     from lct_train.train.trainer import NonFiniteLossError
 
-    return DataQualityError, EmptyDatasetError, LoaderStateMismatchError, NonFiniteLossError
+    return (DataQualityError, EmptyDatasetError, LoaderStateMismatchError, NonFiniteLossError,
+            CheckpointWriteError)
 
 
 def error_kind(err: BaseException) -> str:
-    return "stopped" if type(err).__name__ == "NonFiniteLossError" else "data error"
+    kinds = {"NonFiniteLossError": "stopped", "CheckpointWriteError": "checkpoint error"}
+    return kinds.get(type(err).__name__, "data error")
 
 
 def error_summary(err: BaseException) -> str:
@@ -96,18 +101,6 @@ def error_summary(err: BaseException) -> str:
     for prefix in (f"{type(err).__module__}.{type(err).__name__}: ", f"{type(err).__name__}: "):
         last = last.removeprefix(prefix)
     return last
-
-
-def record_for_torchrun(line: str) -> None:
-    """Under torchrun, the worker's error file: torchrun's closing failure report then shows
-    ``line`` as this rank's error instead of "To enable traceback see ..."."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not path:
-        return
-    data = {"message": {"message": line,
-                        "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
-    with contextlib.suppress(OSError), open(path, "w") as f:
-        json.dump(data, f)
 
 
 if __name__ == "__main__":

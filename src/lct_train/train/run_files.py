@@ -19,7 +19,13 @@ CONFIGS_DIR = "configs"
 
 def _nearest_existing(path: Path) -> Path:
     path = path.absolute()
-    while not path.exists() and path != path.parent:
+    while path != path.parent:
+        try:
+            if path.exists():
+                break
+        except PermissionError as err:  # a directory above it cannot be searched
+            raise ConfigError("run_dir", f"cannot look for {path}: permission denied in "
+                                         f"{path.parent}") from err
         path = path.parent
     return path
 
