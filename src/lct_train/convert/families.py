@@ -36,7 +36,8 @@ class DiffusersFamily:
     fixed_input: Callable[[Any], Any]  # cfg -> a small single-shot input (`verify`)
     run_lct: Callable[..., Any]  # (model, cfg, input) -> [C, F, H, W]
     run_diffusers: Callable[..., Any]  # (diffusers model, input) -> [C, F, H, W]
-    output_neutral: tuple[str, ...]  # config fields that do not change a one-shot output
+    output_neutral: tuple[str, ...]  # fields beyond verify.OUTPUT_NEUTRAL_FIELDS that do not
+    # change a one-shot output
     # (model, device): fills what a meta-built diffusers model's state dict does not hold
     finish_loading: Callable[..., None] | None = None
 
@@ -50,12 +51,12 @@ HUNYUAN_VIDEO = DiffusersFamily(
     hunyuan_config.DIFFUSERS_CLASS, ModelConfig, hunyuan_config.config_from_diffusers,
     hunyuan_config.config_to_diffusers, HunyuanVideoStateDictAdapter, fixed_input, run_lct,
     lambda model, inp: run_diffusers(model, inp, hunyuan_config.DIFFUSERS_TIMESTEP_SCALE),
-    ("dummy_grid", "attn_backend"),
+    (),
 )
 WAN = DiffusersFamily(
     wan_config.DIFFUSERS_CLASS, WanConfig, wan_config.config_from_diffusers,
     wan_config.config_to_diffusers, WanStateDictAdapter, wan_fixed_input, run_wan,
-    run_wan_diffusers, ("attn_backend", "shot_gap", "rope_offsets"), rebuild_diffusers_rope,
+    run_wan_diffusers, ("shot_gap", "rope_offsets"), rebuild_diffusers_rope,
 )
 FAMILIES = (HUNYUAN_VIDEO, WAN)
 

@@ -1,7 +1,7 @@
 """`verify`: check a converted checkpoint against its config, and optionally against a reference.
 
-Works on an LCT export (`config.json` = `ModelConfig` or `WanConfig`) or a diffusers HunyuanVideo or Wan transformer
-directory. Checks every key and shape, counts non-finite values, reports the parameter count
+Works on an LCT export (`config.json` = `ModelConfig` or `WanConfig`) or a diffusers HunyuanVideo
+or Wan transformer directory. Checks every key and shape, counts non-finite values, reports the parameter count
 and a SHA-256 over (name, dtype, shape, bytes) of every tensor in name order. With a reference
 (another LCT export or a diffusers directory) it runs both models on the same fixed small
 single-shot input and compares the outputs.
@@ -35,6 +35,8 @@ from lct_train.model.config import ModelConfig
 
 # max |a - b| / max(|b|) allowed between two models on the reference input, per compute dtype
 RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+# ModelConfig fields that do not change a one-shot output (diffusers has no notion of them)
+OUTPUT_NEUTRAL_FIELDS = ("dummy_grid", "attn_backend")
 
 
 @dataclass
@@ -161,7 +163,7 @@ def _check_same_architecture(path: Path, ckpt: Checkpoint, ref: Path, ref_ckpt: 
     if type(ckpt.config) is not type(ref_ckpt.config):
         raise ConversionError(f"{path} ({type(ckpt.config).__name__}) and {ref} "
                               f"({type(ref_ckpt.config).__name__}) are different model families")
-    neutral = family_of_config(ckpt.config).output_neutral
+    neutral = (*OUTPUT_NEUTRAL_FIELDS, *family_of_config(ckpt.config).output_neutral)
     ours, theirs = ckpt.config.to_dict(), ref_ckpt.config.to_dict()
     diffs = [
         f"{k}: {ours[k]!r} vs {theirs[k]!r}"
