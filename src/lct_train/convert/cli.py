@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(p, weights=True)
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("import-diffusers", help="diffusers HunyuanVideo / Wan transformer -> LCT export")
+    p = sub.add_parser("import-diffusers", help="diffusers HunyuanVideo transformer -> LCT export")
     p.add_argument("source", help="diffusers transformer directory (or pipeline directory)")
     _add_output_args(p)
     p.add_argument(
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_import_diffusers)
 
-    p = sub.add_parser("export-diffusers", help="LCT export -> diffusers HunyuanVideo / Wan transformer")
+    p = sub.add_parser("export-diffusers", help="LCT export -> diffusers HunyuanVideo transformer")
     p.add_argument("source", help="LCT export directory (config.json + model*.safetensors)")
     _add_output_args(p)
     p.set_defaults(func=cmd_export_diffusers)
