@@ -63,7 +63,7 @@ def test_flex_forward_equals_reference(model, mask):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["bidirectional", "causal", "kv-cache"])
+@pytest.mark.parametrize("case", ["bidirectional", "causal", "isolated", "kv-cache"])
 def test_varlen_plan_forward_and_gradients_equal_reference(model, monkeypatch, case):
     if case == "kv-cache":  # the last shot against cached history (forward only: a cache is
         full = BATCH[0]    # inference), self- and cross-attention plans over cache + new
@@ -129,6 +129,6 @@ def test_bf16_varlen_plan_on_cpu(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["flex", "flash-varlen"])
-@pytest.mark.parametrize("mask", ["bidirectional", "causal"])
+@pytest.mark.parametrize("mask", MASKS)
 def test_gpu_backend_equals_reference_bf16(backend, mask, monkeypatch):
     bf16_backend_against_reference(backend, mask, "cuda", 20, monkeypatch)

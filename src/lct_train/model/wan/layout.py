@@ -213,7 +213,12 @@ def build_wan_meta(
                                                                           dtype=INDEX_DTYPE)
 
     num_shots = len(shot_group)
-    attn = _intervals(run_bounds, mask, num_video, cached_video + num_video, scene_q, scene_k)
+    if mask == "isolated":  # no global video here: each shot is its own attention segment
+        run_bounds = [[group] for groups in run_bounds for group in groups]
+        scene_q, scene_k = [g[0][:2] for g in run_bounds], [g[0][2:4] for g in run_bounds]
+        attn = _intervals(run_bounds, "bidirectional", num_video, num_video, scene_q, scene_k)
+    else:
+        attn = _intervals(run_bounds, mask, num_video, cached_video + num_video, scene_q, scene_k)
     cross_attn = _intervals(
         [[(*q, *k, False)] for q, k in cross_bounds], "bidirectional", num_video,
         num_shots * text_len, [q for q, _ in cross_bounds], [k for _, k in cross_bounds],
