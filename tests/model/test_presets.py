@@ -7,6 +7,7 @@ import torch
 
 from lct_train.model.config import ModelConfig
 from lct_train.model.mmdit import LCTModel
+from tests.model.wan.wan_testutils import WAN_PRESET_PARAMS
 from tests.testutils import PRESETS, tiny_config
 
 EXPECTED_PARAMS = {
@@ -36,7 +37,9 @@ def test_preset_parameter_count(preset):
 
 
 def test_presets_on_disk_are_the_tested_ones():
-    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted(EXPECTED_PARAMS)
+    """MMDiT presets here, Wan-family ones in tests/model/wan/test_wan_model.py."""
+    tested = {*EXPECTED_PARAMS, *WAN_PRESET_PARAMS}
+    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted(tested)
 
 
 def test_size_classes():

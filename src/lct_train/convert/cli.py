@@ -2,12 +2,12 @@
 
     lct-convert export CKPT OUT            DCP training checkpoint -> model.safetensors + config.json
     lct-convert init SRC OUT               safetensors export or checkpoint -> next stage's init
-    lct-convert import-diffusers SRC OUT   diffusers HunyuanVideo transformer -> LCT export
-    lct-convert export-diffusers SRC OUT   LCT export -> diffusers HunyuanVideo transformer
+    lct-convert import-diffusers SRC OUT   diffusers HunyuanVideo / Wan transformer -> LCT export
+    lct-convert export-diffusers SRC OUT   LCT export -> diffusers HunyuanVideo / Wan transformer
     lct-convert verify PATH [--reference REF]
 
-Every command exits with status 1 and a message naming the offending keys or files on bad input,
-leaving no output behind.
+On bad input every command exits with status 2 (``core.exits``) and a one-line message naming
+the offending keys or files, leaving no output behind.
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ def parse_size(text: str) -> int:
     if match is None or match.group(2).upper() not in SIZE_UNITS:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MiB)")
     return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
+
+
+def one_line(message: str) -> str:
+    """A multi-line message (a title, then listed keys) as one line: `title: key; key`."""
+    message = re.sub(r":\n\s*", ": ", message.strip())
+    return re.sub(r"\n\s*", "; ", message)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -143,7 +149,8 @@ def cmd_import_diffusers(args) -> None:
         base=_load_base_config(args.base_config),
         **_output_options(args),
     )
-    print(f"wrote {args.out} (text_rope={cfg.text_rope})")
+    detail = f"text_rope={cfg.text_rope}" if hasattr(cfg, "text_rope") else f"family={cfg.family}"
+    print(f"wrote {args.out} ({detail})")
 
 
 def cmd_export_diffusers(args) -> None:
@@ -213,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the folder lct-shards build --pipeline reads)")
     _add_output_args(p)
     p.add_argument(
-        "--base-config", help="ModelConfig YAML/JSON for non-diffusers fields (dummy_grid)"
+        "--base-config",
+        help="model config YAML/JSON of the same family for non-diffusers fields (dummy_grid, "
+        "shot_gap)",
     )
     p.set_defaults(func=cmd_import_diffusers)
 
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.func(args)
     except (ConversionError, OSError) as err:  # bad input or environment: exit 2
-        return exits.refuse(f"lct-convert {args.command}: error: {err}")
+        return exits.refuse(f"lct-convert {args.command}: error: {one_line(str(err))}")
     return exits.OK if status is None else status
 
 

@@ -1,9 +1,11 @@
-"""`import-diffusers` / `export-diffusers`: HunyuanVideo transformer directories <-> LCT exports.
+"""`import-diffusers` / `export-diffusers`: HunyuanVideo and Wan transformer directories <-> LCT
+exports.
 
-A diffusers transformer directory holds `config.json` (with `_class_name`) and
+A diffusers transformer directory holds `config.json` (with `_class_name`, which picks the
+family: `lct_train.convert.families`) and
 `diffusion_pytorch_model.safetensors` or shards plus their index; a pipeline directory holds it
 under `transformer/`. An LCT export holds `config.json` (a `ModelConfig`) and
-`model.safetensors` or shards. Both directions check the whole key map on shapes before writing
+`model.safetensors` or shards (`family: wan` in a Wan model's config). Both directions check the whole key map on shapes before writing
 and stream one shard at a time into a directory renamed into place at the end.
 """
 
@@ -16,12 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lct_train.convert.hunyuan_config import (
-    DIFFUSERS_CLASS,
-    config_from_diffusers,
-    config_to_diffusers,
-)
-from lct_train.convert.hunyuan_keymap import HunyuanVideoStateDictAdapter
+from lct_train.convert.families import family_of_class, family_of_config
 from lct_train.convert.key_plan import convert_with_plan
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
@@ -54,20 +51,15 @@ def read_diffusers_config(path: str | os.PathLike) -> dict:
         config = json.loads(file.read_text())
     except json.JSONDecodeError as err:
         raise ConversionError(f"{file} is not valid JSON: {err}") from err
-    class_name = config.get("_class_name")
-    if class_name != DIFFUSERS_CLASS:
-        raise ConversionError(
-            f"{file}: _class_name is {class_name!r}; only diffusers {DIFFUSERS_CLASS} is supported"
-        )
+    family_of_class(config.get("_class_name"), file)  # refuses other models
     return config
 
 
 def diffusers_expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of diffusers' own model for `cfg` (built on the meta device)."""
-    from diffusers import HunyuanVideoTransformer3DModel
-
+    family = family_of_config(cfg)
     with torch.device("meta"):
-        model = HunyuanVideoTransformer3DModel(**config_to_diffusers(cfg))
+        model = family.diffusers_model_class()(**family.config_to_diffusers(cfg))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -80,24 +72,31 @@ def import_diffusers(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
 ) -> ModelConfig:
-    """diffusers HunyuanVideo transformer -> LCT export in `out`; returns its `ModelConfig`.
+    """diffusers HunyuanVideo or Wan transformer -> LCT export in `out`; returns its config.
 
-    `base` supplies the fields diffusers has no notion of (dummy grid, attention backend);
-    text RoPE is off in the result (turn it on for LCT training with `lct-convert init`).
+    `base` (a config of the same family) supplies the fields diffusers has no notion of (dummy
+    grid, attention backend, Wan's shot gap); text RoPE is off in a HunyuanVideo result (turn it
+    on for LCT training with `lct-convert init`).
     """
     src_dir = diffusers_transformer_dir(src)
-    cfg = config_from_diffusers(read_diffusers_config(src_dir), base)
+    config = read_diffusers_config(src_dir)
+    family = family_of_class(config["_class_name"], src_dir / CONFIG_FILE)
+    if base is not None and not isinstance(base, family.config_type):
+        raise ConversionError(f"--base-config is a {type(base).__name__}; a diffusers "
+                              f"{family.diffusers_class} needs a {family.config_type.__name__}")
+    cfg = family.config_from_diffusers(config, base)
+    class_name = family.diffusers_class
     with SafetensorsReader(src_dir) as reader:
         check_keys_and_shapes(  # in diffusers' own terms first: what diffusers would load
             reader.shapes(),
             diffusers_expected_shapes(cfg),
             what=f"diffusers checkpoint {src_dir}",
-            missing_title=f"keys {DIFFUSERS_CLASS} needs but the checkpoint lacks",
-            unexpected_title=f"keys {DIFFUSERS_CLASS} does not have",
+            missing_title=f"keys {class_name} needs but the checkpoint lacks",
+            unexpected_title=f"keys {class_name} does not have",
         )
-        info = {"source": str(src_dir.resolve()), "format": f"diffusers {DIFFUSERS_CLASS}"}
+        info = {"source": str(src_dir.resolve()), "format": f"diffusers {class_name}"}
         convert_with_plan(
-            HunyuanVideoStateDictAdapter(cfg).from_diffusers(reader.keys()),
+            family.adapter(cfg).from_diffusers(reader.keys()),
             reader,
             out,
             WEIGHTS_BASE,
@@ -127,28 +126,30 @@ def export_diffusers(
     """
     src = Path(src)
     cfg = read_model_config(src)
-    if cfg.text_rope:
+    family = family_of_config(cfg)
+    class_name = family.diffusers_class
+    if getattr(cfg, "text_rope", False):
         warnings.warn(
-            f"{src} was trained with text RoPE; diffusers {DIFFUSERS_CLASS} applies none to "
+            f"{src} was trained with text RoPE; diffusers {class_name} applies none to "
             "text tokens, so the exported model is not output-equivalent",
             stacklevel=2,
         )
     import diffusers
 
     dconfig = {
-        "_class_name": DIFFUSERS_CLASS,
+        "_class_name": class_name,
         "_diffusers_version": diffusers.__version__,
-        **config_to_diffusers(cfg),
+        **family.config_to_diffusers(cfg),
     }
     with SafetensorsReader(src) as reader:
         convert_with_plan(
-            HunyuanVideoStateDictAdapter(cfg).to_diffusers(reader.keys()),
+            family.adapter(cfg).to_diffusers(reader.keys()),
             reader,
             out,
             DIFFUSERS_WEIGHTS_BASE,
             expected=diffusers_expected_shapes(cfg),
             source_name=f"LCT export {src}",
-            target_name=f"diffusers {DIFFUSERS_CLASS}",
+            target_name=f"diffusers {class_name}",
             json_files={CONFIG_FILE: dconfig},
             dtype=dtype,
             max_shard_bytes=max_shard_bytes,

@@ -27,7 +27,14 @@ PATCH_EMBED_WEIGHT = "x_embedder.proj.weight"  # Conv3d kernel <-> Linear weight
 
 
 class HunyuanVideoStateDictAdapter:
-    """Plans (lists of `KeyRule`) between the diffusers and LCT state dicts of one `ModelConfig`."""
+    """Plans (lists of `KeyRule`) between the diffusers and LCT state dicts of one `ModelConfig`.
+
+    A family whose only layout difference is the patch embedding subclasses it with its own
+    `family`, `renamed` and `patch_embed_weight` (`wan_keymap.WanStateDictAdapter`)."""
+
+    family = "HunyuanVideo"
+    renamed = RENAMED
+    patch_embed_weight = PATCH_EMBED_WEIGHT
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
@@ -44,23 +51,23 @@ class HunyuanVideoStateDictAdapter:
         unmapped = [key for key, lct in lct_names.items() if lct not in self.lct_keys]
         if unmapped:
             raise ConversionError(format_keys(
-                f"keys of {source_name} without an entry in the HunyuanVideo key map", unmapped))
+                f"keys of {source_name} without an entry in the {self.family} key map", unmapped))
 
     def from_diffusers(self, diffusers_keys: Iterable[str]) -> list[KeyRule]:
         """Rules making the LCT state dict from a diffusers one with `diffusers_keys`."""
-        lct_names = {hf: RENAMED.get(hf, hf) for hf in diffusers_keys}
+        lct_names = {hf: self.renamed.get(hf, hf) for hf in diffusers_keys}
         self._check_mapped(lct_names, "the diffusers checkpoint")
         return [
-            KeyRule(lct, (hf,), self._flatten_patch_embed if hf == PATCH_EMBED_WEIGHT else None)
+            KeyRule(lct, (hf,), self._flatten_patch_embed if hf == self.patch_embed_weight else None)
             for hf, lct in lct_names.items()
         ]
 
     def to_diffusers(self, lct_keys: Iterable[str]) -> list[KeyRule]:
         """Rules making the diffusers state dict from an LCT one with `lct_keys`."""
-        to_hf = {lct: hf for hf, lct in RENAMED.items()}
+        to_hf = {lct: hf for hf, lct in self.renamed.items()}
         lct_names = {lct: lct for lct in lct_keys}
         self._check_mapped(lct_names, "the LCT checkpoint")
         return [
-            KeyRule(hf, (lct,), self._unflatten_patch_embed if hf == PATCH_EMBED_WEIGHT else None)
+            KeyRule(hf, (lct,), self._unflatten_patch_embed if hf == self.patch_embed_weight else None)
             for lct, hf in ((lct, to_hf.get(lct, lct)) for lct in lct_names)
         ]

@@ -15,18 +15,18 @@ import torch
 from lct_train.core.checkpoint_layout import META_FILE, BadMetaError
 from lct_train.core.dtypes import CONVERT_DTYPES, dtype_of
 from lct_train.core.errors import ConversionError
+from lct_train.model import family
 from lct_train.model.config import ModelConfig
+from lct_train.model.wan.config import WanConfig
 
 CONFIG_FILE = "config.json"
 EXPORT_INFO_FILE = "lct_export.json"  # provenance of an export (source, weights, mask, window)
 WEIGHTS_BASE = "model"  # model.safetensors / model-0000i-of-0000N.safetensors
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
-    from lct_train.model.mmdit import LCTModel
-
-    with torch.device(device):
-        return LCTModel(cfg)
+def build_model(cfg: ModelConfig | WanConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The bare model of `cfg`'s family (`lct_train.model.family`)."""
+    return family.build_model(cfg, device)
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -35,9 +35,10 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def parse_model_config(data: dict, source: str) -> ModelConfig:
+def parse_model_config(data: dict, source: str) -> ModelConfig | WanConfig:
+    """A `ModelConfig`, or a `WanConfig` when ``family: wan`` (`lct_train.model.family`)."""
     try:
-        return ModelConfig.from_dict(data)
+        return family.config_from_dict(data)
     except (TypeError, ValueError) as err:
         raise ConversionError(f"{source}: not a valid ModelConfig: {err}") from err
 

@@ -1,7 +1,7 @@
 """`verify`: check a converted checkpoint against its config, and optionally against a reference.
 
-Works on an LCT export (`config.json` = `ModelConfig`) or a diffusers HunyuanVideo transformer
-directory. Checks every key and shape, counts non-finite values, reports the parameter count
+Works on an LCT export (`config.json` = `ModelConfig` or `WanConfig`) or a diffusers HunyuanVideo
+or Wan transformer directory. Checks every key and shape, counts non-finite values, reports the parameter count
 and a SHA-256 over (name, dtype, shape, bytes) of every tensor in name order. With a reference
 (another LCT export or a diffusers directory) it runs both models on the same fixed small
 single-shot input and compares the outputs.
@@ -21,7 +21,7 @@ from lct_train.convert.diffusers_io import (
     diffusers_transformer_dir,
     read_diffusers_config,
 )
-from lct_train.convert.hunyuan_config import DIFFUSERS_TIMESTEP_SCALE, config_from_diffusers
+from lct_train.convert.families import family_of_class, family_of_config
 from lct_train.convert.model_spec import (
     build_model,
     expected_shapes,
@@ -29,7 +29,6 @@ from lct_train.convert.model_spec import (
     read_config_json,
     read_model_config,
 )
-from lct_train.convert.reference import fixed_input, run_diffusers, run_lct
 from lct_train.core.errors import ConversionError, check_keys_and_shapes
 from lct_train.core.safetensors_io import SafetensorsReader
 from lct_train.model.config import ModelConfig
@@ -90,7 +89,8 @@ class Checkpoint:
 def _open_checkpoint(path: Path) -> Checkpoint:
     file, data = read_config_json(path)
     if "_class_name" in data:
-        return Checkpoint("diffusers", config_from_diffusers(data), file.parent, data)
+        family = family_of_class(data["_class_name"], file)
+        return Checkpoint("diffusers", family.config_from_diffusers(data), file.parent, data)
     return Checkpoint("lct", parse_model_config(data, str(file)), path)
 
 
@@ -129,46 +129,51 @@ def load_lct_model(
 def load_diffusers_model(
     path: str | os.PathLike, device: str = "cpu", dtype=torch.float32, config: dict | None = None
 ):
-    """diffusers' `HunyuanVideoTransformer3DModel` from a local directory (never the hub).
+    """diffusers' transformer of the directory's family from a local directory (never the hub).
 
     Built on the meta device and filled with `load_state_dict(strict=True, assign=True)`, so the
     weights are held once (no `accelerate` needed for a large model). `config` (default: read
     from the directory) is its `config.json`.
     """
-    from diffusers import HunyuanVideoTransformer3DModel
-
     weights_dir = diffusers_transformer_dir(path)
+    config = config or read_diffusers_config(weights_dir)
+    family = family_of_class(config["_class_name"], weights_dir)
     with torch.device("meta"):
-        model = HunyuanVideoTransformer3DModel.from_config(
-            config or read_diffusers_config(weights_dir)
-        )
+        model = family.diffusers_model_class().from_config(config)
     with SafetensorsReader(weights_dir) as reader:
         state = {k: v.to(device, dtype) for k, v in reader.load_all().items()}
     model.load_state_dict(state, strict=True, assign=True)
+    if family.finish_loading is not None:
+        family.finish_loading(model, device)
     return model.eval()
 
 
 def _outputs(ckpt: Checkpoint, device: str, dtype, inp_cfg: ModelConfig) -> torch.Tensor:
-    inp = fixed_input(inp_cfg).to(device, dtype)
+    family = family_of_config(inp_cfg)
+    inp = family.fixed_input(inp_cfg).to(device, dtype)
     if ckpt.kind == "diffusers":
         model = load_diffusers_model(ckpt.weights, device, dtype, ckpt.diffusers_config)
-        return run_diffusers(model, inp, DIFFUSERS_TIMESTEP_SCALE)
+        return family.run_diffusers(model, inp)
     model, cfg = load_lct_model(ckpt.weights, device, dtype, ckpt.config)
-    return run_lct(model, cfg, inp)
+    return family.run_lct(model, cfg, inp)
 
 
 def _check_same_architecture(path: Path, ckpt: Checkpoint, ref: Path, ref_ckpt: Checkpoint):
     """Outputs can only match between the same architectures (text RoPE included)."""
+    if type(ckpt.config) is not type(ref_ckpt.config):
+        raise ConversionError(f"{path} ({type(ckpt.config).__name__}) and {ref} "
+                              f"({type(ref_ckpt.config).__name__}) are different model families")
+    neutral = (*OUTPUT_NEUTRAL_FIELDS, *family_of_config(ckpt.config).output_neutral)
     ours, theirs = ckpt.config.to_dict(), ref_ckpt.config.to_dict()
     diffs = [
         f"{k}: {ours[k]!r} vs {theirs[k]!r}"
         for k in ours
-        if k not in OUTPUT_NEUTRAL_FIELDS and ours[k] != theirs[k]
+        if k not in neutral and ours[k] != theirs[k]
     ]
     if not diffs:
         return
     hint = ""
-    if "diffusers" in (ckpt.kind, ref_ckpt.kind) and ours["text_rope"] != theirs["text_rope"]:
+    if "diffusers" in (ckpt.kind, ref_ckpt.kind) and ours.get("text_rope") != theirs.get("text_rope"):
         hint = " (diffusers has no text RoPE: compare a config with text_rope=false)"
     raise ConversionError(
         f"{path} ({ckpt.kind}) and {ref} ({ref_ckpt.kind}) are different models, their outputs "

@@ -19,14 +19,16 @@ def rope_cos_sin(
     axes_dim: tuple[int, int, int],
     theta: float,
     dtype: torch.dtype = torch.float32,
+    freq_dtype: torch.dtype = FREQ_DTYPE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``coords [L, 3]`` int, ``rotate [L]`` bool -> ``cos, sin [L, sum(axes_dim)]``."""
+    """``coords [L, 3]`` int, ``rotate [L]`` bool -> ``cos, sin [L, sum(axes_dim)]``; angles are
+    computed in ``freq_dtype`` (Wan's diffusers tables: float64), then cast to ``dtype``."""
     angles = []
     for axis, dim in enumerate(axes_dim):
-        exponent = torch.arange(0, dim, 2, dtype=FREQ_DTYPE, device=coords.device) / dim
+        exponent = torch.arange(0, dim, 2, dtype=freq_dtype, device=coords.device) / dim
         freqs = 1.0 / (theta**exponent)
         angles.append(
-            torch.outer(coords[:, axis].to(FREQ_DTYPE), freqs).repeat_interleave(2, dim=1)
+            torch.outer(coords[:, axis].to(freq_dtype), freqs).repeat_interleave(2, dim=1)
         )
     angle = torch.cat(angles, dim=1)
     keep = rotate[:, None]

@@ -114,6 +114,19 @@ class SequenceShard:
         out = attend_fn(*full.unbind(1))
         return _Exchange.apply(out.unsqueeze(1), self.sp, counts, False).squeeze(1)
 
+    def attend_queries(self, attend_fn, q, k, v) -> torch.Tensor:
+        """``attend_fn(q, k, v)`` for this rank's heads, with only the queries sharded: ``q`` is
+        this rank's rows ``[n, H, D]`` of the split sequence, ``k, v`` are replicated on every
+        rank (Wan's cross-attention to the prompt windows) and sliced to this rank's heads. One
+        all-to-all each way; the gradient of a replicated ``k, v`` reaches this rank's heads
+        only, so the SP ranks' gradients sum to the full one (as FSDP's reduction does)."""
+        counts = self.joint_counts
+        heads = q.shape[1] // self.sp.size
+        own = slice(self.sp.rank * heads, (self.sp.rank + 1) * heads)
+        full_q = _Exchange.apply(q.unsqueeze(1), self.sp, counts, True).squeeze(1)
+        out = attend_fn(full_q, k[:, own], v[:, own])
+        return _Exchange.apply(out.unsqueeze(1), self.sp, counts, False).squeeze(1)
+
     def sum_groups(self, sums: torch.Tensor) -> torch.Tensor:
         """Per-group sums of this rank's rows -> sums over the whole batch (input data only)."""
         if sums.requires_grad:

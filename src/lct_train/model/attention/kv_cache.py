@@ -38,12 +38,7 @@ class KVCache:
         """Writes the new ``k, v [Ln, H, D]`` after the cache; returns ``cache + new`` K and V."""
         if k.requires_grad or v.requires_grad:
             raise RuntimeError("KVCache is for inference: run the model under torch.no_grad()")
-        start, end = self.num_tokens, self.num_tokens + k.shape[0]
-        self._keys[layer] = _ensure(self._keys[layer], end, k, start)
-        self._values[layer] = _ensure(self._values[layer], end, v, start)
-        self._keys[layer][start:end] = k
-        self._values[layer][start:end] = v
-        return self._keys[layer][:end], self._values[layer][:end]
+        return _append(self._keys, self._values, layer, self.num_tokens, k, v)
 
     def commit(self) -> None:
         """Appends the groups of the last forward run with ``write=True`` to the cache."""
@@ -53,6 +48,17 @@ class KVCache:
             )
         self.spec = self.spec.extended(self._pending.groups)
         self._pending = None
+
+
+def _append(keys: list, values: list, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+    """Writes ``k, v`` at ``start`` of the layer's buffers (grown as needed); returns the
+    buffers' first ``start + len(k)`` rows."""
+    end = start + k.shape[0]
+    keys[layer] = _ensure(keys[layer], end, k, start)
+    values[layer] = _ensure(values[layer], end, v, start)
+    keys[layer][start:end] = k
+    values[layer][start:end] = v
+    return keys[layer][:end], values[layer][:end]
 
 
 def _ensure(buffer: torch.Tensor | None, size: int, like: torch.Tensor, keep: int) -> torch.Tensor:

@@ -1,0 +1,110 @@
+"""`WanConfig`: the dataclass of a Wan-family LCT model (presets `conf/model/wan*.yaml`).
+
+The fields are those of diffusers' `WanTransformer3DModel` (text-to-video: no image branch),
+under this project's names, plus the LCT settings of SPEC §9 (`shot_gap`, `rope_offsets`) and the
+attention backend. `family: wan` tells the presets apart from the MMDiT's `ModelConfig`.
+
+| preset           | layers | width | heads | ffn   | channels | params (= diffusers) |
+|------------------|--------|-------|-------|-------|----------|----------------------|
+| `wan2.1-1.3b`    | 30     | 1536  | 12    | 8960  | 16       | 1,418,996,800        |
+| `wan2.1-14b`     | 40     | 5120  | 40    | 13824 | 16       | 14,288,491,584       |
+| `wan2.2-ti2v-5b` | 30     | 3072  | 24    | 14336 | 48       | 4,999,787,712        |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lct_train.core.errors import ConfigError
+from lct_train.model.config import ATTN_BACKENDS, _check, _int_triple
+
+FAMILY = "wan"
+ROPE_OFFSETS = ("temporal", "diagonal")  # SPEC §9: per-shot temporal offset, or §3's diagonal
+
+
+@dataclass
+class WanConfig:
+    family: str = FAMILY
+    # latents and patches (in_channels == out_channels)
+    latent_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (pt, ph, pw)
+    # transformer
+    num_heads: int = 12
+    head_dim: int = 128
+    num_layers: int = 30
+    ffn_dim: int = 8960
+    norm_eps: float = 1e-6
+    cross_attn_norm: bool = True  # affine LayerNorm before cross-attention (all Wan models)
+    # text: umT5 states, each prompt zero-padded to text_len tokens (the source model's rule)
+    text_dim: int = 4096
+    text_len: int = 512
+    # timestep embedding
+    time_freq_dim: int = 256
+    timestep_scale: float = 1000.0  # timesteps in [0, 1] are embedded as t * scale
+    # RoPE on video only; the head dim splits t/h/w as Wan does (`rope_axes_dim`)
+    rope_theta: float = 10000.0
+    rope_offsets: str = "temporal"
+    shot_gap: int = 4  # latent frames between consecutive shots (temporal offsets)
+    # attention kernel (one of ATTN_BACKENDS)
+    attn_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check("family", self.family == FAMILY, f"{FAMILY!r} for a WanConfig", self.family)
+        self.patch_size = _int_triple("patch_size", self.patch_size)
+        for name in ("latent_channels", "num_heads", "head_dim", "num_layers", "ffn_dim",
+                     "text_dim", "text_len", "time_freq_dim"):
+            value = getattr(self, name)
+            _check(name, isinstance(value, int) and value > 0, "a positive int", value)
+        _check("patch_size", all(p > 0 for p in self.patch_size), "positive", self.patch_size)
+        _check("head_dim", self.head_dim % 2 == 0 and self.head_dim >= 6,
+               "even and >= 6 (three RoPE axes)", self.head_dim)
+        _check("time_freq_dim", self.time_freq_dim % 2 == 0, "even", self.time_freq_dim)
+        _check("shot_gap", isinstance(self.shot_gap, int) and self.shot_gap >= 0, "an int >= 0",
+               self.shot_gap)
+        _check("cross_attn_norm", isinstance(self.cross_attn_norm, bool), "a bool",
+               self.cross_attn_norm)
+        for name in ("norm_eps", "timestep_scale", "rope_theta"):
+            _check(name, float(getattr(self, name)) > 0, "> 0", getattr(self, name))
+        _check("rope_offsets", self.rope_offsets in ROPE_OFFSETS, f"one of {ROPE_OFFSETS}",
+               self.rope_offsets)
+        _check("attn_backend", self.attn_backend in ATTN_BACKENDS, f"one of {ATTN_BACKENDS}",
+               self.attn_backend)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one patch vector ``(c, pt, ph, pw)``."""
+        pt, ph, pw = self.patch_size
+        return self.latent_channels * pt * ph * pw
+
+    @property
+    def rope_axes_dim(self) -> tuple[int, int, int]:
+        """t / h / w parts of the head dim, as diffusers' `WanRotaryPosEmbed` (44/42/42 for 128)."""
+        h = w = 2 * (self.head_dim // 6)
+        return (self.head_dim - h - w, h, w)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["patch_size"] = list(out["patch_size"])
+        return out
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> WanConfig:
+        with open(path) as f:
+            return cls.from_dict(yaml.safe_load(f))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WanConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError("model", f"unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
