@@ -5,6 +5,9 @@ TORCH_VERSION ?= 2.13.0
 NPROC   ?= 1
 NNODES  ?= 1
 ARGS    ?=
+# pytest-xdist workers for `make test` (measured on 2 cores: BENCHMARKS.md "CI"); 0 = one process
+TEST_WORKERS ?= 2
+PYTEST  := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 TORCHRUN := $(PYTHON) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(NPROC)
 # stamp of the last `make install`
 INSTALLED := .installed
@@ -15,6 +18,7 @@ help:
 	@echo "make install     install lct-train (+ the CPU torch $(TORCH_VERSION) if no torch is installed)"
 	@echo "make demo        install, build synthetic shards, train stage 1 + causal FT, sample and score held-out scenes"
 	@echo "make test        ruff + the whole test suite (CPU)"
+	@echo "make test-fast   the suite without the slow (multi-process, long) tests: the edit loop"
 	@echo "make stage1      LCT stage 1 on torchrun:    make stage1 NPROC=8 ARGS='model=lct-3b ...'"
 	@echo "make causal-ft   causal fine-tuning stage:   make causal-ft NPROC=8 ARGS='...'"
 	@echo "make bench       CPU benchmarks (see BENCHMARKS.md)"
@@ -41,10 +45,11 @@ lint: $(INSTALLED)
 	$(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command()" --no-cache
 
 test: lint
-	$(PYTHON) -m pytest -q
+	$(PYTEST)
 
+# the edit loop: everything but the multi-process / long tests
 test-fast: $(INSTALLED)
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 stage1: $(INSTALLED)
 	$(TORCHRUN) -m lct_train.train.main stage=lct $(ARGS)
