@@ -179,8 +179,11 @@ class EvalConfig:
     # One joint-mode sample of the first `sample_scenes` held-out scenes from their prompts.
     sample_scenes: int = 1
     sample_steps: int = 16
-    guidance: float = 3.0
-    shift: float = 3.0
+    # CFG scale and timestep shift of the sample; null: the model preset's (model.sampling),
+    # else 3.0. Embedded guidance (models with guidance_embeds): model.sampling's, else
+    # loss.guidance.
+    guidance: float | None = None
+    shift: float | None = None
 
 
 @dataclass
