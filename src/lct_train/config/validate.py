@@ -90,7 +90,8 @@ def validate_stage(c: Any) -> None:
 
 def validate_loss(c: Any) -> None:
     _positive("loss.timestep_std", c.timestep_std)
-    _positive("loss.timestep_shift", c.timestep_shift)
+    if c.timestep_shift is not None:
+        _positive("loss.timestep_shift", c.timestep_shift)
     _choice("loss.nonfinite", c.nonfinite, ("skip", "stop"))
     _positive("loss.max_consecutive_skips", c.max_consecutive_skips)
 
