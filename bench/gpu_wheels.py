@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE_LIST = ROOT / "bench" / "gpu_image_packages.txt"
 # What the suite's stages import (gpu_suite imports the stage modules; these are their lazy
 # imports): tests/bench/test_gpu_suite.py checks that a smoke run imports nothing else.
-SUITE_MODULES = ("gpu_suite", "attention_block", "kv_cache_sampling", "train_step",
+SUITE_MODULES = ("gpu_suite", "attention_block", "kv_cache_sampling", "train_step", "vs_diffusers",
+                 "diffusers",
                  "lct_train.train.trainer", "lct_train.sample.modes",
                  "lct_train.model.attention.flex", "lct_train.model.attention.varlen")
 # Not imported by the suite but by training from shards (LoaderBatches): carried too, so that
