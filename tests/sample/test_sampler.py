@@ -172,3 +172,11 @@ def test_settings_come_from_the_call_then_the_preset_then_the_defaults():
     assert resolve_settings({"steps": None}, SamplingDefaults()) == SamplingSettings()
     with pytest.raises(SamplingError, match="guidance must be >= 1"):
         resolve_settings({"guidance": 0.5}, preset)
+
+
+def test_setting_names_are_the_settings_fields():
+    import dataclasses
+
+    from lct_train.sample.sampler import SETTING_NAMES
+
+    assert tuple(f.name for f in dataclasses.fields(SamplingSettings)) == SETTING_NAMES

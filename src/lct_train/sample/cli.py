@@ -57,13 +57,13 @@ from lct_train.sample.pipeline import (
     write_scenes_manifest,
 )
 from lct_train.sample.prompts import PromptEncoder
-from lct_train.sample.sampler import SamplingError, resolve_settings
+from lct_train.sample.sampler import SETTING_NAMES, SamplingError, resolve_settings
 from lct_train.sample.scene_file import SceneFileError, ShotSize, load_scene_file
 from lct_train.sample.writers import DEFAULT_FPS
 
 MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "codec", "text_encoder", "device", "dtype",
                  "fps")
-SAMPLING_OPTIONS = ("steps", "guidance", "embedded_guidance", "t_c", "shift")
+SAMPLING_OPTIONS = SETTING_NAMES
 MODEL_DEFAULTS = {"device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS}
 ERRORS = (SceneFileError, SamplingError, PoolError, CheckpointError, MediaError)
 

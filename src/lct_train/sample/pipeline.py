@@ -35,6 +35,7 @@ from lct_train.sample.media import (
 from lct_train.sample.modes import AR_KV, AR_MODES, GIVEN, PlannedShot, generate_scene
 from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.sampler import (
+    SETTING_NAMES,
     Sampler,
     SamplingError,
     SamplingSettings,
@@ -75,12 +76,9 @@ class Toolkit:
                        progress=self.progress, sp=self.sp)
 
 
-SAMPLING_FIELDS = ("steps", "guidance", "embedded_guidance", "t_c", "shift")
-
-
 def settings_of(request: SceneRequest, loaded: LoadedModel) -> SamplingSettings:
     """The request's settings; those it leaves out from the model's preset (``resolve_settings``)."""
-    return resolve_settings({k: getattr(request, k) for k in SAMPLING_FIELDS},
+    return resolve_settings({k: getattr(request, k) for k in SETTING_NAMES},
                             loaded.config.sampling)
 
 

@@ -79,6 +79,9 @@ class SamplingSettings:
             raise SamplingError(f"shift must be > 0, got {self.shift}")
 
 
+SETTING_NAMES = ("steps", "guidance", "embedded_guidance", "t_c", "shift")  # SamplingSettings' fields
+
+
 def resolve_settings(given: dict, preset: SamplingDefaults | None = None) -> SamplingSettings:
     """The settings of a call: each value from ``given`` (scene file, flags, a pool) unless it is
     ``None``, else the model preset's (``ModelConfig.sampling``), else ``SamplingSettings``'s."""
