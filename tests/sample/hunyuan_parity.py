@@ -41,8 +41,9 @@ def import_transformer(model, root: Path) -> Path:
 
 def lct_sample_one_shot(ckpt: Path, out: Path, noise: torch.Tensor, *, prompt: str = PROMPT,
                         global_prompt: str | None = None, args: tuple[str, ...] = (),
-                        **scene) -> torch.Tensor:
-    """``lct-sample scene`` of a one-shot scene starting at ``noise``; the shot's latent."""
+                        tools: tuple[str, ...] = tuple(TOOLS), **scene) -> torch.Tensor:
+    """``lct-sample scene`` of a one-shot scene starting at ``noise``; the shot's latent.
+    ``tools``: the codec and text encoder options (``--pipeline DIR`` once it exists)."""
     out.mkdir(parents=True, exist_ok=True)
     save_file({"noise": noise.contiguous()}, str(out / "noise.safetensors"))
     data = {"size": SIZE, **scene,
@@ -51,7 +52,7 @@ def lct_sample_one_shot(ckpt: Path, out: Path, noise: torch.Tensor, *, prompt: s
         data["global_prompt"] = global_prompt
     (out / "scene.yaml").write_text(json.dumps(data))
     rc = sample(["scene", str(out / "scene.yaml"), "--ckpt", str(ckpt), "--out",
-                 str(out / "result"), *TOOLS, *args])
+                 str(out / "result"), *tools, *args])
     assert rc == 0
     return load_file(str(out / "result" / "shot_000.safetensors"))["latent"]
 
@@ -78,12 +79,15 @@ def diffusers_pipeline(transformer, shift: float):
 
 @torch.no_grad()
 def diffusers_one_shot(transformer, noise: torch.Tensor, *, steps: int, shift: float,
-                       embedded_guidance: float, prompt: str = PROMPT) -> torch.Tensor:
-    """``HunyuanVideoPipeline(..., latents=noise, output_type="latent")``: the shot's latent."""
+                       embedded_guidance: float, prompt: str = PROMPT,
+                       embeds: dict | None = None) -> torch.Tensor:
+    """``HunyuanVideoPipeline(..., latents=noise, output_type="latent")``: the shot's latent.
+    ``embeds``: prompt_embeds / pooled_prompt_embeds / prompt_attention_mask (default: the
+    `tiny` encoder's of ``prompt``; a real pipeline's ``encode_prompt`` output fits too)."""
     pipe = diffusers_pipeline(transformer, shift)
     pipe.set_progress_bar_config(disable=True)
     _, frames, h, w = noise.shape
-    out = pipe(**prompt_embeds(prompt), latents=noise[None], num_inference_steps=steps,
+    out = pipe(**(embeds or prompt_embeds(prompt)), latents=noise[None], num_inference_steps=steps,
                guidance_scale=embedded_guidance, height=h * 8, width=w * 8,
                num_frames=(frames - 1) * 4 + 1, output_type="latent", return_dict=False)[0]
     return out[0]
