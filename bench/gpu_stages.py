@@ -52,6 +52,8 @@ class Profile:
     kv_layers: int
     sync_layers: int
     matmul_size: int
+    vsd_model: str  # conf/model preset of the vs-diffusers stage (made diffusers-compatible)
+    vsd_blocks: tuple[int, int]  # its dual, single blocks
     gpu_gb: float  # the memory the estimator is told the device has
     caps: dict[str, int]  # stage -> seconds
 
@@ -65,9 +67,9 @@ GPU = Profile(
     attn_warmup=1, attn_repeats=3,
     train_shots=(9, 5, 1), compiled_shots=(9, 5, 1), train_warmup=1, train_steps=2, compile_backend="inductor",
     kv_shots=tuple(range(2, 10)), kv_warmup=True, kv_steps=4, kv_layers=2, sync_layers=2, matmul_size=8192,
-    gpu_gb=141.0,
-    caps={"tests": 70, "attention": 70, "train-eager": 90, "train-compiled": 150,
-          "kv-cache": 50, "host-syncs": 30, "estimate": 300},
+    vsd_model="hunyuan-video", vsd_blocks=(2, 4), gpu_gb=141.0,
+    caps={"tests": 60, "attention": 60, "train-eager": 90, "train-compiled": 140,
+          "kv-cache": 40, "host-syncs": 30, "vs-diffusers": 40, "estimate": 300},
 )
 SMOKE = Profile(
     name="smoke", device="cpu", dtype=torch.float32, model="tiny",
@@ -78,10 +80,11 @@ SMOKE = Profile(
     # inductor's C++ code generation takes minutes on 2 shared cores: dynamo capture only
     train_shots=(2, 1), compiled_shots=(1,), train_warmup=1, train_steps=1, compile_backend="eager",
     kv_shots=(2,), kv_warmup=False, kv_steps=2, kv_layers=1, sync_layers=1, matmul_size=256,
-    gpu_gb=24.0,
-    # about 70 s of CPU in all; the caps allow for a machine shared four ways
+    vsd_model="tiny", vsd_blocks=(1, 1), gpu_gb=24.0,
+    # about 90 s of CPU in all; the caps allow for a machine shared four ways (the estimate
+    # runs beside every other stage)
     caps={"tests": 90, "attention": 90, "train-eager": 90, "train-compiled": 90,
-          "kv-cache": 90, "host-syncs": 90, "estimate": 120},
+          "kv-cache": 90, "host-syncs": 90, "vs-diffusers": 90, "estimate": 150},
 )
 PROFILES = {p.name: p for p in (GPU, SMOKE)}
 
@@ -243,3 +246,21 @@ def stage_kv_cache(rec: Recorder, profile: Profile, scratch: Path) -> None:
     for row in kv_rows(sampler, cfg, geo, block_params, profile.kv_shots, repeat=1,
                        warmup=profile.kv_warmup):
         rec.row("kv-cache", row)
+
+
+# ------------------------------------------------------------------------- 6. vs diffusers
+def stage_vs_diffusers(rec: Recorder, profile: Profile, scratch: Path) -> None:
+    """lct-train vs diffusers' HunyuanVideoTransformer3DModel, same weights and one shot, at the
+    preset's width with fewer blocks: forward and forward+backward time, parity."""
+    from vs_diffusers import compare, diffusers_compatible
+
+    cfg = diffusers_compatible(model_preset(profile.vsd_model), *profile.vsd_blocks)
+    cfg = dataclasses.replace(cfg, attn_backend="auto")
+    rec.info("model", f"{profile.vsd_model} width {cfg.hidden_size} ({cfg.num_heads} x "
+                      f"{cfg.head_dim}), {cfg.num_dual_blocks} dual + {cfg.num_single_blocks} "
+                      f"single blocks, {profile.dtype}, lct-train attention auto")
+    rec.info("shot", f"{profile.shot_text} text + {profile.shot_grid} video patches, no global "
+                     "group (the single-shot layout diffusers runs)")
+    for row in compare(cfg, profile.shot_grid, profile.shot_text, torch.device(profile.device),
+                       profile.dtype, repeats=profile.attn_repeats, warmup=profile.attn_warmup):
+        rec.row("vs-diffusers", row)

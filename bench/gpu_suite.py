@@ -14,9 +14,12 @@ recorded and the suite goes on):
    (2 blocks): speedup against the FLOP ratio;
 5. ``host-syncs``: the synchronizing CUDA calls of one training step
    (``torch.cuda.set_sync_debug_mode("warn")``);
+6. ``vs-diffusers``: lct-train's model against diffusers' HunyuanVideoTransformer3DModel on the
+   same weights and one shot, hunyuan-video width with 2 dual + 4 single blocks, bf16: forward
+   and forward+backward time ratio, parity (``bench/vs_diffusers.py``);
 
 plus ``estimate``, the memory estimator (``lct-estimate``) on the CPU, beside the GPU
-stages. Caps are in ``gpu_stages.GPU`` (455 s of GPU stages).
+stages. Caps are in ``gpu_stages.GPU`` (460 s of GPU stages).
 Output, in ``--out`` (default ``$OUT``, else ``gpu_suite_out/``): ``gpu_suite.md``,
 ``gpu_suite.json``, ``gpu_suite.log`` (every stage's output), ``gpu_suite_estimate.log``.
 
@@ -55,6 +58,7 @@ from gpu_stages import (
     stage_attention,
     stage_kv_cache,
     stage_tests,
+    stage_vs_diffusers,
 )
 from gpu_train import stage_estimate, stage_host_syncs, stage_train
 
@@ -65,6 +69,7 @@ STAGES = {  # name -> (title, function); run in this order
     "train-compiled": ("training step, compile on", lambda r, p, s: stage_train(r, p, s, True)),
     "kv-cache": ("KV-cache vs recompute sampling", stage_kv_cache),
     "host-syncs": ("host syncs in one training step", stage_host_syncs),
+    "vs-diffusers": ("lct-train vs diffusers' HunyuanVideo transformer", stage_vs_diffusers),
     "estimate": ("memory estimator (CPU, beside the GPU stages)", stage_estimate),
 }
 BESIDE = "estimate"  # CPU-only: started first, runs while the GPU stages run

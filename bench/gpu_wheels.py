@@ -31,13 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE_LIST = ROOT / "bench" / "gpu_image_packages.txt"
 # What the suite's stages import (gpu_suite imports the stage modules; these are their lazy
 # imports): tests/bench/test_gpu_suite.py checks that a smoke run imports nothing else.
-SUITE_MODULES = ("gpu_suite", "attention_block", "kv_cache_sampling", "train_step",
+SUITE_MODULES = ("gpu_suite", "attention_block", "kv_cache_sampling", "train_step", "vs_diffusers",
+                 "diffusers",
                  "lct_train.train.trainer", "lct_train.sample.modes",
                  "lct_train.model.attention.flex", "lct_train.model.attention.varlen")
 # Not imported by the suite but by training from shards (LoaderBatches): carried too, so that
 # `lct-train` runs there on real shards; a few hundred kB.
 ALSO_CARRY = ("webdataset",)
 NOT_DISTRIBUTIONS = {"cython_runtime"}  # a module Cython extensions create at import
+# Imported here only because they are installed, by optional imports of what the suite uses
+# (accelerate's SageMaker config: boto3 and its requirements; transformers' kernels hub, both
+# reached from diffusers): absent there, they are skipped, so the machine needs none of them.
+OPTIONAL_MODULES = {"boto3", "botocore", "jmespath", "s3transfer", "kernels"}
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
 PURE_TAG = "-py3-none-any.whl"
@@ -68,7 +73,7 @@ def distributions_of(modules) -> set[str]:
     owners = md.packages_distributions()
     dists = set()
     for module in modules:
-        if module in NOT_DISTRIBUTIONS:
+        if module in NOT_DISTRIBUTIONS or module in OPTIONAL_MODULES:
             continue
         if module not in owners:
             raise ValueError(f"module {module!r} belongs to no installed distribution")

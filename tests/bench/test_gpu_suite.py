@@ -73,6 +73,10 @@ def test_smoke_runs_every_stage(smoke):
     assert all(r["max_abs_diff"] < 1e-4 and r["attn_ratio"] > 1 and r["speedup"] > 0 for r in kv)
     # 5: the step ran; syncs are counted on CUDA only, the CPU run says so
     assert _rows(report, "host-syncs", "host syncs") == [{"site": "n/a on CPU", "count": None}]
+    # 6: lct-train and diffusers on the same weights agree (fp32) and both were timed
+    vsd = _rows(report, "vs-diffusers", "vs-diffusers")
+    assert [r["pass"] for r in vsd] == ["forward", "forward+backward"]
+    assert all(r["max_rel_diff"] < 1e-5 and r["lct_ms"] > 0 and r["ratio"] > 0 for r in vsd)
     text = (out / "gpu_suite.md").read_text()
     assert "## Goals" in text
     assert "MFU >=" in text

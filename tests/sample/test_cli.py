@@ -44,6 +44,7 @@ def _scene(tmp_path, **changes):
         ],
         **changes,
     }
+    scene = {k: v for k, v in scene.items() if v is not None}  # a key set to None: left out
     path = tmp_path / "scene.yaml"
     path.write_text(json.dumps(scene))
     return path
@@ -226,3 +227,66 @@ def test_a_later_scene_file_with_broken_media_writes_nothing(tmp_path, ckpt, cap
     assert last.startswith("lct-sample scene: error: ")
     assert "character.png" in last
     assert not out.exists()
+
+
+NOISE_SHAPE = [12, 2, 8, 8]  # SIZE through the pixel:2 codec
+
+
+@pytest.mark.parametrize(
+    ("tensors", "problem"),
+    [
+        (None, "does not exist"),
+        ({"noise": torch.zeros(12, 2, 8, 4)}, "shape [12, 2, 8, 4]"),
+        ({"a": torch.zeros(NOISE_SHAPE), "b": torch.zeros(NOISE_SHAPE)}, "holds 2 tensors"),
+        (b"not safetensors", "not a readable .safetensors file"),
+    ],
+)
+def test_a_bad_noise_file_is_one_line_and_writes_nothing(tmp_path, ckpt, capsys, tensors,
+                                                         problem):
+    from safetensors.torch import save_file
+
+    noise = tmp_path / "z.safetensors"
+    if isinstance(tensors, bytes):
+        noise.write_bytes(tensors)
+    elif tensors is not None:
+        save_file(tensors, str(noise))
+    scene = _scene(tmp_path, shots=[{"prompt": "a", "noise": "z.safetensors"}])
+    out = tmp_path / "out"
+    assert main(["scene", str(scene), "--ckpt", ckpt, "--out", str(out), *TOOLS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    last = err[-1]
+    assert last.startswith("lct-sample scene: error: ")
+    assert str(noise) in last
+    assert problem in last
+    assert f"latent shape [C, F, h, w] = {NOISE_SHAPE}" in last
+    assert not out.exists()
+
+
+def test_a_scene_and_a_pool_without_global_prompt(tmp_path, ckpt):
+    """No global prompt: the pool records none (null), later shots run without a global group,
+    and the same scene with an empty global prompt (a global group) differs."""
+    scene = _scene(tmp_path, global_prompt=None, mode="ar", shots=[{"prompt": "a"}])
+    out = tmp_path / "out"
+    assert main(["scene", str(scene), "--ckpt", ckpt, "--out", str(out), *TOOLS]) == 0
+    assert json.loads((out / "pool.json").read_text())["global_prompt"] is None
+    assert json.loads((out / "manifest.jsonl").read_text())["global_prompt"] is None
+    assert main(["shot", "--pool", str(out), "--prompt", "b", "--no-progress"]) == 0
+    assert HistoryPool.load(out).pending.context == (0,)
+    empty = _scene(tmp_path, global_prompt="", mode="ar", shots=[{"prompt": "a"}])
+    assert main(["scene", str(empty), "--ckpt", ckpt, "--out", str(tmp_path / "e"), *TOOLS]) == 0
+    latents = [load_file(str(d / "shot_000.safetensors"))["latent"] for d in (out, tmp_path / "e")]
+    assert (latents[0] - latents[1]).abs().max() > 1e-4
+
+
+def test_a_guidance_embedded_model_without_a_value_is_refused_before_any_work(tmp_path, config,
+                                                                             capsys):
+    import dataclasses
+
+    embedded = dataclasses.replace(config, guidance_embeds=True)
+    ckpt = str(write_consolidated(tmp_path / "ckpt", embedded, tiny_model(embedded, torch.float32)))
+    scene, out = _scene(tmp_path), tmp_path / "out"
+    assert main(["scene", str(scene), "--ckpt", ckpt, "--out", str(out), *TOOLS]) == 2
+    assert "neither the scene file, --embedded-guidance nor its preset" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["scene", str(scene), "--ckpt", ckpt, "--out", str(out), *TOOLS,
+                 "--embedded-guidance", "6"]) == 0

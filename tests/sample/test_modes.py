@@ -52,9 +52,12 @@ def test_joint_generation_depends_on_the_condition(make_sampler, prompts):
     assert (a - b).abs().max() > 1e-4
 
 
-def test_kv_cache_generation_equals_recompute(make_sampler, prompts):
-    """SPEC §8 invariant 6, with CFG (two caches) and a condition shot in the history."""
+@pytest.mark.parametrize("with_global", [True, False])
+def test_kv_cache_generation_equals_recompute(make_sampler, prompts, with_global):
+    """SPEC §8 invariant 6, with CFG (two caches) and a condition shot in the history; without
+    a global prompt the first shot starts from an empty cache."""
     global_prompt, shots = _scene(prompts, given=(1,))
+    global_prompt = global_prompt if with_global else None
     sampler = make_sampler("causal", guidance=4.0)
     recompute = generate_scene(sampler, global_prompt, shots, AR)
     cached = generate_scene(sampler, global_prompt, shots, AR_KV)

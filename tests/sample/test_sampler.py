@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from lct_train.model.geometry import patchify
+from lct_train.model.sampling_defaults import SamplingDefaults
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, TargetShot
-from lct_train.sample.sampler import Sampler, SamplingError, SamplingSettings
+from lct_train.sample.sampler import Sampler, SamplingError, SamplingSettings, resolve_settings
+from lct_train.sample.schedule import shot_noise
 from tests.sample.tiny import LATENT_CHANNELS
 
 
@@ -130,3 +132,51 @@ def test_packed_metadata_is_built_once_per_branch_and_call(config, prompts, monk
     sampler.generate(prompts.one("global"), [TargetShot(prompts.one("a shot"), shape, seed=1)])
     assert len(oracle.calls) == 4 * 2
     assert len(calls) == 2
+
+
+def test_a_scene_without_global_prompt_has_no_global_group(config, prompts):
+    """global_prompt=None: only the shots' groups (no dummy tokens, no t=0 group), and Euler
+    still lands on the oracle latents."""
+    shapes = [(LATENT_CHANNELS, 2, 4, 4), (LATENT_CHANNELS, 1, 4, 6)]
+    clean = _shot_latents(config, shapes)
+    oracle = FlowOracle(torch.cat([patchify(z, config.patch_size) for z in clean]))
+    sampler = Sampler(oracle, config, prompts.empty, mask="bidirectional", window=9,
+                      settings=SamplingSettings(steps=3, guidance=1.0, t_c=0.4, shift=2.0))
+    p = prompts.one("a shot")
+    out = sampler.generate(None, [TargetShot(p, shapes[0], seed=1),
+                                  ConditionShot(p, clean[1], seed=2)])
+    torch.testing.assert_close(out[0], clean[0], rtol=0, atol=1e-10)
+    assert oracle.calls[0].tolist() == pytest.approx([1.0, 0.4])  # no global group at t = 0
+
+
+def test_a_shot_given_its_noise_starts_from_it(config, prompts, model):
+    sampler = Sampler(model, config, prompts.empty, mask="causal", window=9,
+                      settings=SamplingSettings(steps=2, guidance=1.0))
+    p, shape = prompts.one("x"), (LATENT_CHANNELS, 1, 4, 4)
+    seeded = shot_noise(3, shape, torch.float64).initial
+    (base,) = sampler.generate(None, [TargetShot(p, shape, seed=3)])
+    (same,) = sampler.generate(None, [TargetShot(p, shape, seed=99, noise=seeded)])
+    (other,) = sampler.generate(None, [TargetShot(p, shape, seed=3, noise=seeded + 1.0)])
+    torch.testing.assert_close(same, base, rtol=0, atol=0)  # the noise, not the seed, counts
+    assert (other - base).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"noise of shape \[4, 1, 4, 4\]"):
+        TargetShot(p, shape, seed=0, noise=torch.zeros(4, 1, 4, 4))
+
+
+def test_settings_come_from_the_call_then_the_preset_then_the_defaults():
+    preset = SamplingDefaults(steps=50, guidance=1.0, embedded_guidance=6.0, shift=7.0)
+    got = resolve_settings({"steps": 4, "guidance": None, "shift": None}, preset)
+    assert got == SamplingSettings(steps=4, guidance=1.0, embedded_guidance=6.0, shift=7.0)
+    assert resolve_settings({"shift": 2.0, "guidance": 3.0}, preset).shift == 2.0
+    # no preset value: today's defaults (CFG 5, 30 steps, resolution-rule shift)
+    assert resolve_settings({"steps": None}, SamplingDefaults()) == SamplingSettings()
+    with pytest.raises(SamplingError, match="guidance must be >= 1"):
+        resolve_settings({"guidance": 0.5}, preset)
+
+
+def test_setting_names_are_the_settings_fields():
+    import dataclasses
+
+    from lct_train.sample.sampler import SETTING_NAMES
+
+    assert tuple(f.name for f in dataclasses.fields(SamplingSettings)) == SETTING_NAMES

@@ -83,6 +83,9 @@ def test_scene_level_errors(tmp_path, change, message):
         ({"prompt": "[SHOT CUT] x", "cut": False}, r"shots\[1\]: prompt starts with"),
         ({"prompt": "x", "colour": "red"}, r"shots\[1\]: unknown key\(s\) \['colour'\]"),
         ({"prompt": 3}, r"shots\[1\]\.prompt must be a string"),
+        ({"prompt": "x", "noise": 3}, r"shots\[1\]\.noise must be a file path"),
+        ({"prompt": "x", "noise": "z.safetensors", "condition": "ref.png"},
+         r"shots\[1\]: noise starts a generated shot"),
     ],
 )
 def test_shot_level_errors(tmp_path, shot, message):
@@ -120,3 +123,16 @@ def test_unparsable_and_missing_files(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(SceneFileError, match="top level must be a mapping"):
         load_scene_file(listing)
+
+
+def test_global_prompt_and_sampling_settings_left_out(tmp_path):
+    """No global_prompt: no global group (None), unlike an empty one; settings left out are
+    None (the model preset's, else the sampler's defaults); noise paths are relative to the
+    scene file (checked against the latent shape when the scene is planned)."""
+    data = {"size": SCENE["size"], "shots": [{"prompt": "a", "noise": "z0.safetensors"}]}
+    request = load_scene_file(_write(tmp_path, data))
+    assert request.global_prompt is None
+    assert (request.steps, request.guidance, request.embedded_guidance, request.shift) == (
+        None, None, None, None)
+    assert request.shots[0].noise == tmp_path / "z0.safetensors"
+    assert parse_scene({**data, "global_prompt": ""}).global_prompt == ""

@@ -1,5 +1,6 @@
 """``lct-sample --sp 2`` under torchrun (2 gloo ranks, Ulysses sequence parallelism) gives the
-latents of one process, in the ar-kv mode (KV cache sharded by heads) and the joint mode."""
+latents of one process, in the ar-kv mode (KV cache sharded by heads; a scene without global
+prompt, so the first shot starts from an empty cache) and the joint mode (with one)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ SHOTS = 3
 
 def _scene(tmp_path, mode: str):
     size = {"frames": 2, "height": 12, "width": 16}  # 2 x 3 x 4 patches: odd joint lengths
-    scene = {"global_prompt": "Character 1: a red fox.", "mode": mode, "steps": 2,
-             "guidance": 2.0, "t_c": 0.3, "seed": 7, "size": size,
+    scene = {"mode": mode, "steps": 2, "guidance": 2.0, "t_c": 0.3, "seed": 7, "size": size,
              "shots": [{"prompt": f"Character 1, shot {i}."} for i in range(SHOTS)]}
+    if mode == "joint":
+        scene["global_prompt"] = "Character 1: a red fox."
     path = tmp_path / f"{mode}.yaml"
     path.write_text(json.dumps(scene))
     return path

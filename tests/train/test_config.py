@@ -60,3 +60,34 @@ def test_cli_bad_key_is_one_line_and_exit_2():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "optim.lrr" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shift", "guidance"),
+    [
+        (["model=hunyuan-video"], 7.0, 1.0),  # the preset's sampling shift; guidance 1
+        (["model=hunyuan-video", "loss.timestep_shift=3.0", "loss.guidance=2.0"], 3.0, 2.0),
+        (["model=tiny"], 1.0, None),  # no preset shift, no guidance embedding
+    ],
+)
+def test_training_timestep_shift_and_embedded_guidance(overrides, shift, guidance):
+    """The recipe of a guidance-distilled model (docs/method.md): t shifted as the preset
+    samples, embedded guidance 1 (the conditional velocity is the target)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lct_train.train.step import StepInputs
+
+    cfg = compose_config([*overrides, "run_dir=/tmp/unused"])
+    world = SimpleNamespace(dp_rank=0, dp_size=1, sp=None)
+    inputs = StepInputs.from_config(cfg, cfg.model, world, torch.device("cpu"))
+    assert inputs.t_shift == shift
+    assert inputs.guidance == guidance
+
+
+def test_model_sampling_block_is_checked():
+    with pytest.raises(Exception, match=r"model\.sampling\.shift: must be > 0"):
+        compose_config(["model=tiny", "model.sampling.shift=0", "run_dir=/tmp/unused"])
+    with pytest.raises(Exception, match=r"model\.sampling"):
+        compose_config(["model=tiny", "+model.sampling.cfg=2", "run_dir=/tmp/unused"])

@@ -57,3 +57,42 @@ def test_eval_without_data_is_a_config_error(tmp_path):
                           capture_output=True, text=True, timeout=240, env=env())
     assert proc.returncode != 0
     assert "eval.data: is empty" in proc.stderr
+
+
+def test_validation_of_a_guidance_embedded_model(heldout, tmp_path):
+    """A guidance-distilled model (guidance_embeds, as hunyuan-video) validates: its sample gets
+    the embedded guidance of its preset (here none: the value it trains with, loss.guidance)."""
+    data, _ = heldout
+    run_dir = tmp_path / "run"
+    run(1, ["model=tiny", "model.latent_channels=12", "model.guidance_embeds=true",
+            "data_source=synthetic", "synthetic.scenes_per_batch=1", "steps=1", "eval.every=1",
+            f"eval.data={data}", "eval.scenes=1", "eval.sample_steps=2",
+            "checkpoint.enabled=false", f"run_dir={run_dir}"])
+    records = _validation_records(run_dir)
+    assert [r["step"] for r in records] == [1]
+    assert math.isfinite(records[0]["val/loss"])
+    assert (run_dir / "eval" / "step-00000001.png").is_file()
+
+
+def test_sample_settings_come_from_eval_then_the_preset_then_the_fallbacks():
+    from types import SimpleNamespace
+
+    from lct_train.config.schema import EvalConfig
+    from lct_train.model.sampling_defaults import SamplingDefaults
+    from lct_train.sample.sampler import SamplingSettings
+    from lct_train.train.validation import Validator
+
+    hunyuan = SamplingDefaults(steps=50, guidance=1.0, embedded_guidance=6.0, shift=7.0)
+
+    def settings(preset, trained_guidance=1.0, **eval_cfg):
+        owner = SimpleNamespace(cfg=EvalConfig(**eval_cfg), inp=SimpleNamespace(
+            guidance=trained_guidance), model_cfg=SimpleNamespace(sampling=preset))
+        return Validator.sampling_settings(owner)
+
+    assert settings(hunyuan) == SamplingSettings(steps=16, guidance=1.0, embedded_guidance=6.0,
+                                                 shift=7.0)
+    assert settings(hunyuan, guidance=2.0, shift=5.0).guidance == 2.0
+    # no preset: today's eval defaults; embedded guidance as trained (None: no embedding)
+    assert settings(SamplingDefaults(), trained_guidance=None) == SamplingSettings(
+        steps=16, guidance=3.0, shift=3.0)
+    assert settings(SamplingDefaults(), trained_guidance=1.0).embedded_guidance == 1.0

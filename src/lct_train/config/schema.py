@@ -140,13 +140,16 @@ class LossConfig:
     # Per shot t = sigmoid(N(timestep_mean, timestep_std)); global groups use t = 0.
     timestep_mean: float = 0.0
     timestep_std: float = 1.0
-    # Optional SD3-style shift of the sampled t (1 = none).
-    timestep_shift: float = 1.0
+    # SD3-style shift s t / (1 + (s - 1) t) of the sampled t (1 = none); null: the model
+    # preset's sampling shift (model.sampling.shift, hunyuan-video 7.0), else 1 (docs/method.md).
+    timestep_shift: float | None = None
     # Non-finite loss or gradient norm: "skip" the update or "stop" the run.
     nonfinite: str = "skip"
     # Stop anyway after this many consecutive skipped steps.
     max_consecutive_skips: int = 10
     # Distilled-guidance value fed to models with guidance_embeds (HunyuanVideo); else unused.
+    # 1.0: the regression target is the plain conditional velocity, which a distilled model
+    # gives at guidance 1 (docs/method.md "Guidance-distilled models").
     guidance: float = 1.0
 
 
@@ -179,8 +182,11 @@ class EvalConfig:
     # One joint-mode sample of the first `sample_scenes` held-out scenes from their prompts.
     sample_scenes: int = 1
     sample_steps: int = 16
-    guidance: float = 3.0
-    shift: float = 3.0
+    # CFG scale and timestep shift of the sample; null: the model preset's (model.sampling),
+    # else 3.0. Embedded guidance (models with guidance_embeds): model.sampling's, else
+    # loss.guidance.
+    guidance: float | None = None
+    shift: float | None = None
 
 
 @dataclass

@@ -90,7 +90,8 @@ def validate_stage(c: Any) -> None:
 
 def validate_loss(c: Any) -> None:
     _positive("loss.timestep_std", c.timestep_std)
-    _positive("loss.timestep_shift", c.timestep_shift)
+    if c.timestep_shift is not None:
+        _positive("loss.timestep_shift", c.timestep_shift)
     _choice("loss.nonfinite", c.nonfinite, ("skip", "stop"))
     _positive("loss.max_consecutive_skips", c.max_consecutive_skips)
 
@@ -116,9 +117,10 @@ def validate_eval(c: Any) -> None:
                           f"{list(c.timesteps)}")
     _positive("eval.sample_scenes", c.sample_scenes, allow_zero=True)
     _positive("eval.sample_steps", c.sample_steps)
-    if c.guidance < 1.0:
+    if c.guidance is not None and c.guidance < 1.0:
         raise ConfigError("eval.guidance", f"must be >= 1 (1 = no guidance), got {c.guidance}")
-    _positive("eval.shift", c.shift)
+    if c.shift is not None:
+        _positive("eval.shift", c.shift)
 
 
 def validate(cfg: Any) -> None:

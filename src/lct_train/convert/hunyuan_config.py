@@ -19,6 +19,9 @@ DIFFUSERS_NORM_EPS = 1e-6
 DIFFUSERS_TIME_FREQ_DIM = 256
 DIFFUSERS_TIMESTEP_SCALE = 1000.0  # diffusers takes timesteps (and guidance) on a 0..1000 scale
 SUPPORTED_QK_NORM = "rms_norm"
+# HunyuanVideo's pipeline settings for its guidance-distilled checkpoint (conf/model/hunyuan-video
+# .yaml's `sampling` block holds the same): an imported model keeps them
+HUNYUAN_VIDEO_SAMPLING = {"steps": 50, "guidance": 1.0, "embedded_guidance": 6.0, "shift": 7.0}
 
 
 def _require(ok: bool, message: str) -> None:
@@ -90,6 +93,8 @@ def config_from_diffusers(dcfg: dict[str, Any], base: ModelConfig | None = None)
         text_rope=False,
     )
     base_fields = (base or ModelConfig()).to_dict()
+    if arch["guidance_embeds"] and not (base and base.sampling.given()):
+        arch["sampling"] = HUNYUAN_VIDEO_SAMPLING
     try:
         return ModelConfig.from_dict({**base_fields, **arch})
     except ValueError as err:

@@ -36,7 +36,7 @@ from lct_train.model.config import ModelConfig
 # max |a - b| / max(|b|) allowed between two models on the reference input, per compute dtype
 RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 # ModelConfig fields that do not change a one-shot output (diffusers has no notion of them)
-OUTPUT_NEUTRAL_FIELDS = ("dummy_grid", "attn_backend")
+OUTPUT_NEUTRAL_FIELDS = ("dummy_grid", "attn_backend", "sampling")
 
 
 @dataclass

@@ -13,7 +13,8 @@ Which features each preset switches on:
 parameter names; only `x_embedder` is a Linear over patch vectors instead of a Conv3d), with text
 RoPE off so that a one-shot scene reproduces the source model (SPEC §8.2). All presets are the
 same architecture with features switched; nothing in the parameter set depends on the number of
-shots (SPEC §8.1).
+shots (SPEC §8.1). The `sampling` block is no architecture: the source model's sampling
+settings (`sampling_defaults.py`), carried along so exports and checkpoints keep them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import yaml
 
 from lct_train.core.errors import ConfigError
+from lct_train.model.sampling_defaults import SamplingDefaults
 
 ATTN_BACKENDS = ("auto", "reference", "flex", "flash-varlen")
 
@@ -59,11 +61,14 @@ class ModelConfig:
     dummy_grid: tuple[int, int, int] = (1, 2, 2)
     # attention kernel (one of ATTN_BACKENDS)
     attn_backend: str = "auto"
+    # the source model's sampling settings (not architecture: sampling_defaults.py)
+    sampling: SamplingDefaults = dataclasses.field(default_factory=SamplingDefaults)
 
     def __post_init__(self) -> None:
         self.patch_size = _int_triple("patch_size", self.patch_size)
         self.rope_axes_dim = _int_triple("rope_axes_dim", self.rope_axes_dim)
         self.dummy_grid = _int_triple("dummy_grid", self.dummy_grid)
+        self.sampling = SamplingDefaults.from_dict(self.sampling)
         for name in (
             "latent_channels",
             "num_heads",

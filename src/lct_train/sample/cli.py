@@ -56,17 +56,17 @@ from lct_train.sample.pipeline import (
     prepare_scene,
     render_pool,
     run_scene,
+    settings_of,
     write_scenes_manifest,
 )
 from lct_train.sample.prompts import PromptEncoder
-from lct_train.sample.sampler import SamplingError, SamplingSettings
+from lct_train.sample.sampler import SETTING_NAMES, SamplingError, resolve_settings
 from lct_train.sample.scene_file import SceneFileError, ShotSize, load_scene_file
 from lct_train.sample.writers import DEFAULT_FPS
 
 MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "pipeline", "codec", "text_encoder", "device",
                  "dtype", "fps")
-SAMPLING_OPTIONS = ("steps", "guidance", "embedded_guidance", "t_c", "shift")
-SAMPLING_DEFAULTS = asdict(SamplingSettings())  # one source: the SamplingSettings defaults
+SAMPLING_OPTIONS = SETTING_NAMES
 MODEL_DEFAULTS = {"device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS}
 ERRORS = (SceneFileError, SamplingError, PoolError, CheckpointError, MediaError)
 
@@ -104,9 +104,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=sorted(SAMPLE_DTYPES), help="model dtype (default float32)")
     g.add_argument("--fps", type=int, help=f"mp4 frame rate (default {DEFAULT_FPS})")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    s = p.add_argument_group("sampling (override the scene file / the pool)")
-    s.add_argument("--steps", type=int)
-    s.add_argument("--guidance", type=float, help="CFG scale on the text (1 = off)")
+    s = p.add_argument_group(
+        "sampling (override the scene file / the pool; unset: the model preset's value, e.g. "
+        "hunyuan-video: steps 50, guidance 1, embedded guidance 6, shift 7, else the default)")
+    s.add_argument("--steps", type=int, help="Euler steps (default 30)")
+    s.add_argument("--guidance", type=float, help="CFG scale on the text (1 = off; default 5)")
     s.add_argument("--embedded-guidance", dest="embedded_guidance", type=float,
                    help="value of the guidance embedding (models that have one)")
     s.add_argument("--t-c", dest="t_c", type=float, help="conditioning timestep in [0, 1)")
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sp_arg(p)
     p = sub.add_parser("init", help="start an empty history pool")
     p.add_argument("--pool", required=True)
-    p.add_argument("--global-prompt", dest="global_prompt", default="")
+    p.add_argument("--global-prompt", dest="global_prompt",
+                   help="the scene's global prompt (none: no global group)")
     p.add_argument("--size", type=_size, help="default shot size F,H,W in pixels")
     _model_args(p)
     p = sub.add_parser("add", help="accept a given shot (image / video / latent)")
@@ -251,7 +254,8 @@ def _cmd_scene(args) -> None:
     plans = [prepare_scene(request, kit) for request in requests]
     written = []
     for request, folder, planned in zip(requests, folders, plans):
-        settings = dict(model_opts, **{k: getattr(request, k) for k in SAMPLING_OPTIONS})
+        # the settings the scene ran with (preset values filled in), reused by later shots
+        settings = dict(model_opts, **asdict(settings_of(request, kit.loaded)))
         if request.key is not None:
             settings["key"] = request.key  # lct-eval's manifest names the scene it follows
         sizes = [s.size for s in request.shots if s.size is not None]
@@ -281,7 +285,7 @@ def _cmd_init(args) -> None:
     if HistoryPool.exists(args.pool):
         raise PoolError(f"{args.pool} already holds a pool")
     settings = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
-    settings.update(_options(args, {}, SAMPLING_OPTIONS, SAMPLING_DEFAULTS))
+    settings.update(_options(args, {}, SAMPLING_OPTIONS, {}))  # unset: the preset's at each call
     if args.size is not None:
         settings["size"] = [args.size.frames, args.size.height, args.size.width]
     HistoryPool(global_prompt=args.global_prompt, settings=settings).save(args.pool)
@@ -336,8 +340,8 @@ def _cmd_shot(args, regenerate: bool = False) -> None:
     size = _shot_size(args, pool, fallback)
     if size is None:
         raise SamplingError("no shot size: pass --size F,H,W or init the pool with --size")
-    settings = SamplingSettings(
-        **_options(args, pool.settings, SAMPLING_OPTIONS, SAMPLING_DEFAULTS))
+    settings = resolve_settings(_options(args, pool.settings, SAMPLING_OPTIONS, {}),
+                                kit.loaded.config.sampling)
     shot = propose_shot(pool, kit, settings, prompt=prompt, seed=seed, size=size,
                         context=context, mode=mode)
     if not kit.writes:

@@ -3,7 +3,8 @@ shots may condition on, by index, plus at most one pending shot awaiting accepta
 
 On disk a pool is a directory::
 
-    pool.json            {"version", "global_prompt", "settings", "shots": [...], "pending"}
+    pool.json            {"version", "global_prompt" (null: no global group), "settings",
+                          "shots": [...], "pending"}
     shot_000.safetensors  {"latent": [C, F, H, W]}  (one per accepted shot)
     pending.safetensors   the pending shot, if any
 
@@ -63,7 +64,7 @@ class PoolShot:
 class HistoryPool:
     """Accepted shots in order (their index is the pool index) and an optional pending shot."""
 
-    global_prompt: str = ""
+    global_prompt: str | None = None  # None: the scene has no global group
     shots: list[PoolShot] = field(default_factory=list)
     pending: PoolShot | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -140,7 +141,7 @@ class HistoryPool:
         shots = [_read_shot(directory / m["file"], m) for m in doc["shots"]]
         pending = doc.get("pending")
         return cls(
-            global_prompt=doc.get("global_prompt", ""),
+            global_prompt=doc.get("global_prompt"),
             shots=shots,
             pending=None if pending is None else _read_shot(directory / PENDING_FILE, pending),
             settings=doc.get("settings", {}),

@@ -22,11 +22,18 @@ class PromptEmbedding:
 
 @dataclass(frozen=True)
 class TargetShot:
-    """A shot to generate: its prompt, clean-latent shape ``(C, F, H, W)`` and seed."""
+    """A shot to generate: its prompt, clean-latent shape ``(C, F, H, W)`` and seed; ``noise``
+    (that shape) starts the ODE instead of the seed's first draw when given."""
 
     prompt: PromptEmbedding
     latent_shape: tuple[int, int, int, int]
     seed: int
+    noise: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.noise is not None and tuple(self.noise.shape) != tuple(self.latent_shape):
+            raise ValueError(f"TargetShot: noise of shape {list(self.noise.shape)}, the shot's "
+                             f"latent shape is {list(self.latent_shape)}")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def propose_shot(
                             f"window of {window} shots")
     sampler = kit.sampler(settings)
     cache = None
-    global_prompt = kit.prompts.one(pool.global_prompt)
+    global_prompt = None if pool.global_prompt is None else kit.prompts.one(pool.global_prompt)
     if mode == AR_KV:
         cache = ContextCache(sampler, global_prompt)  # raises for a bidirectional model
     embedded = kit.prompts([s.prompt for s in pool.shots] + [prompt])

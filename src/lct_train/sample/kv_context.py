@@ -1,7 +1,8 @@
 """KV caches of the history context for auto-regressive sampling with a context-causal model.
 
 A ``ContextCache`` holds one model ``KVCache`` per guidance branch (their prompts differ, so
-their K/V differ) for the groups ``[global, context shots at t_c]`` of one scene. It is tied to
+their K/V differ) for the groups ``[global, context shots at t_c]`` of one scene (no global group without a
+global prompt). It is tied to
 an ordered context (a tuple of pool indices): when the next shot's context extends the cached
 one by appending, only the new shots run through the model (one forward at ``t_c``, cache
 write); any other context (a reordering, a dropped shot) rebuilds the caches from the global
@@ -29,7 +30,7 @@ def require_causal(mask: str, model: str = "this checkpoint") -> None:
 class ContextCache:
     """Per-branch KV caches of ``[global] + context`` for one scene (module docstring)."""
 
-    def __init__(self, sampler: Sampler, global_prompt: PromptEmbedding) -> None:
+    def __init__(self, sampler: Sampler, global_prompt: PromptEmbedding | None) -> None:
         require_causal(sampler.mask)
         self.sampler = sampler
         self.global_prompt = global_prompt
@@ -50,7 +51,7 @@ class ContextCache:
             fresh = context[len(cached):]
         else:
             self.caches = {b: self.sampler.model.new_kv_cache() for b in self.sampler.branches}
-            new = [self.sampler.global_group(self.global_prompt)]
+            new = self.sampler.scene_groups(self.global_prompt)
             fresh = context
             self.rebuilds += 1
         new += [self.sampler.condition_group(pool[i]) for i in fresh]

@@ -88,3 +88,25 @@ def encode_condition(path: str | os.PathLike, codec, size: ShotSize | None) -> t
                              f"{tuple(latent.shape)}")
         return latent.float()
     return codec.encode(fit_frames(read_frames(path), codec, size)).float()
+
+
+def read_noise(path: str | os.PathLike, shape: tuple[int, ...]) -> torch.Tensor:
+    """A shot's initial noise file: one tensor of the shot's latent ``shape`` (fp32, finite)."""
+    want = f"one tensor of the shot's latent shape [C, F, h, w] = {list(shape)}"
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"noise {path} does not exist (expected a .safetensors file with {want})")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types on a corrupt file
+        raise MediaError(f"noise {path}: not a readable .safetensors file ({exc}); expected "
+                         f"{want}") from None
+    if len(tensors) != 1:
+        raise MediaError(f"noise {path}: holds {len(tensors)} tensors {sorted(tensors)}, "
+                         f"expected {want}")
+    noise = next(iter(tensors.values()))
+    if tuple(noise.shape) != tuple(shape):
+        raise MediaError(f"noise {path}: shape {list(noise.shape)}, expected {want}")
+    if not noise.is_floating_point() or not torch.isfinite(noise).all():
+        raise MediaError(f"noise {path}: not finite floating-point values; expected {want}")
+    return noise.float()

@@ -41,18 +41,21 @@ class PlannedShot:
     condition: torch.Tensor | None = None  # clean latent of a given shot
     context: tuple[int, ...] | None = None  # ar modes: earlier shots it sees (None = default)
     source: str | None = None  # condition media file, for the record
+    noise: torch.Tensor | None = None  # initial noise of a generated shot (else from its seed)
 
     def as_condition(self) -> ConditionShot:
         return ConditionShot(self.prompt, self.condition, self.seed)
 
     def as_target(self) -> TargetShot:
-        return TargetShot(self.prompt, self.latent_shape, self.seed)
+        return TargetShot(self.prompt, self.latent_shape, self.seed, self.noise)
 
 
 def generate_scene(
-    sampler: Sampler, global_prompt: PromptEmbedding, shots: Sequence[PlannedShot], mode: str
+    sampler: Sampler, global_prompt: PromptEmbedding | None, shots: Sequence[PlannedShot],
+    mode: str,
 ) -> list[PoolShot]:
-    """Runs ``mode`` on the scene; returns every shot (given ones included) as pool shots."""
+    """Runs ``mode`` on the scene; returns every shot (given ones included) as pool shots.
+    ``global_prompt=None``: the scene has no global group."""
     if mode == JOINT:
         return _joint(sampler, global_prompt, shots)
     if mode in AR_MODES:
@@ -62,7 +65,7 @@ def generate_scene(
 
 def next_shot(
     sampler: Sampler,
-    global_prompt: PromptEmbedding,
+    global_prompt: PromptEmbedding | None,
     history: Sequence[ConditionShot],
     context: Sequence[int],
     target: TargetShot,

@@ -25,10 +25,22 @@ from lct_train.sample.checkpoint_io import LoadedModel
 from lct_train.sample.history_pool import PENDING_FILE, HistoryPool, PoolShot
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.kv_context import require_causal
-from lct_train.sample.media import MediaError, encode_condition, latent_shape, read_frames
+from lct_train.sample.media import (
+    MediaError,
+    encode_condition,
+    latent_shape,
+    read_frames,
+    read_noise,
+)
 from lct_train.sample.modes import AR_KV, AR_MODES, GIVEN, PlannedShot, generate_scene
 from lct_train.sample.prompts import PromptEncoder
-from lct_train.sample.sampler import Sampler, SamplingError, SamplingSettings
+from lct_train.sample.sampler import (
+    SETTING_NAMES,
+    Sampler,
+    SamplingError,
+    SamplingSettings,
+    resolve_settings,
+)
 from lct_train.sample.scene_file import SceneRequest
 from lct_train.sample.writers import (
     DEFAULT_FPS,
@@ -64,14 +76,18 @@ class Toolkit:
                        progress=self.progress, sp=self.sp)
 
 
-def settings_of(request: SceneRequest) -> SamplingSettings:
-    return SamplingSettings(steps=request.steps, guidance=request.guidance,
-                            embedded_guidance=request.embedded_guidance, t_c=request.t_c,
-                            shift=request.shift)
+def settings_of(request: SceneRequest, loaded: LoadedModel) -> SamplingSettings:
+    """The request's settings; those it leaves out from the model's preset (``resolve_settings``)."""
+    return resolve_settings({k: getattr(request, k) for k in SETTING_NAMES},
+                            loaded.config.sampling)
 
 
 def check_request(request: SceneRequest, loaded: LoadedModel) -> None:
-    """Window and mode errors before any work (the scene file is already validated)."""
+    """Window, mode and settings errors before any work (the scene file is already validated)."""
+    if loaded.config.guidance_embeds and settings_of(request, loaded).embedded_guidance is None:
+        raise SamplingError(f"scene {request.source}: the model has a guidance embedding and "
+                            "neither the scene file, --embedded-guidance nor its preset "
+                            "(config sampling.embedded_guidance) sets embedded_guidance")
     if request.mode == AR_KV:
         try:
             require_causal(loaded.mask, str(loaded.source))
@@ -91,13 +107,19 @@ def check_request(request: SceneRequest, loaded: LoadedModel) -> None:
                                 f"window of {window}")
 
 
-def plan_scene(request: SceneRequest, kit: Toolkit) -> tuple[PromptEmbedding, list[PlannedShot]]:
-    """Encodes the prompts and condition media of ``request``."""
+def plan_scene(
+    request: SceneRequest, kit: Toolkit
+) -> tuple[PromptEmbedding | None, list[PlannedShot]]:
+    """Encodes the prompts, condition media and noise files of ``request`` (global prompt
+    ``None`` when the scene has none: no global group)."""
     texts = [s.full_prompt for s in request.shots]
-    embedded = kit.prompts([request.global_prompt, *texts])
+    has_global = request.global_prompt is not None
+    embedded = kit.prompts([request.global_prompt, *texts] if has_global else texts)
+    global_prompt = embedded.pop(0) if has_global else None
     patch = kit.loaded.config.patch_size
     shots = []
-    for i, (shot, text, prompt) in enumerate(zip(request.shots, texts, embedded[1:])):
+    for i, (shot, text, prompt) in enumerate(zip(request.shots, texts, embedded)):
+        noise = None
         try:
             if shot.condition is not None:
                 latent = encode_condition(shot.condition, kit.codec, shot.size)
@@ -105,14 +127,19 @@ def plan_scene(request: SceneRequest, kit: Toolkit) -> tuple[PromptEmbedding, li
             else:
                 latent, source = None, None
                 shape = latent_shape(kit.codec, shot.size, patch)
+                if shot.noise is not None:
+                    noise = read_noise(shot.noise, shape)
         except ValueError as exc:
             raise SamplingError(f"scene {request.source}: shots[{i}]: {exc}") from exc
         shots.append(PlannedShot(text=text, prompt=prompt, seed=shot.seed, latent_shape=shape,
-                                 condition=latent, context=shot.context, source=source))
-    return embedded[0], shots
+                                 condition=latent, context=shot.context, source=source,
+                                 noise=noise))
+    return global_prompt, shots
 
 
-def prepare_scene(request: SceneRequest, kit: Toolkit) -> tuple[PromptEmbedding, list[PlannedShot]]:
+def prepare_scene(
+    request: SceneRequest, kit: Toolkit
+) -> tuple[PromptEmbedding | None, list[PlannedShot]]:
     """Everything that can refuse a request, before any generation: the model checks, then its
     prompts and condition media encoded (``plan_scene``)."""
     check_request(request, kit.loaded)
@@ -121,13 +148,13 @@ def prepare_scene(request: SceneRequest, kit: Toolkit) -> tuple[PromptEmbedding,
 
 def run_scene(
     request: SceneRequest, kit: Toolkit, out_dir: str | os.PathLike, settings: dict | None = None,
-    planned: tuple[PromptEmbedding, list[PlannedShot]] | None = None,
+    planned: tuple[PromptEmbedding | None, list[PlannedShot]] | None = None,
 ) -> HistoryPool:
     """Generates the scene and writes the output folder; returns the pool it saved.
     ``settings`` are stored in the pool for the interactive commands; ``planned``: the
     request's ``prepare_scene`` when the caller made it already."""
     global_prompt, shots = planned if planned is not None else prepare_scene(request, kit)
-    results = generate_scene(kit.sampler(settings_of(request)), global_prompt, shots,
+    results = generate_scene(kit.sampler(settings_of(request, kit.loaded)), global_prompt, shots,
                              request.mode)
     pool = HistoryPool(global_prompt=request.global_prompt, shots=results,
                        settings=dict(settings or {}))

@@ -9,7 +9,8 @@ Euler steps on the shifted grid of ``schedule.py``; classifier-free guidance on 
 * ``v = v_uncond + guidance * (v_cond - v_uncond)``; ``guidance == 1`` runs the cond branch
   only. A model with a guidance embedding gets ``embedded_guidance`` in both branches.
 
-Group timesteps: global group 0, condition shots ``t_c`` (noised once, outputs discarded),
+A scene without a global prompt (``global_prompt=None``) has no global group: a one-shot scene
+is then the source model's single-shot forward (SPEC §2/§3). Group timesteps: global group 0, condition shots ``t_c`` (noised once, outputs discarded),
 generated shots the current ODE time. Each branch is its own forward (and, with a KV cache,
 its own cache): one scene per forward keeps cache and recompute paths identical.
 
@@ -41,6 +42,7 @@ from lct_train.model.layout import (
     SceneSpec,
     build_packed_meta,
 )
+from lct_train.model.sampling_defaults import SamplingDefaults
 from lct_train.parallel.ulysses import SPGroup, shard_meta
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, Shot, TargetShot
 from lct_train.sample.schedule import resolution_shift, sampling_timesteps, shot_noise
@@ -75,6 +77,17 @@ class SamplingSettings:
             raise SamplingError(f"t_c must be in [0, 1), got {self.t_c}")
         if self.shift is not None and self.shift <= 0:
             raise SamplingError(f"shift must be > 0, got {self.shift}")
+
+
+SETTING_NAMES = ("steps", "guidance", "embedded_guidance", "t_c", "shift")  # SamplingSettings' fields
+
+
+def resolve_settings(given: dict, preset: SamplingDefaults | None = None) -> SamplingSettings:
+    """The settings of a call: each value from ``given`` (scene file, flags, a pool) unless it is
+    ``None``, else the model preset's (``ModelConfig.sampling``), else ``SamplingSettings``'s."""
+    preset_values = preset.given() if preset is not None else {}
+    values = {**preset_values, **{k: v for k, v in given.items() if v is not None}}
+    return SamplingSettings(**values)
 
 
 @dataclass(eq=False)
@@ -163,9 +176,11 @@ class Sampler:
         return Group(self._to_device(shot.prompt), self._patchify(z_c), grid, self.settings.t_c)
 
     def target_group(self, shot: TargetShot) -> Group:
-        """A shot to generate, at pure noise (first draw of its seed)."""
+        """A shot to generate, at pure noise: its own ``noise``, else the first draw of its seed."""
         grid = self.grid_of(shot.latent_shape)
-        noise = shot_noise(shot.seed, shot.latent_shape, self.state_dtype).initial.to(self.device)
+        noise = shot.noise
+        if noise is None:
+            noise = shot_noise(shot.seed, shot.latent_shape, self.state_dtype).initial
         return Group(self._to_device(shot.prompt), self._patchify(noise), grid, 1.0)
 
     def timesteps_for(self, targets: Sequence[Group]) -> list[float]:
@@ -229,16 +244,23 @@ class Sampler:
 
     # ---- generation ----------------------------------------------------------------------
 
-    def generate(self, global_prompt: PromptEmbedding, shots: Sequence[Shot]) -> list[torch.Tensor]:
+    def scene_groups(self, global_prompt: PromptEmbedding | None) -> list[Group]:
+        """The groups before the shots: the global group, or none without a global prompt."""
+        return [] if global_prompt is None else [self.global_group(global_prompt)]
+
+    def generate(
+        self, global_prompt: PromptEmbedding | None, shots: Sequence[Shot]
+    ) -> list[torch.Tensor]:
         """Joint / visual-conditioned generation of one scene: every ``TargetShot`` is denoised
         together, every ``ConditionShot`` is held at ``t_c``. Returns clean latents for all
         shots in order (conditions returned as given). With one target and the history as
         conditions this is also auto-regressive generation with full recompute."""
         self.check_window(len(shots))
-        groups = [self.global_group(global_prompt)]
+        groups = self.scene_groups(global_prompt)
+        first = len(groups)
         groups += [self.target_group(s) if isinstance(s, TargetShot) else self.condition_group(s)
                    for s in shots]
-        targets = [i + 1 for i, s in enumerate(shots) if isinstance(s, TargetShot)]
+        targets = [i + first for i, s in enumerate(shots) if isinstance(s, TargetShot)]
         if not targets:
             raise SamplingError("nothing to generate: every shot is a condition")
         offsets = _video_offsets(groups)
@@ -252,7 +274,7 @@ class Sampler:
                 g = groups[i]
                 g.tokens = euler_step(g.tokens, v[offsets[i]:offsets[i + 1]], t, t_next)
         return [self._unpatchify(g.tokens, s.latent_shape) if isinstance(s, TargetShot)
-                else s.latent for g, s in zip(groups[1:], shots)]
+                else s.latent for g, s in zip(groups[first:], shots)]
 
     def generate_cached(self, caches: dict, target: TargetShot) -> torch.Tensor:
         """Denoises ``target`` after the context held in ``caches`` (one KV cache per branch,

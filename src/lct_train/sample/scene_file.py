@@ -3,13 +3,15 @@
 Format (keys not listed are an error, so typos never pass silently)::
 
     global_prompt: "Character 1: ...; [Environment] ...; [Story] ..."
+                           # optional: without it the scene has no global group (a one-shot
+                           # scene is then exactly the source model's single-shot forward)
     key: synth-000003      # optional: the scene it follows (keys lct-eval's manifest row)
     mode: joint            # joint | conditioned | ar | ar-kv   (SPEC §7)
     steps: 30              # Euler steps per generated shot
     guidance: 5.0          # classifier-free guidance scale on the text (1 = no uncond branch)
     embedded_guidance: 6.0 # value fed to a guidance embedding (models that have one)
     t_c: 0.3               # conditioning timestep of given / history shots, in [0, 1)
-    shift: null            # timestep shift; null = resolution rule (schedule.py)
+    shift: 7.0             # timestep shift of the sampling grid
     seed: 0                # base seed: shot i uses seed + i unless it sets its own
     size: {frames: 9, height: 64, width: 64}   # default pixel size of generated shots
     shots:
@@ -21,6 +23,13 @@ Format (keys not listed are an error, so typos never pass silently)::
                                   # paths are relative to the scene file); held at t_c
       - prompt: "..."
         context: [0]       # ar / ar-kv: earlier shots (indices) this shot sees; default all
+        noise: z0.safetensors     # initial noise of this shot: one tensor of its latent shape
+                                  # [C, F, h, w] (relative to the scene file), else from its seed
+
+Sampling settings left out come from the model's preset (``sampling`` block of its config:
+hunyuan-video samples with steps 50, guidance 1, embedded_guidance 6, shift 7), else from the
+sampler's defaults (steps 30, guidance 5, the resolution rule for the shift); lct-sample's flags
+override both.
 """
 
 from __future__ import annotations
@@ -35,13 +44,7 @@ import yaml
 
 from lct_train.data.schema import SHOT_CUT, shot_prompt, strip_cut
 from lct_train.sample.modes import AR, JOINT, MODES
-from lct_train.sample.sampler import (
-    DEFAULT_GUIDANCE,
-    DEFAULT_STEPS,
-    DEFAULT_T_C,
-    SamplingError,
-    SamplingSettings,
-)
+from lct_train.sample.sampler import DEFAULT_T_C, SamplingError, SamplingSettings
 
 MODE_ALIASES = {"conditioned": JOINT, "visual-conditioned": JOINT, "autoregressive": AR}
 DEFAULT_SEED = 0
@@ -50,7 +53,7 @@ _SCENE_KEYS = {
     "global_prompt", "mode", "steps", "guidance", "embedded_guidance", "t_c", "shift", "seed",
     "size", "shots", "key",
 }
-_SHOT_KEYS = {"prompt", "cut", "seed", "size", "condition", "context"}
+_SHOT_KEYS = {"prompt", "cut", "seed", "size", "condition", "context", "noise"}
 _SIZE_KEYS = ("frames", "height", "width")
 
 
@@ -77,6 +80,7 @@ class ShotRequest:
     size: ShotSize | None = None
     condition: Path | None = None
     context: tuple[int, ...] | None = None
+    noise: Path | None = None  # initial noise file (checked against the latent shape later)
 
     @property
     def full_prompt(self) -> str:
@@ -90,13 +94,14 @@ class ShotRequest:
 
 @dataclass(frozen=True)
 class SceneRequest:
-    """A validated scene file."""
+    """A validated scene file; sampling settings it leaves out are ``None`` (``resolve_settings``
+    fills them from the model preset, else the sampler's defaults)."""
 
-    global_prompt: str
+    global_prompt: str | None  # None: no global group
     shots: tuple[ShotRequest, ...]
     mode: str = JOINT
-    steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
+    steps: int | None = None
+    guidance: float | None = None
     embedded_guidance: float | None = None
     t_c: float = DEFAULT_T_C
     shift: float | None = None
@@ -133,22 +138,18 @@ def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = No
     mode = MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
         raise fail(f"mode {mode!r} is not one of {MODES} (aliases: {sorted(MODE_ALIASES)})")
-    steps = _int(data.get("steps", DEFAULT_STEPS), "steps", fail)
-    guidance = _float(data.get("guidance", DEFAULT_GUIDANCE), "guidance", fail)
-    emb = data.get("embedded_guidance")
-    embedded_guidance = None if emb is None else _float(emb, "embedded_guidance", fail)
+    given = {k: data.get(k) for k in ("steps", "guidance", "embedded_guidance", "shift")}
+    given = {k: None if v is None else (_int if k == "steps" else _float)(v, k, fail)
+             for k, v in given.items()}
     t_c = _float(data.get("t_c", DEFAULT_T_C), "t_c", fail)
-    shift = data.get("shift")
-    if shift is not None:
-        shift = _float(shift, "shift", fail)
     try:  # the ranges: SamplingSettings checks them
-        SamplingSettings(steps, guidance, embedded_guidance, t_c, shift)
+        SamplingSettings(**{k: v for k, v in given.items() if v is not None}, t_c=t_c)
     except SamplingError as err:
         raise fail(str(err)) from None
     seed = _int(data.get("seed", DEFAULT_SEED), "seed", fail)
     default_size = _size(data["size"], "size", fail) if "size" in data else None
-    global_prompt = data.get("global_prompt", "")
-    if not isinstance(global_prompt, str):
+    global_prompt = data.get("global_prompt")
+    if global_prompt is not None and not isinstance(global_prompt, str):
         raise fail("global_prompt must be a string")
     key = data.get("key")
     if key is not None and (not isinstance(key, str) or key in ("", ".", "..") or "/" in key):
@@ -161,11 +162,8 @@ def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = No
     )
     if all(s.is_condition for s in shots):
         raise fail("every shot has a condition: nothing to generate")
-    return SceneRequest(
-        global_prompt=global_prompt, shots=shots, mode=mode, steps=steps, guidance=guidance,
-        embedded_guidance=embedded_guidance, t_c=t_c, shift=shift, seed=seed, key=key,
-        source=source,
-    )
+    return SceneRequest(global_prompt=global_prompt, shots=shots, mode=mode, t_c=t_c, seed=seed,
+                        key=key, source=source, **given)
 
 
 def _shot(raw, index, base_seed, default_size, mode, fail, base_dir) -> ShotRequest:
@@ -188,13 +186,11 @@ def _shot(raw, index, base_seed, default_size, mode, fail, base_dir) -> ShotRequ
         prompt = stripped
     seed = _int(raw.get("seed", base_seed + index), f"{where}.seed", fail)
     size = _size(raw["size"], f"{where}.size", fail) if "size" in raw else default_size
-    condition = raw.get("condition")
+    condition = _path(raw.get("condition"), f"{where}.condition", fail, base_dir)
+    noise = _path(raw.get("noise"), f"{where}.noise", fail, base_dir)
+    if noise is not None and condition is not None:
+        raise fail(f"{where}: noise starts a generated shot; a shot with a condition is given")
     if condition is not None:
-        if not isinstance(condition, str):
-            raise fail(f"{where}.condition must be a file path")
-        condition = Path(condition)
-        if not condition.is_absolute() and base_dir is not None:
-            condition = base_dir / condition
         if not condition.exists():
             raise fail(f"{where}.condition {condition} does not exist")
     elif size is None:
@@ -212,7 +208,17 @@ def _shot(raw, index, base_seed, default_size, mode, fail, base_dir) -> ShotRequ
             raise fail(f"{where}.context {context} repeats a shot")
         context = tuple(context)
     return ShotRequest(prompt=prompt, cut=cut, seed=seed, size=size, condition=condition,
-                       context=context)
+                       context=context, noise=noise)
+
+
+def _path(raw, where, fail, base_dir) -> Path | None:
+    """A file path of the scene file (relative ones: to the scene file's folder)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise fail(f"{where} must be a file path")
+    path = Path(raw)
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
 
 
 def _size(raw, where, fail) -> ShotSize:

@@ -35,7 +35,7 @@ from lct_train.parallel.parallelize import init_sharded
 from lct_train.train.checkpoint import load_model_weights
 
 # Model settings that do not change the parameters (may differ between stages).
-NON_ARCH_FIELDS = ("attn_backend",)
+NON_ARCH_FIELDS = ("attn_backend", "sampling")
 
 
 def _local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:

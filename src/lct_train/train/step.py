@@ -36,6 +36,13 @@ METRIC_FIELDS = ("loss_sum", "shots", "tokens", "scenes", "packing_sum", "micro_
                  "bad_samples", "flops")
 
 
+def training_shift(loss_cfg, model_cfg) -> float:
+    """``loss.timestep_shift``, else the model preset's sampling shift, else 1 (no shift)."""
+    if loss_cfg.timestep_shift is not None:
+        return loss_cfg.timestep_shift
+    return model_cfg.sampling.shift or 1.0
+
+
 @dataclass
 class StepInputs:
     """What the step needs besides the model: settings fixed for the run."""
@@ -66,7 +73,7 @@ class StepInputs:
             mask=cfg.stage.mask, text_rope=model_cfg.text_rope, seed=cfg.seed,
             dp_rank=world.dp_rank, dp_size=world.dp_size, grad_accum=cfg.optim.grad_accum,
             t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
-            t_shift=cfg.loss.timestep_shift,
+            t_shift=training_shift(cfg.loss, model_cfg),
             guidance=cfg.loss.guidance if model_cfg.guidance_embeds else None,
             buckets=cfg.logging.timestep_buckets, nonfinite_at_step=cfg.debug.nonfinite_at_step,
             defer_grad_sync=cfg.parallel.defer_grad_sync, sp=world.sp)

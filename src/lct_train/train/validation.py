@@ -11,6 +11,9 @@ validator: a fixed held-out set, fixed timesteps and noise, every rank taking pa
   the shards) of the first ``eval.sample_scenes`` held-out scenes (under sequence parallelism
   each SP group shares the work, as ``lct-sample --sp``); rank 0 writes its contact
   sheet to ``<run_dir>/eval/step-N.png`` and to TensorBoard, with its ``lct-eval`` scores.
+  Settings (``sampling_settings``): ``eval.*``, else the model preset's (``model.sampling``),
+  else guidance 3 / shift 3; a guidance-embedded model gets the preset's embedded guidance,
+  else the value it trains with (``loss.guidance``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ from lct_train.train.step import noised_shot_losses
 
 VAL_STREAM = "lct-train/validation"
 SAMPLE_SEED = 0
+FALLBACK_GUIDANCE = 3.0  # eval.guidance / eval.shift when neither they nor the preset set one
+FALLBACK_SHIFT = 3.0
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
 
 
 def load_heldout(root: str, limit: int, patch, dummy_grid) -> list[Scene]:
@@ -123,10 +132,19 @@ class Validator:
                  for i, z in enumerate(scene.latents)]
         return prompts[0], shots
 
+    def sampling_settings(self) -> SamplingSettings:
+        """The sample's settings (module docstring)."""
+        cfg, preset = self.cfg, self.model_cfg.sampling
+        return SamplingSettings(
+            steps=cfg.sample_steps,
+            guidance=_first(cfg.guidance, preset.guidance, FALLBACK_GUIDANCE),
+            shift=_first(cfg.shift, preset.shift, FALLBACK_SHIFT),
+            embedded_guidance=_first(preset.embedded_guidance, self.inp.guidance))
+
     def sample(self, model, step: int) -> tuple[dict, Path | None]:
         """Scores (means over the sampled scenes) and the contact sheet (rank 0)."""
         cfg = self.cfg
-        settings = SamplingSettings(steps=cfg.sample_steps, guidance=cfg.guidance, shift=cfg.shift)
+        settings = self.sampling_settings()
         sampler = Sampler(model, self.model_cfg, self.empty, mask=self.inp.mask,
                           window=max(len(s.latents) for s in self.scenes), settings=settings,
                           sp=self.inp.sp)
