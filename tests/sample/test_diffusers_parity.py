@@ -15,6 +15,7 @@ from lct_train.model.config import ModelConfig
 from lct_train.sample.schedule import sampling_timesteps
 from tests.sample.hunyuan_parity import (
     LATENT,
+    PROMPT,
     diffusers_one_shot,
     import_transformer,
     lct_sample_one_shot,
@@ -104,3 +105,30 @@ def test_export_loads_in_diffusers_pipeline_and_samples_the_same(tiny, tmp_path,
                                                           local_files_only=True).eval()
     want = diffusers_one_shot(back, noise, steps=STEPS, **HUNYUAN)
     assert relative_diff(lct_latent, want) <= PARITY
+
+
+@torch.no_grad()
+def test_lct_sample_from_a_pipeline_folder_equals_the_pipeline(tiny_hunyuan_pipeline, tmp_path):
+    """The whole path from a diffusers folder: its transformer imported from the pipeline root,
+    one shot sampled with the folder's own text encoders and VAE (``--pipeline``), against the
+    pipeline itself from the prompt text (its encode_prompt, its scheduler at shift 7)."""
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+    from tests.tiny_pipelines import load_diffusers_pipeline
+
+    root = tiny_hunyuan_pipeline
+    assert convert(["import-diffusers", str(root), str(tmp_path / "lct")]) == 0
+    noise = torch.randn(LATENT, generator=torch.Generator().manual_seed(12))
+    got = lct_sample_one_shot(tmp_path / "lct", tmp_path / "lct-sample", noise, steps=STEPS,
+                              tools=("--pipeline", str(root), "--no-progress"))
+    pipe = load_diffusers_pipeline(root)
+    pipe.set_progress_bar_config(disable=True)
+    _, frames, h, w = noise.shape
+    # the template without its crop_start (95, the real tokenizer's): diffusers then counts
+    # the template's tokens itself, as lct-train does, for this tiny tokenizer
+    template = {"template": DEFAULT_PROMPT_TEMPLATE["template"]}
+    want = pipe(prompt=PROMPT, prompt_template=template, latents=noise[None],
+                num_inference_steps=STEPS,
+                guidance_scale=HUNYUAN["embedded_guidance"], height=h * 8, width=w * 8,
+                num_frames=(frames - 1) * 4 + 1, output_type="latent", return_dict=False)[0][0]
+    assert relative_diff(got, want) <= PARITY
