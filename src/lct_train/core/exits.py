@@ -49,6 +49,18 @@ def refuse(line: str, *, say: bool = True, after_peer: bool = False) -> int:
     return REFUSED
 
 
+def refuse_fault(prefix: str, err: Exception) -> int:
+    """One line for a fault outside the code: the environment (an ``OSError``: permissions, a
+    full disk, a vanished path) or a peer rank that stopped. Anything else is a bug and is
+    raised again with its traceback."""
+    if isinstance(err, OSError):
+        return refuse(f"{prefix}: {err}")
+    if peer_lost(err):
+        return refuse(f"{prefix}: stopped: another rank stopped first (its line above says why)",
+                      after_peer=True)
+    raise err
+
+
 def record_for_torchrun(line: str, *, after_peer: bool = False) -> None:
     """Under torchrun, this worker's error file (elsewhere nothing)."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")

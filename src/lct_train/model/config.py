@@ -32,8 +32,26 @@ from lct_train.model.sampling_defaults import SamplingDefaults
 ATTN_BACKENDS = ("auto", "reference", "flex", "flash-varlen")
 
 
+class PresetIO:
+    """Reading a model config dataclass from a preset file or a dict (every family's)."""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        """Reads a preset file such as ``conf/model/tiny.yaml``."""
+        with open(path) as f:
+            return cls.from_dict(yaml.safe_load(f))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError("model", f"unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(PresetIO):
     # latents and patches
     latent_channels: int = 16
     patch_size: tuple[int, int, int] = (1, 2, 2)  # (pt, ph, pw)
@@ -141,19 +159,6 @@ class ModelConfig:
             out[name] = list(out[name])
         return out
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ModelConfig:
-        """Reads a preset file such as ``conf/model/tiny.yaml``."""
-        with open(path) as f:
-            return cls.from_dict(yaml.safe_load(f))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError("model", f"unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
 
 
 def _check(name: str, ok: bool, expected: str, value: Any) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lct_train.model.transfer import to_device
+from lct_train.model.transfer import move_meta, to_device
 
 # "isolated": the baseline without cross-shot attention (each shot sees its own group and the
 # global group; the global group sees itself). Same parameters, only the mask differs.
@@ -139,19 +139,7 @@ class PackedMeta:
 
     def to(self, device: torch.device | str) -> PackedMeta:
         """Every tensor (the intervals' included) in one non-blocking copy (``transfer``)."""
-        names = [f.name for f in dataclasses.fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)]
-        tensors = [getattr(self, n) for n in names]
-        attn, text_attn = self.attn.tensors(), self.text_attn.tensors()
-        everything = tensors + attn + text_attn
-        moved = to_device(everything, device)
-        if all(a is b for a, b in zip(moved, everything)):
-            return self
-        fields = dict(zip(names, moved))
-        n = len(tensors)
-        fields["attn"] = self.attn._moved(moved[n:n + len(attn)])
-        fields["text_attn"] = self.text_attn._moved(moved[n + len(attn):])
-        return dataclasses.replace(self, **fields)
+        return move_meta(self, device, ("attn", "text_attn"))
 
 
 def _validate(specs: list[SceneSpec], cached: SceneSpec | None) -> None:

@@ -10,7 +10,12 @@ until their stream's work is done).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TypeVar
+
 import torch
+
+Meta = TypeVar("Meta")
 
 ALIGN = 16  # bytes: every dtype's view of the shared buffer starts aligned
 
@@ -38,3 +43,22 @@ def to_device(tensors: list[torch.Tensor], device: torch.device | str) -> list[t
         out.append(moved[offset:offset + nbytes].view(t.dtype).view(t.shape))
         offset += size
     return out
+
+
+def move_meta(meta: Meta, device: torch.device | str, interval_fields: tuple[str, ...]) -> Meta:
+    """A batch-metadata dataclass on ``device``: its tensor fields and the tensors of its
+    attention intervals (``interval_fields``, objects with ``tensors()`` / ``_moved()``) in one
+    copy; ``meta`` itself when everything is there already."""
+    names = [f.name for f in dataclasses.fields(meta)
+             if isinstance(getattr(meta, f.name), torch.Tensor)]
+    groups = [getattr(meta, name).tensors() for name in interval_fields]
+    everything = [getattr(meta, n) for n in names] + [t for group in groups for t in group]
+    moved = to_device(everything, device)
+    if all(a is b for a, b in zip(moved, everything)):
+        return meta
+    fields = dict(zip(names, moved))
+    offset = len(names)
+    for name, group in zip(interval_fields, groups):
+        fields[name] = getattr(meta, name)._moved(moved[offset:offset + len(group)])
+        offset += len(group)
+    return dataclasses.replace(meta, **fields)

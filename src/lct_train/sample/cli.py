@@ -392,13 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         done = True
     except ERRORS as exc:  # checked alike on every rank: under --sp said once, not per rank
         return exits.refuse(f"lct-sample {args.command}: error: {exc}", say=rank == 0)
-    except OSError as exc:  # the environment (a full disk, permissions), from the rank it hit
-        return exits.refuse(f"lct-sample {args.command}: error: {exc}")
-    except Exception as exc:
-        if not exits.peer_lost(exc):
-            raise
-        return exits.refuse(f"lct-sample {args.command}: rank {rank}: stopped: another rank "
-                            "stopped first (its line above says why)", after_peer=True)
+    except Exception as exc:  # the environment or a peer rank: one line; a bug: its traceback
+        return exits.refuse_fault(f"lct-sample {args.command}: rank {rank}", exc)
     finally:
         if getattr(args, "sp", 1) > 1:
             from lct_train.parallel.dist import shutdown

@@ -64,13 +64,8 @@ def run(cfg) -> int:
         return exits.refuse(f"lct-train: config error: {err}", say=rank == 0)
     except run_errors() as err:  # a stop the project explains, from the rank it hit
         return exits.refuse(f"lct-train: rank {rank}: {error_kind(err)}: {error_summary(err)}")
-    except OSError as err:  # the environment: permissions, a full disk, a vanished path
-        return exits.refuse(f"lct-train: rank {rank}: {err}")
-    except Exception as err:
-        if not exits.peer_lost(err):
-            raise
-        return exits.refuse(f"lct-train: rank {rank}: stopped: another rank stopped first "
-                            "(its line above says why)", after_peer=True)
+    except Exception as err:  # the environment or a peer rank: one line; a bug: its traceback
+        return exits.refuse_fault(f"lct-train: rank {rank}", err)
     finally:
         shutdown(synchronize=finished)
     return exits.OK

@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lct_train.core.errors import ConfigError
-from lct_train.model.config import ATTN_BACKENDS, _check, _int_triple
+from lct_train.model.config import ATTN_BACKENDS, PresetIO, _check, _int_triple
 
 FAMILY = "wan"
 ROPE_OFFSETS = ("temporal", "diagonal")  # SPEC §9: per-shot temporal offset, or §3's diagonal
 
 
 @dataclass
-class WanConfig:
+class WanConfig(PresetIO):
     family: str = FAMILY
     # latents and patches (in_channels == out_channels)
     latent_channels: int = 16
@@ -95,16 +91,3 @@ class WanConfig:
         out = dataclasses.asdict(self)
         out["patch_size"] = list(out["patch_size"])
         return out
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> WanConfig:
-        with open(path) as f:
-            return cls.from_dict(yaml.safe_load(f))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WanConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError("model", f"unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))

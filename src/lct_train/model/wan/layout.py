@@ -19,7 +19,6 @@ own coordinates.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +31,7 @@ from lct_train.model.layout import (
     SceneSpec,
     _intervals,
 )
-from lct_train.model.transfer import to_device
+from lct_train.model.transfer import move_meta
 
 GLOBAL_GRID = (0, 0, 0)  # the global group of a Wan scene: text only
 
@@ -72,20 +71,8 @@ class WanMeta:
         return len(self.group_text_len)
 
     def to(self, device: torch.device | str) -> WanMeta:
-        """Every tensor (the intervals' included) in one copy (``transfer.to_device``)."""
-        names = [f.name for f in dataclasses.fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)]
-        tensors = [getattr(self, n) for n in names]
-        attn, cross = self.attn.tensors(), self.cross_attn.tensors()
-        everything = tensors + attn + cross
-        moved = to_device(everything, device)
-        if all(a is b for a, b in zip(moved, everything)):
-            return self
-        fields = dict(zip(names, moved))
-        n = len(tensors)
-        fields["attn"] = self.attn._moved(moved[n:n + len(attn)])
-        fields["cross_attn"] = self.cross_attn._moved(moved[n + len(attn):])
-        return dataclasses.replace(self, **fields)
+        """Every tensor (the intervals' included) in one non-blocking copy (``transfer``)."""
+        return move_meta(self, device, ("attn", "cross_attn"))
 
 
 def wan_scene(shots, global_text: int | None = None) -> SceneSpec:
