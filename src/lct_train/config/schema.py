@@ -184,6 +184,25 @@ class EvalConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Which weights train (``conf/finetune/``): all of them (``full``) or low-rank adapters
+    (``lora``, ``lct_train.model.lora``) on a frozen base."""
+
+    # "full" | "lora"
+    mode: str = "full"
+    rank: int = 16
+    # Adapter output scaled by alpha / rank.
+    alpha: float = 16.0
+    # Dropout on the adapters' input (needs parallel.activation_checkpoint=none).
+    dropout: float = 0.0
+    # Regular expressions full-matched against the bare model's nn.Linear FQNs; every one must
+    # match at least one layer. Empty: the model family's defaults (``lora_targets``).
+    targets: tuple[str, ...] = ()
+    # dtype the frozen base is held in: "compute" (= parallel.param_dtype) or a dtype name.
+    base_dtype: str = "compute"
+
+
+@dataclass
 class DebugConfig:
     """Knobs for tests and debugging; leave at defaults for real runs."""
 
@@ -207,6 +226,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     # Memory preset applied (informational; set by conf/memory/*.yaml).
     memory: str = "none"

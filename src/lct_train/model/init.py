@@ -71,6 +71,9 @@ def init_plan(model: nn.Module) -> list[tuple[str, nn.Parameter, Initializer]]:
         if isinstance(module, AdaLayerNormZero | AdaLayerNormContinuous | RefinerGate):
             rule(module.linear.weight, _zeros)
             rule(module.linear.bias, _zeros)
+    for module in model.modules():  # layers that declare their own rules (LoRA adapters)
+        for param, fn in getattr(module, "init_rules", list)():
+            rule(param, fn)
     output = getattr(model, "proj_out", None)
     if isinstance(output, nn.Linear):
         rule(output.weight, _zeros)

@@ -32,6 +32,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lct_train.core.dtypes import dtype_of
+from lct_train.core.fqn import clean_fqn
 from lct_train.model.init import init_plan
 from lct_train.parallel.mesh import fsdp_mesh
 
@@ -106,11 +107,14 @@ def materialize(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 @torch.no_grad()
-def init_sharded(model: nn.Module, seed: int) -> None:
+def init_sharded(model: nn.Module, seed: int, select=None) -> None:
     """Scratch initialisation of a (sharded) model, independent of the world size (module
-    docstring). Call on every rank with the same ``seed``; the global RNG is not touched."""
+    docstring). Call on every rank with the same ``seed``; the global RNG is not touched.
+    ``select(fqn)``: only the parameters it accepts (base weights, or LoRA adapters)."""
     generators: dict[torch.device, torch.Generator] = {}
-    for _, param, fn in init_plan(model):
+    for name, param, fn in init_plan(model):
+        if select is not None and not select(clean_fqn(name)):
+            continue
         local = param.to_local() if isinstance(param, DTensor) else param
         if local.device not in generators:
             generators[local.device] = torch.Generator(local.device).manual_seed(seed)

@@ -35,13 +35,14 @@ from lct_train.config.schema import TrainConfig
 from lct_train.config.store import to_dict, to_yaml
 from lct_train.core import checkpoint_layout as layout
 from lct_train.core.errors import ConfigError
+from lct_train.model.lora import is_adapter
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import World, set_train_timeout
 from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.train import checkpoint as ckpt_lib
 from lct_train.train import checkpoint_integrity as integrity
 from lct_train.train import checkpoint_lineage as lineage
-from lct_train.train import run_files
+from lct_train.train import lora_run, run_files
 from lct_train.train.batches import LoaderBatches, SyntheticBatches
 from lct_train.train.ema import EMA
 from lct_train.train.flops import FlopCounter, peak_flops
@@ -97,9 +98,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         with torch.device("meta"):  # no rank ever holds the full model
             model = LCTModel(self.model_cfg)
+        self.lora = cfg.finetune.mode == "lora"
+        if self.lora:  # adapters on the bare model, base frozen (lct_train.train.lora_run)
+            lora_layers = lora_run.add_adapters(model, cfg)
         self.flops = FlopCounter(model, self.model_cfg)
         self.model = materialize(parallelize(model, world.mesh, cfg.parallel), world.device)
         source = self._fill_weights()
+        if self.lora:
+            source = f"{source}; LoRA on {lora_layers} layers, rank {cfg.finetune.rank}, " \
+                     f"{lora_run.adapter_count(self.model):,} adapter parameters"
         self.optimizer = build_optimizer(self.model, cfg.optim, world.device)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_every) \
@@ -161,9 +168,18 @@ class Trainer:
         """Initial weights into the materialised model, unless the run resumes (then the
         checkpoint fills model, optimizer and EMA in ``_start``). Returns the log description."""
         self.resume_from = self._resume_path()
-        if self.resume_from is not None:
+        if self.resume_from is not None and not self.lora:
             return None
-        return init_weights(self.model, self.cfg.stage, self.model_cfg, self.cfg.seed)
+        # LoRA: the frozen base is not in the run's checkpoints, it is loaded at every start.
+        source = init_weights(self.model, self.cfg.stage, self.model_cfg, self.cfg.seed)
+        if self.lora:
+            lora_run.init_adapters(self.model, self.cfg.seed)
+            self.base_checksum = self._base_checksum()
+        return source if self.resume_from is None else None
+
+    def _base_checksum(self) -> list[float]:
+        return lora_run.base_checksum(self.model, self.world.device,
+                                      self.cfg.parallel.dp_replicate)
 
     def _start(self, source: str | None) -> None:
         changes = []
@@ -209,7 +225,7 @@ class Trainer:
     def _states(self, per_rank: bool = True, loader: bool = True) -> dict:
         w = self.world
         states = {
-            "model": ckpt_lib.ModelState(self.model),
+            "model": ckpt_lib.ModelState(self.model, is_adapter if self.lora else None),
             "optimizer": ckpt_lib.OptimizerState(self.model, self.optimizer),
             "lr_scheduler": self.scheduler,
             "train_state": ckpt_lib.DictState(lambda: dict(self.state), self.state.update),
@@ -231,12 +247,18 @@ class Trainer:
                 "git_revision": self.git_revision, "keys": sorted(states),
                 "config": to_dict(self.cfg),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if self.lora:  # the base it was trained on (checksum now: proves it is unchanged)
+            meta[lora_run.META_KEY] = lora_run.checkpoint_meta(self.cfg, self._base_checksum())
         path = self.ckpt.save(step, states, meta)
         self.metrics.text(f"lct-train: saved {path}")
 
     def load(self, path: Path) -> None:
         meta = layout.read_meta(path)
         check_same_architecture(self.model_cfg, path)
+        if self.lora:
+            lora_run.check_resume(meta, self.cfg, self.base_checksum, path)
+        else:
+            lora_run.check_not_lora(meta, path)
         same_world = meta["dp_world_size"] == self.world.dp_size
         loader = self.batches.stateful
         if loader and not same_world:

@@ -1,0 +1,159 @@
+"""``finetune=lora`` training (torchrun, gloo, CPU): step 0 is the base model, only the
+adapters train, FSDP on 2 ranks (with activation checkpointing, bf16-held base) equals 1 rank,
+checkpoints hold adapters only and resume exactly; a different base is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lct_train.model.init import init_weights
+from lct_train.model.lora import is_adapter
+from lct_train.model.mmdit import LCTModel
+from tests.testutils import tiny_config
+from tests.train.torchrun import (
+    DIST_COMMON,
+    DIST_STEPS,
+    assert_same_losses,
+    losses,
+    model_weights,
+    run,
+)
+
+pytestmark = pytest.mark.slow
+LORA = ["finetune=lora", "finetune.rank=4", "finetune.alpha=8", "optim.ema_decay=0"]
+BF16_BASE = ["finetune.base_dtype=bfloat16"]
+
+
+def write_base(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """A tiny model with every weight random (adaLN-zero would give the adapters no gradient)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = LCTModel(tiny_config())
+    init_weights(model)
+    for p in model.parameters():
+        p.data.normal_(std=0.1)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, path)
+    return state
+
+
+@pytest.fixture(scope="session")
+def lora_base(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("lora_base") / "base.safetensors"
+    write_base(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lora_one(tmp_path_factory, lora_base):
+    """1 rank x 2 micro-batches per step, base held in bf16."""
+    run_dir = tmp_path_factory.mktemp("lora_one")
+    run(1, [*DIST_COMMON, *LORA, *BF16_BASE, f"stage.init_from={lora_base}",
+            f"run_dir={run_dir}", "optim.grad_accum=2"])
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def lora_two(tmp_path_factory, lora_base):
+    """2 ranks x 1 micro-batch per step (the same global batch), activation checkpointing."""
+    run_dir = tmp_path_factory.mktemp("lora_two")
+    run(2, [*DIST_COMMON, *LORA, *BF16_BASE, f"stage.init_from={lora_base}",
+            f"run_dir={run_dir}", "parallel.activation_checkpoint=full"])
+    return run_dir
+
+
+def ckpt(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:08d}"
+
+
+def checksum(state: dict[str, torch.Tensor], dtype: torch.dtype) -> list[float]:
+    values = [v.to(dtype).double() for v in state.values()]
+    return [sum(float(v.sum()) for v in values), sum(float(v.square().sum()) for v in values)]
+
+
+def test_two_ranks_equal_one_rank_and_only_adapters_train(lora_one, lora_two, lora_base,
+                                                          tmp_path):
+    want = losses(lora_one)
+    assert sorted(want) == list(range(1, DIST_STEPS + 1))
+    assert_same_losses(losses(lora_two), want, range(1, DIST_STEPS + 1))
+    from safetensors.torch import load_file
+
+    base = checksum(load_file(lora_base), torch.bfloat16)
+    for run_dir in (lora_one, lora_two):
+        for step in (2, DIST_STEPS):
+            meta = json.loads((ckpt(run_dir, step) / "lct_meta.json").read_text())
+            # the base checksum, recomputed at each save: training left the base as loaded
+            assert all(math.isclose(a, b, rel_tol=1e-9)
+                       for a, b in zip(meta["lora"]["base_checksum"], base)), meta["lora"]
+            assert meta["lora"]["base"] == str(lora_base)
+    adapters = model_weights(ckpt(lora_two, DIST_STEPS), tmp_path)
+    names = {k.removesuffix(".lora_A.weight") for k in adapters if k.endswith("lora_A.weight")}
+    assert len(names) == 29
+    assert all(is_adapter(k) for k in adapters)
+    assert all(adapters[f"{n}.lora_B.weight"].abs().sum() > 0 for n in names)  # they trained
+    full = torch.load(tmp_path / f"{lora_two.name}-step-{DIST_STEPS:08d}.pt", weights_only=False)
+    moments = set(full["optimizer"]["state"])
+    assert moments
+    assert all(is_adapter(k) for k in moments)
+
+
+def test_step_zero_is_the_base_model(train, lora_base, tmp_path):
+    """The first loss (before any update) of a LoRA run equals the full run's on that base."""
+    common = [f"stage.init_from={lora_base}", "steps=1", "optim.ema_decay=0",
+              "checkpoint.enabled=false"]
+    assert train(*common, f"run_dir={tmp_path / 'full'}")[0] == 0
+    assert train(*common, *LORA, f"run_dir={tmp_path / 'lora'}")[0] == 0
+    assert losses(tmp_path / "lora")[1] == losses(tmp_path / "full")[1]
+
+
+def test_resume_is_exact(lora_one, lora_two, tmp_path):
+    """2-rank checkpoint of step 2, resumed on 1 rank: steps 3..4 as the unbroken run."""
+    run(1, [*DIST_COMMON, *LORA, *BF16_BASE, f"stage.init_from={lora_one_base(lora_one)}",
+            f"run_dir={tmp_path}", "optim.grad_accum=2", f"resume={ckpt(lora_two, 2)}"])
+    got = losses(tmp_path)
+    assert sorted(got) == [3, 4]
+    assert_same_losses(got, losses(lora_one), [3, 4])
+    want = model_weights(ckpt(lora_one, DIST_STEPS), tmp_path / "want")
+    have = model_weights(ckpt(tmp_path, DIST_STEPS), tmp_path / "have")
+    assert have.keys() == want.keys()
+    for name, value in want.items():
+        torch.testing.assert_close(have[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def lora_one_base(run_dir: Path) -> str:
+    return json.loads((ckpt(run_dir, 2) / "lct_meta.json").read_text())["lora"]["base"]
+
+
+def test_another_base_is_refused(train, lora_one, tmp_path):
+    other = tmp_path / "other.safetensors"
+    write_base(other, seed=1)
+    run_dir = tmp_path / "run"
+    status, err = train(*LORA, *BF16_BASE, f"stage.init_from={other}", f"run_dir={run_dir}",
+                        f"resume={ckpt(lora_one, 2)}", "steps=3")
+    assert status == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("lct-train: config error: stage.init_from: the base weights"), err
+    assert not run_dir.exists()  # a refused start writes nothing
+    status, err = train(*BF16_BASE, f"stage.init_from={other}", f"run_dir={run_dir}",
+                        f"resume={ckpt(lora_one, 2)}", "steps=3", "optim.ema_decay=0")
+    assert status == 2
+    assert "finetune.mode: " in err
+    assert "is a LoRA checkpoint" in err
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["finetune.targets=[to_q]"], "finetune.targets[0]: 'to_q' matches no nn.Linear"),
+    (["optim.ema_decay=0.9"], "optim.ema_decay: the EMA of the weights is full fine-tuning"),
+    (["finetune.dropout=0.1", "parallel.activation_checkpoint=full"], "finetune.dropout: "),
+    (["finetune.targets=['(']"], "finetune.targets[0]: '(' is not a regular expression"),
+])
+def test_bad_lora_settings_are_one_line(train, tmp_path, overrides, key):
+    status, err = train(*LORA, *overrides, f"run_dir={tmp_path}", "steps=1")
+    assert status == 2
+    assert err.strip().splitlines()[-1].startswith(f"lct-train: config error: {key}"), err
