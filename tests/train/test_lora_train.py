@@ -14,10 +14,11 @@ import torch
 from lct_train.model.init import init_weights
 from lct_train.model.lora import is_adapter
 from lct_train.model.mmdit import LCTModel
-from tests.testutils import tiny_config
+from tests.testutils import build_synthetic_shards, tiny_config
 from tests.train.torchrun import (
     DIST_COMMON,
     DIST_STEPS,
+    SYNTHETIC,
     assert_same_losses,
     losses,
     model_weights,
@@ -29,12 +30,12 @@ LORA = ["finetune=lora", "finetune.rank=4", "finetune.alpha=8", "optim.ema_decay
 BF16_BASE = ["finetune.base_dtype=bfloat16"]
 
 
-def write_base(path: Path, seed: int) -> dict[str, torch.Tensor]:
+def write_base(path: Path, seed: int, **model_cfg) -> dict[str, torch.Tensor]:
     """A tiny model with every weight random (adaLN-zero would give the adapters no gradient)."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    model = LCTModel(tiny_config())
+    model = LCTModel(tiny_config(**model_cfg))
     init_weights(model)
     for p in model.parameters():
         p.data.normal_(std=0.1)
@@ -157,3 +158,38 @@ def test_bad_lora_settings_are_one_line(train, tmp_path, overrides, key):
     status, err = train(*LORA, *overrides, f"run_dir={tmp_path}", "steps=1")
     assert status == 2
     assert err.strip().splitlines()[-1].startswith(f"lct-train: config error: {key}"), err
+
+
+def test_sp_lora_equals_one_rank(lora_one, lora_base, tmp_path):
+    """Ulysses sp=2 on 2 ranks with activation checkpointing: the first 2 losses of the 1-rank
+    run (the same global batch: 2 micro-batches per step). Compile: tests/model/test_lora.py."""
+    run(2, [*SYNTHETIC, *LORA, *BF16_BASE, f"stage.init_from={lora_base}", "steps=2",
+            f"run_dir={tmp_path}", "optim.grad_accum=2", "parallel.sp_degree=2",
+            "parallel.activation_checkpoint=full", "checkpoint.enabled=false"])
+    assert_same_losses(losses(tmp_path), losses(lora_one), [1, 2])
+
+
+def test_causal_validation_of_fresh_adapters_is_the_base_models(train, tmp_path,
+                                                                 tmp_path_factory):
+    """In-training validation (context-causal masks) of a LoRA run before any update: the
+    validation loss of the full model on the same base."""
+    from tests.train.test_validation import SYNTH
+
+    data, truth = build_synthetic_shards(tmp_path_factory, SYNTH, area=16 * 16, name="heldout")
+    base = tmp_path / "base.safetensors"
+    write_base(base, seed=0, latent_channels=12)  # the held-out shards' latents
+    common = [f"stage.init_from={base}", "stage.mask=causal", "steps=1", "optim.lr=0",
+              "optim.ema_decay=0", "checkpoint.enabled=false", "eval.every=1",
+              f"eval.data={data}", f"eval.truth={truth}", "eval.sample_scenes=1",
+              "eval.sample_steps=2", "model.latent_channels=12"]
+    got = {}
+    for name, extra in (("full", []), ("lora", LORA)):
+        status, err = train(*common, *extra, f"run_dir={tmp_path / name}")
+        assert status == 0, err
+        records = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text()
+                   .splitlines()]
+        got[name] = next(r for r in records if "val/loss" in r)
+    assert math.isfinite(got["full"]["val/loss"])
+    assert got["lora"]["val/loss"] == pytest.approx(got["full"]["val/loss"], rel=1e-6)
+    assert got["lora"]["val/palette_similarity"] == pytest.approx(
+        got["full"]["val/palette_similarity"], abs=1e-6)

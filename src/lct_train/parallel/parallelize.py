@@ -38,14 +38,22 @@ from lct_train.parallel.mesh import fsdp_mesh
 
 
 def apply_ac(model: nn.Module, mode: str) -> None:
-    """``full``: recompute every block's forward in backward; ``none``: nothing."""
+    """``full``: recompute every block's forward in backward; ``none``: nothing.
+
+    A block without trainable parameters (frozen under LoRA, e.g. the token refiner's) is not
+    wrapped: when nothing before it trains either (the LoRA defaults) it stores no activations
+    for backward, and torch 2.13 cannot compile a checkpointed block that runs without autograd
+    (its rematerialisation pass refuses the attention's RNG-tagged op in an inference graph).
+    A frozen block after a trained one then keeps its activations (custom LoRA targets).
+    """
     if mode == "none":
         return
     if mode != "full":
         raise ValueError(f"parallel.activation_checkpoint: unknown mode {mode!r}")
     for blocks in model.block_lists():
         for i, block in enumerate(blocks):
-            blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+            if any(p.requires_grad for p in block.parameters()):
+                blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
 def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
