@@ -193,3 +193,49 @@ def test_causal_validation_of_fresh_adapters_is_the_base_models(train, tmp_path,
     assert got["lora"]["val/loss"] == pytest.approx(got["full"]["val/loss"], rel=1e-6)
     assert got["lora"]["val/palette_similarity"] == pytest.approx(
         got["full"]["val/palette_similarity"], abs=1e-6)
+
+
+def test_export_lora_and_merge(lora_one, lora_base, tmp_path, capsys):
+    """``lct-convert export-lora``: diffusers' keys, B scaled by alpha / r with alpha = r in the
+    header; ``--merge``: the base as the run held it (bf16) plus (alpha / r) B A; another base
+    is refused and nothing is written."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from lct_train.convert.cli import main as convert
+    from lct_train.convert.lora_export import LORA_FILE, METADATA_KEY
+
+    step = ckpt(lora_one, DIST_STEPS)
+    adapters = model_weights(step, tmp_path)
+    assert convert(["export-lora", str(lora_one), str(tmp_path / "lora")]) == 0
+    with safe_open(str(tmp_path / "lora" / LORA_FILE), framework="pt") as f:
+        header = json.loads(f.metadata()[METADATA_KEY])
+        exported = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert exported.keys() == {f"transformer.{k}" for k in adapters}
+    assert header["transformer.r"] == header["transformer.lora_alpha"] == 4
+    for name, value in adapters.items():
+        scale = 8 / 4 if name.endswith("lora_B.weight") else 1.0
+        torch.testing.assert_close(exported[f"transformer.{name}"], value * scale,
+                                   rtol=0, atol=0)
+
+    assert convert(["export-lora", str(step), str(tmp_path / "merged"), "--merge"]) == 0
+    merged, base = load_file(tmp_path / "merged" / "model.safetensors"), load_file(lora_base)
+    assert merged.keys() == base.keys()
+    modules = {k.removesuffix(".lora_A.weight") for k in adapters if k.endswith(".lora_A.weight")}
+    for key, value in base.items():
+        want = value.to(torch.bfloat16).float()
+        module = key.removesuffix(".weight")
+        if module in modules:
+            want = want + 2.0 * adapters[f"{module}.lora_B.weight"] @ adapters[
+                f"{module}.lora_A.weight"]
+        torch.testing.assert_close(merged[key], want, rtol=1e-6, atol=1e-7, msg=key)
+    assert any(not torch.equal(merged[f"{m}.weight"], base[f"{m}.weight"].to(torch.bfloat16)
+                               .float()) for m in modules)
+
+    other = tmp_path / "other.safetensors"
+    write_base(other, seed=1)
+    capsys.readouterr()
+    assert convert(["export-lora", str(step), str(tmp_path / "refused"), "--merge",
+                    "--base", str(other)]) == 1
+    assert "is not the one" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
