@@ -239,3 +239,57 @@ def test_export_lora_and_merge(lora_one, lora_base, tmp_path, capsys):
                     "--base", str(other)]) == 1
     assert "is not the one" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
+
+
+def test_start_from_a_diffusers_lora_file(train, lora_one, lora_base, tmp_path):
+    """``finetune.init_lora``: the exported adapters start a run (B rescaled to its alpha);
+    a file of another rank or other layers is one line."""
+    from lct_train.convert.cli import main as convert
+
+    assert convert(["export-lora", str(lora_one), str(tmp_path / "lora")]) == 0
+    common = [*LORA, *BF16_BASE, f"stage.init_from={lora_base}", "steps=1", "optim.lr=0",
+              "checkpoint.every=1", f"finetune.init_lora={tmp_path / 'lora'}"]
+    status, err = train(*common, "finetune.alpha=4", f"run_dir={tmp_path / 'run'}")
+    assert status == 0, err
+    want = model_weights(ckpt(lora_one, DIST_STEPS), tmp_path / "want")
+    got = model_weights(ckpt(tmp_path / "run", 1), tmp_path / "got")
+    assert got.keys() == want.keys()
+    for name, value in want.items():  # alpha 8 -> 4: B doubles, the product is the same
+        scale = 2.0 if name.endswith("lora_B.weight") else 1.0
+        torch.testing.assert_close(got[name], value * scale, rtol=1e-6, atol=0, msg=name)
+    for extra, line in (
+        (["finetune.rank=8"], "finetune.init_lora: {} has rank 4, finetune.rank is 8"),
+        ([r"finetune.targets=['transformer_blocks\.\d+\.attn\.to_q']"],
+         "finetune.init_lora: {} adapts 27 layer(s) this run does not (e.g. "),
+    ):
+        status, err = train(*common, *extra, f"run_dir={tmp_path / 'bad'}")
+        assert status == 2
+        want_line = "lct-train: config error: " + line.format(tmp_path / "lora")
+        assert err.strip().splitlines()[-1].startswith(want_line), err
+
+
+def test_stage2_continues_or_merges_the_stage1_adapters(train, lora_one, lora_base, tmp_path):
+    """Causal FT from a LoRA stage 1 (stage.init_run): ``continue`` starts from its adapters on
+    its base; ``merge`` folds them into the base and starts new ones (B = 0). Before any update
+    both are the same function: the same first loss (fp32 base)."""
+    common = [*LORA, "stage=causal_ft", f"stage.init_run={lora_one}", "steps=1", "optim.lr=0",
+              "checkpoint.every=1", "finetune.base_dtype=float32"]
+    for mode in ("continue", "merge"):
+        status, err = train(*common, f"finetune.from_lora={mode}", f"run_dir={tmp_path / mode}")
+        assert status == 0, err
+    stage1 = model_weights(ckpt(lora_one, DIST_STEPS), tmp_path / "stage1")
+    cont = model_weights(ckpt(tmp_path / "continue", 1), tmp_path / "cont")
+    merged = model_weights(ckpt(tmp_path / "merge", 1), tmp_path / "merged")
+    for name, value in stage1.items():
+        torch.testing.assert_close(cont[name], value, rtol=0, atol=0, msg=name)
+        if name.endswith("lora_B.weight"):
+            assert not merged[name].any(), name
+    meta = json.loads((ckpt(tmp_path / "continue", 1) / "lct_meta.json").read_text())
+    assert meta["lora"]["base"] == str(lora_base)  # export-lora --merge finds it
+    status, err = train(*LORA, "stage.mask=causal", f"stage.init_from={lora_base}", "steps=1",
+                        "checkpoint.enabled=false", "finetune.base_dtype=float32",
+                        f"run_dir={tmp_path / 'base'}")
+    assert status == 0, err
+    first = {mode: losses(tmp_path / mode)[1] for mode in ("continue", "merge", "base")}
+    assert first["merge"] == pytest.approx(first["continue"], rel=1e-6)
+    assert first["base"] != pytest.approx(first["continue"], rel=1e-4)  # stage 1 did matter

@@ -200,6 +200,12 @@ class FinetuneConfig:
     targets: tuple[str, ...] = ()
     # dtype the frozen base is held in: "compute" (= parallel.param_dtype) or a dtype name.
     base_dtype: str = "compute"
+    # Start the adapters from a diffusers LoRA file (lct-convert export-lora, or another
+    # trainer's); "" = fresh adapters (B = 0).
+    init_lora: str = ""
+    # stage.init_from is a LoRA run's checkpoint (stage 2 after a LoRA stage 1): "continue" its
+    # adapters on its base, or "merge" them into the base and start new adapters.
+    from_lora: str = "continue"
 
 
 @dataclass

@@ -135,6 +135,7 @@ def validate_finetune(c: Any) -> None:
             raise ConfigError(f"finetune.targets[{i}]", f"{pattern!r} is not a regular "
                               f"expression: {err}") from err
     _choice("finetune.base_dtype", c.base_dtype, ("compute", *TRAIN_DTYPES))
+    _choice("finetune.from_lora", c.from_lora, ("continue", "merge"))
 
 
 def validate_lora_run(cfg: Any) -> None:

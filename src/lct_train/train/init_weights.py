@@ -38,7 +38,7 @@ from lct_train.train.checkpoint import load_model_weights, model_state
 NON_ARCH_FIELDS = ("attn_backend",)
 
 
-def _local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
+def local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
     """This rank's part of ``param`` and the global row (dim 0) where it starts."""
     if not isinstance(param, DTensor):
         return param.data, 0
@@ -63,7 +63,7 @@ def load_safetensors(model: nn.Module, path: Path) -> None:
             check_keys_and_shapes(reader.shapes(), {k: tuple(v.shape) for k, v in params.items()},
                                   what=f"initial weights {path}")
             for key, param in params.items():
-                local, start = _local_rows(param)
+                local, start = local_rows(param)
                 rows = local.shape[0] if local.dim() else 0
                 local.copy_(reader.get_rows(key, start, start + rows).to(local.dtype))
     except (ConversionError, OSError) as err:
@@ -88,7 +88,7 @@ def check_same_architecture(ours: ModelConfig, ckpt: Path) -> None:
         raise ConfigError("model", f"does not match the model of {ckpt}: " + "; ".join(diffs))
 
 
-def _checkpoint_source(stage_cfg) -> Path | None:
+def checkpoint_source(stage_cfg) -> Path | None:
     """The checkpoint ``stage.init_from`` names (``auto``: of ``stage.init_run``), or None when
     it names something else (a safetensors export)."""
     if stage_cfg.init_from == "auto":
@@ -124,7 +124,7 @@ def init_weights(model: nn.Module, stage_cfg, model_cfg: ModelConfig, seed: int)
     if spec == "scratch":
         init_sharded(model, seed, select=is_base)
         return f"scratch (adaLN-zero init, seed {seed})"
-    ckpt = _checkpoint_source(stage_cfg)
+    ckpt = checkpoint_source(stage_cfg)
     if ckpt is None:
         if not Path(spec).exists():
             raise ConfigError("stage.init_from", f"{spec} does not exist (expected scratch, auto, "

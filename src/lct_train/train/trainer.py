@@ -170,11 +170,11 @@ class Trainer:
         self.resume_from = self._resume_path()
         if self.resume_from is not None and not self.lora:
             return None
+        if not self.lora:
+            return init_weights(self.model, self.cfg.stage, self.model_cfg, self.cfg.seed)
         # LoRA: the frozen base is not in the run's checkpoints, it is loaded at every start.
-        source = init_weights(self.model, self.cfg.stage, self.model_cfg, self.cfg.seed)
-        if self.lora:
-            lora_run.init_adapters(self.model, self.cfg.seed)
-            self.base_checksum = self._base_checksum()
+        source, self.lora_base = lora_run.fill(self.model, self.cfg)
+        self.base_checksum = self._base_checksum()
         return source if self.resume_from is None else None
 
     def _base_checksum(self) -> list[float]:
@@ -248,7 +248,8 @@ class Trainer:
                 "config": to_dict(self.cfg),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if self.lora:  # the base it was trained on (checksum now: proves it is unchanged)
-            meta[lora_run.META_KEY] = lora_run.checkpoint_meta(self.cfg, self._base_checksum())
+            meta[lora_run.META_KEY] = lora_run.checkpoint_meta(self.cfg, self.lora_base,
+                                                                self._base_checksum())
         path = self.ckpt.save(step, states, meta)
         self.metrics.text(f"lct-train: saved {path}")
 
