@@ -293,3 +293,33 @@ def test_stage2_continues_or_merges_the_stage1_adapters(train, lora_one, lora_ba
     first = {mode: losses(tmp_path / mode)[1] for mode in ("continue", "merge", "base")}
     assert first["merge"] == pytest.approx(first["continue"], rel=1e-6)
     assert first["base"] != pytest.approx(first["continue"], rel=1e-4)  # stage 1 did matter
+
+
+def test_sampling_loads_a_lora_run_merged_on_its_base(lora_one, lora_base, tmp_path):
+    """``lct-sample --ckpt <LoRA run>``: the recorded base (as the run held it, bf16) with the
+    adapters merged, i.e. ``export-lora --merge``'s weights; the same as the base export plus
+    the exported LoRA file (``--lora``)."""
+    from safetensors.torch import load_file, save_file
+
+    from lct_train.convert.cli import main as convert
+    from lct_train.sample.checkpoint_io import CheckpointError, load_model
+
+    assert convert(["export-lora", str(lora_one), str(tmp_path / "merged"), "--merge"]) == 0
+    loaded = load_model(lora_one)
+    assert loaded.mask == "bidirectional"
+    state = loaded.model.state_dict()
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    assert state.keys() == merged.keys()
+    for key, value in merged.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    base_export = tmp_path / "base"  # the base as an export (config.json), held as the run did
+    base_export.mkdir()
+    save_file({k: v.to(torch.bfloat16).float() for k, v in load_file(lora_base).items()},
+              base_export / "model.safetensors")
+    (base_export / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    assert convert(["export-lora", str(lora_one), str(tmp_path / "lora")]) == 0
+    with_file = load_model(base_export, lora=tmp_path / "lora").model.state_dict()
+    for key, value in merged.items():
+        torch.testing.assert_close(with_file[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    with pytest.raises(CheckpointError, match="holds adapters"):
+        load_model(lora_one, weights="ema")

@@ -205,6 +205,42 @@ def merge_lora_export(path: str | os.PathLike, out: str | os.PathLike, *,
     return Path(out)
 
 
+def merge_into_state(state: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor],
+                     scale: float, source: str) -> None:
+    """``W += scale * B @ A`` (in fp32, stored back in W's dtype) for every adapted module of
+    a bare state dict, in place; a module it lacks or a shape that does not fit is one line."""
+    for module in adapter_modules(adapters, source):
+        key = f"{module}.weight"
+        a, b = adapters[f"{module}.lora_A.weight"], adapters[f"{module}.lora_B.weight"]
+        weight = state.get(key)
+        if weight is None:
+            raise ConversionError(f"{source}: adapts {module}, which the model does not have")
+        if (b.shape[0], a.shape[1]) != tuple(weight.shape) or a.shape[0] != b.shape[1]:
+            raise ConversionError(f"{source}: {module} adapters {tuple(b.shape)} x "
+                                  f"{tuple(a.shape)} do not fit its weight {tuple(weight.shape)}")
+        state[key] = (weight.float() + (b.float() @ a.float()) * scale).to(weight.dtype)
+
+
+def merged_run_state(path: str | os.PathLike, read_base) -> tuple[LoraCheckpoint, dict]:
+    """The full weights of a LoRA run's checkpoint: its base (``read_base(path)``; a base that
+    is itself a LoRA checkpoint, as a merged stage 2's, is merged first), held in the run's
+    base dtype, plus its adapters."""
+    run = LoraCheckpoint(path)
+    base = run.lora["base"]
+    if layout.holds_checkpoint(base) and "lora" in layout.read_meta(
+            layout.resolve_checkpoint(base)):
+        _, state = merged_run_state(base, read_base)
+    elif Path(base).exists():
+        state = read_base(base)
+    else:
+        raise ConversionError(f"{run.ckpt}: its base {base!r} is not a file this can load "
+                              "(a LoRA run on a scratch base has no base to sample)")
+    base_dtype = _base_dtype(run)  # the values the run trained on, kept in the file's dtype
+    state = {k: v.to(base_dtype).to(v.dtype) for k, v in state.items()}
+    merge_into_state(state, run.adapters, run.scaling, str(run.ckpt))
+    return run, state
+
+
 def _base_dtype(run: LoraCheckpoint) -> torch.dtype:
     """The dtype the run held its base in (its checksum was taken in it)."""
     cfg = run.meta["config"]
