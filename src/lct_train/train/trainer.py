@@ -16,6 +16,9 @@ the newest one that verifies), its architecture and loader state, the data. Only
 (``_accept``) does rank 0 settle the checkpoint line (``checkpoint_lineage``), write this
 start's config and open the metric files; a refused start leaves the run directory as it was.
 On resume the config's optimizer and schedule settings are put over the restored state.
+
+``finetune=lora`` (``lct_train.train.lora_run``): adapters are added to the meta model before
+``parallelize``, the frozen base is filled at every start, checkpoints hold the adapters.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class Trainer:
         self.flops = FlopCounter(model, self.model_cfg)
         self.model = materialize(parallelize(model, world.mesh, cfg.parallel), world.device)
         source = self._fill_weights()
-        if self.lora:
+        if self.lora and source is not None:
             source = f"{source}; LoRA on {lora_layers} layers, rank {cfg.finetune.rank}, " \
                      f"{lora_run.adapter_count(self.model):,} adapter parameters"
         self.optimizer = build_optimizer(self.model, cfg.optim, world.device)
@@ -166,16 +169,16 @@ class Trainer:
 
     def _fill_weights(self) -> str | None:
         """Initial weights into the materialised model, unless the run resumes (then the
-        checkpoint fills model, optimizer and EMA in ``_start``). Returns the log description."""
+        checkpoint fills model, optimizer and EMA in ``_start``; a LoRA run's base is filled
+        either way, its adapters come from the checkpoint). Returns the log description."""
         self.resume_from = self._resume_path()
-        if self.resume_from is not None and not self.lora:
+        if self.lora:  # the frozen base is not in the run's checkpoints: loaded at every start
+            source, self.lora_base = lora_run.fill(self.model, self.cfg)
+            self.base_checksum = self._base_checksum()
+            return source if self.resume_from is None else None
+        if self.resume_from is not None:
             return None
-        if not self.lora:
-            return init_weights(self.model, self.cfg.stage, self.model_cfg, self.cfg.seed)
-        # LoRA: the frozen base is not in the run's checkpoints, it is loaded at every start.
-        source, self.lora_base = lora_run.fill(self.model, self.cfg)
-        self.base_checksum = self._base_checksum()
-        return source if self.resume_from is None else None
+        return init_weights(self.model, self.cfg.stage, self.model_cfg, self.cfg.seed)
 
     def _base_checksum(self) -> list[float]:
         return lora_run.base_checksum(self.model, self.world.device,
