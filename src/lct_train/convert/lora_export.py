@@ -165,6 +165,10 @@ def merge_lora_export(path: str | os.PathLike, out: str | os.PathLike, *,
     """A LoRA checkpoint merged into its base -> an LCT export (``--merge``)."""
     run = LoraCheckpoint(path)
     base = Path(base or run.lora["base"])
+    if layout.holds_checkpoint(base):  # a merged stage 2's base: stage 1's checkpoint
+        raise ConversionError(f"the base of {run.ckpt} is the checkpoint {base} (its adapters "
+                              f"were merged into their base): write it first with `lct-convert "
+                              f"export-lora {base} MERGED --merge`, then pass --base MERGED")
     if not base.exists():
         raise ConversionError(f"base weights {base} (recorded by {run.ckpt}) do not exist: pass "
                               "--base PATH (a safetensors file or export directory)")
