@@ -268,7 +268,8 @@ def test_start_from_a_diffusers_lora_file(train, lora_one, lora_base, tmp_path):
         assert err.strip().splitlines()[-1].startswith(want_line), err
 
 
-def test_stage2_continues_or_merges_the_stage1_adapters(train, lora_one, lora_base, tmp_path):
+def test_stage2_continues_or_merges_the_stage1_adapters(train, lora_one, lora_base, tmp_path,
+                                                        capsys):
     """Causal FT from a LoRA stage 1 (stage.init_run): ``continue`` starts from its adapters on
     its base; ``merge`` folds them into the base and starts new ones (B = 0). Before any update
     both are the same function: the same first loss (fp32 base)."""
@@ -293,6 +294,11 @@ def test_stage2_continues_or_merges_the_stage1_adapters(train, lora_one, lora_ba
     first = {mode: losses(tmp_path / mode)[1] for mode in ("continue", "merge", "base")}
     assert first["merge"] == pytest.approx(first["continue"], rel=1e-6)
     assert first["base"] != pytest.approx(first["continue"], rel=1e-4)  # stage 1 did matter
+    from lct_train.convert.cli import main as convert
+
+    capsys.readouterr()  # the merged stage 2's base is stage 1's checkpoint: two-step export
+    assert convert(["export-lora", str(tmp_path / "merge"), str(tmp_path / "x"), "--merge"]) == 1
+    assert "then pass --base MERGED" in capsys.readouterr().err
 
 
 def test_sampling_loads_a_lora_run_merged_on_its_base(lora_one, lora_base, tmp_path):
