@@ -145,3 +145,21 @@ def test_compiled_adapted_block_gives_the_eager_output_and_adapter_grads():
         assert grad is not None, name
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(got_grads[name], grad, msg=name)
+
+
+def test_flops_of_a_lora_model_drop_the_base_weight_gradients():
+    """A frozen base Linear costs forward + input gradient (2x), adapters the full 3x on the
+    rows of the layer they adapt."""
+    from lct_train.train.flops import FlopCounter
+
+    cfg = tiny_config()
+    meta = build_packed_meta([scene((3, (1, 2, 2)))], mask="bidirectional")
+    full = FlopCounter(LCTModel(cfg), cfg)
+    model = LCTModel(cfg)
+    names, _ = match_targets(model, [r"transformer_blocks\.0\.attn\.to_q"])
+    apply_lora(model, names, RANK, ALPHA, dropout=0.0)
+    freeze_base(model, torch.float32)
+    lora = FlopCounter(model, cfg)
+    adapter = 2 * RANK * (cfg.hidden_size + cfg.hidden_size) * meta.num_video
+    assert lora.forward_flops(meta) == full.forward_flops(meta) + adapter
+    assert lora.train_flops(meta) == 3 * lora.forward_flops(meta) - full.linear_flops(meta)
