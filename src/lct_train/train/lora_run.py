@@ -61,15 +61,14 @@ def add_adapters(model: nn.Module, cfg) -> int:
         raise ConfigError("finetune.targets", f"is empty and {type(model).__name__} declares "
                           "no default lora_targets")
     names, unmatched = match_targets(model, targets)
-    if not ft.targets and names:
-        unmatched = []  # a family default may name layers this size of model lacks
-    if unmatched or not names:
-        unmatched = unmatched or [0]
+    if ft.targets and unmatched:  # (a family default may name layers a small model lacks)
         i = unmatched[0]
-        key = f"finetune.targets[{i}]" if ft.targets else "finetune.targets"
-        raise ConfigError(key, f"{targets[i]!r} matches no nn.Linear of {type(model).__name__} "
-                          "(patterns are full-matched against names such as "
-                          "'transformer_blocks.0.attn.to_q')")
+        raise ConfigError(f"finetune.targets[{i}]", f"{targets[i]!r} matches no nn.Linear of "
+                          f"{type(model).__name__} (patterns are full-matched against names "
+                          "such as 'transformer_blocks.0.attn.to_q')")
+    if not names:
+        raise ConfigError("finetune.targets", f"the defaults of {type(model).__name__} match "
+                          "no nn.Linear of this model: give finetune.targets")
     apply_lora(model, names, ft.rank, ft.alpha, ft.dropout)
     base = ft.base_dtype if ft.base_dtype != "compute" else cfg.parallel.param_dtype
     freeze_base(model, dtype_of(base))
