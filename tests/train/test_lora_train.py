@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,11 @@ from tests.train.torchrun import (
     DIST_STEPS,
     SYNTHETIC,
     assert_same_losses,
+    kill_job,
     losses,
     model_weights,
     run,
+    start,
 )
 
 pytestmark = pytest.mark.slow
@@ -329,3 +332,22 @@ def test_sampling_loads_a_lora_run_merged_on_its_base(lora_one, lora_base, tmp_p
         torch.testing.assert_close(with_file[key], value, rtol=1e-6, atol=1e-7, msg=key)
     with pytest.raises(CheckpointError, match="holds adapters"):
         load_model(lora_one, weights="ema")
+
+
+def test_sigkill_and_resume_auto_gives_the_same_losses(lora_one, lora_base, tmp_path):
+    """A LoRA job SIGKILLed after its step-2 checkpoint and resumed (resume=auto): the losses of
+    the run that never stopped."""
+    from lct_train.core.checkpoint_layout import is_valid
+
+    args = [*DIST_COMMON, *LORA, *BF16_BASE, f"stage.init_from={lora_base}",
+            f"run_dir={tmp_path}", "optim.grad_accum=2"]
+    job = start(1, [*args, "debug.step_delay_s=1.0"], tmp_path.parent / "killed.log")
+    deadline = time.monotonic() + 240
+    while not is_valid(ckpt(tmp_path, 2)):
+        assert job.poll() is None, (tmp_path.parent / "killed.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    kill_job(job)
+    assert not is_valid(ckpt(tmp_path, DIST_STEPS)), "the job was not killed"
+    run(1, [*args, "resume=auto"])
+    assert_same_losses(losses(tmp_path), losses(lora_one), range(1, DIST_STEPS + 1))
