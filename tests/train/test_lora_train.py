@@ -175,7 +175,8 @@ def test_sp_lora_equals_one_rank(lora_one, lora_base, tmp_path):
 def test_causal_validation_of_fresh_adapters_is_the_base_models(train, tmp_path,
                                                                  tmp_path_factory):
     """In-training validation (context-causal masks) of a LoRA run before any update: the
-    validation loss of the full model on the same base."""
+    validation loss of the full model on the same base (and close to it with the base held in
+    bf16, which the sample's forward casts for)."""
     from tests.train.test_validation import SYNTH
 
     data, truth = build_synthetic_shards(tmp_path_factory, SYNTH, area=16 * 16, name="heldout")
@@ -186,7 +187,7 @@ def test_causal_validation_of_fresh_adapters_is_the_base_models(train, tmp_path,
               f"eval.data={data}", f"eval.truth={truth}", "eval.sample_scenes=1",
               "eval.sample_steps=2", "model.latent_channels=12"]
     got = {}
-    for name, extra in (("full", []), ("lora", LORA)):
+    for name, extra in (("full", []), ("lora", LORA), ("lora-bf16", [*LORA, *BF16_BASE])):
         status, err = train(*common, *extra, f"run_dir={tmp_path / name}")
         assert status == 0, err
         records = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text()
@@ -196,6 +197,8 @@ def test_causal_validation_of_fresh_adapters_is_the_base_models(train, tmp_path,
     assert got["lora"]["val/loss"] == pytest.approx(got["full"]["val/loss"], rel=1e-6)
     assert got["lora"]["val/palette_similarity"] == pytest.approx(
         got["full"]["val/palette_similarity"], abs=1e-6)
+    # a base held in bf16 under fp32 compute: the sampler feeds the compute dtype
+    assert got["lora-bf16"]["val/loss"] == pytest.approx(got["full"]["val/loss"], rel=2e-2)
 
 
 def test_export_lora_and_merge(lora_one, lora_base, tmp_path, capsys):
