@@ -25,6 +25,8 @@ def _check_module():
 @pytest.mark.parametrize("args", [
     ["model=tiny", "estimate.tokens=1200", "estimate.shots=3"],
     ["model=small", "estimate.tokens=600", "estimate.shots=2", "optim.grad_accum=2"],
+    ["model=tiny", "estimate.tokens=1200", "estimate.shots=3", "finetune=lora",
+     "optim.ema_decay=0"],
 ])
 def test_estimate_matches_real_two_rank_run(args):
     """Fake tensors + fake process group vs real tensors in a real 2-rank gloo job."""
@@ -52,6 +54,27 @@ def test_last_line_is_json_and_verdict(capsys):
     # The same run on a GPU far too small: the verdict flips, exit status 1.
     assert main([*TINY, "estimate.world_size=8", "estimate.tokens=1200", "estimate.shots=3",
                  "estimate.gpu_gb=0.001"]) == 1
+
+
+def test_lora_counts_a_frozen_base_and_the_adapters_state():
+    """finetune=lora: the base held in the compute dtype with no gradient or AdamW state; the
+    adapters (fp32) carry them."""
+    args = ["model=small", "estimate.gpu_gb=80", "estimate.world_size=1", "estimate.tokens=800",
+            "estimate.frame=[8,8]",
+            "parallel.param_dtype=bfloat16"]
+    full = estimate(args)
+    lora = estimate([*args, "finetune=lora", "finetune.rank=4"])
+    assert lora["finetune"] == "lora"
+    assert lora["params"] > full["params"] > 20 * lora["trainable_params"]
+    ratio = lora["trainable_params"] / full["params"]
+    cats, full_cats = lora["categories"], full["categories"]
+    # AdamW: two fp32 moments per trained parameter (+ the step counters)
+    assert cats["optimizer_states"] == pytest.approx(
+        full_cats["optimizer_states"] * ratio, rel=0.05)
+    assert cats["optimizer_states"] > 0
+    assert cats["gradients"] < full_cats["gradients"] * 4 * ratio + 1e6
+    # the sharded base in bf16 (half the fp32 master of the full run), plus fp32 adapters
+    assert cats["parameters"] < 0.75 * full_cats["parameters"]
 
 
 def test_sharding_divides_parameter_state():

@@ -290,3 +290,49 @@ def test_a_guidance_embedded_model_without_a_value_is_refused_before_any_work(tm
     assert not out.exists()
     assert main(["scene", str(scene), "--ckpt", ckpt, "--out", str(out), *TOOLS,
                  "--embedded-guidance", "6"]) == 0
+
+
+def _lora_file(folder, config, modules, rank=2):
+    """A diffusers LoRA file with random adapters on ``modules`` of the tiny model."""
+    from lct_train.convert.lora_export import diffusers_lora_state, write_diffusers_lora
+
+    model = tiny_model(config, torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    adapters = {}
+    for module in modules:
+        weight = model.get_submodule(module).weight
+        adapters[f"{module}.lora_A.weight"] = torch.randn(rank, weight.shape[1], generator=gen)
+        adapters[f"{module}.lora_B.weight"] = torch.randn(weight.shape[0], rank, generator=gen)
+    folder.mkdir()
+    write_diffusers_lora(folder, *diffusers_lora_state(adapters, rank, 4.0))
+    return str(folder)
+
+
+def test_scene_with_a_lora_file(tmp_path, ckpt, config, capsys):
+    """``--lora FILE --lora-scale S``: scale 0 is the checkpoint's sample, 1 another one; a
+    file for layers the model lacks is one line."""
+    lora = _lora_file(tmp_path / "lora", config, ["transformer_blocks.0.attn.to_q",
+                                                  "single_transformer_blocks.0.proj_mlp"])
+    latents = {}
+    for name, extra in (("plain", []), ("zero", ["--lora", lora, "--lora-scale", "0"]),
+                        ("one", ["--lora", lora])):
+        out = tmp_path / name
+        assert main(["scene", str(_scene(tmp_path)), "--ckpt", ckpt, "--out", str(out),
+                     *TOOLS, *extra]) == 0
+        latents[name] = load_file(str(out / "shot_001.safetensors"))["latent"]
+    assert torch.equal(latents["zero"], latents["plain"])
+    assert not torch.allclose(latents["one"], latents["plain"], atol=1e-3)
+    bad = _lora_file(tmp_path / "bad", config, ["transformer_blocks.0.attn.to_q"])
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    from safetensors.torch import save_file
+
+    tensors = load_file(f"{bad}/pytorch_lora_weights.safetensors")
+    save_file({k.replace("blocks.0.", "blocks.7."): v for k, v in tensors.items()},
+              str(renamed / "pytorch_lora_weights.safetensors"))
+    capsys.readouterr()
+    assert main(["scene", str(_scene(tmp_path)), "--ckpt", ckpt, "--out", str(tmp_path / "x"),
+                 *TOOLS, "--lora", str(renamed)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"lct-sample scene: error: LoRA file {renamed}: adapts "
+                    "transformer_blocks.7.attn.to_q, which the model does not have")

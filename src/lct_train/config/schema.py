@@ -190,6 +190,31 @@ class EvalConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Which weights train (``conf/finetune/``): all of them (``full``) or low-rank adapters
+    (``lora``, ``lct_train.model.lora``) on a frozen base."""
+
+    # "full" | "lora"
+    mode: str = "full"
+    rank: int = 16
+    # Adapter output scaled by alpha / rank.
+    alpha: float = 16.0
+    # Dropout on the adapters' input (needs parallel.activation_checkpoint=none).
+    dropout: float = 0.0
+    # Regular expressions full-matched against the bare model's nn.Linear FQNs; every one must
+    # match at least one layer. Empty: the model family's defaults (``lora_targets``).
+    targets: tuple[str, ...] = ()
+    # dtype the frozen base is held in: "compute" (= parallel.param_dtype) or a dtype name.
+    base_dtype: str = "compute"
+    # Start the adapters from a diffusers LoRA file (lct-convert export-lora, or another
+    # trainer's); "" = fresh adapters (B = 0).
+    init_lora: str = ""
+    # stage.init_from is a LoRA run's checkpoint (stage 2 after a LoRA stage 1): "continue" its
+    # adapters on its base, or "merge" them into the base and start new adapters.
+    from_lora: str = "continue"
+
+
+@dataclass
 class DebugConfig:
     """Knobs for tests and debugging; leave at defaults for real runs."""
 
@@ -213,6 +238,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     # Memory preset applied (informational; set by conf/memory/*.yaml).
     memory: str = "none"

@@ -9,6 +9,7 @@ raises ``ConfigError`` whose message starts with the dotted key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -123,6 +124,34 @@ def validate_eval(c: Any) -> None:
         _positive("eval.shift", c.shift)
 
 
+def validate_finetune(c: Any) -> None:
+    _choice("finetune.mode", c.mode, ("full", "lora"))
+    _positive("finetune.rank", c.rank)
+    _positive("finetune.alpha", c.alpha)
+    if not 0.0 <= c.dropout < 1.0:
+        raise ConfigError("finetune.dropout", f"must be in [0, 1), got {c.dropout}")
+    for i, pattern in enumerate(c.targets):
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ConfigError(f"finetune.targets[{i}]", f"{pattern!r} is not a regular "
+                              f"expression: {err}") from err
+    _choice("finetune.base_dtype", c.base_dtype, ("compute", *TRAIN_DTYPES))
+    _choice("finetune.from_lora", c.from_lora, ("continue", "merge"))
+
+
+def validate_lora_run(cfg: Any) -> None:
+    """Options only the full fine-tuning path has, refused with ``finetune=lora``."""
+    if cfg.finetune.mode != "lora":
+        return
+    if cfg.optim.ema_decay > 0:
+        raise ConfigError("optim.ema_decay", "the EMA of the weights is full fine-tuning only: "
+                          "set optim.ema_decay=0 with finetune=lora")
+    if cfg.finetune.dropout > 0 and cfg.parallel.activation_checkpoint != "none":
+        raise ConfigError("finetune.dropout", "> 0 needs parallel.activation_checkpoint=none "
+                          "(the recomputed forward would draw other dropout masks)")
+
+
 def validate(cfg: Any) -> None:
     """Checks the groups of a ``TrainConfig``; raises ``ConfigError`` naming the key."""
     validate_optim(cfg.optim)
@@ -140,6 +169,8 @@ def validate(cfg: Any) -> None:
     validate_loss(cfg.loss)
     validate_synthetic(cfg.synthetic)
     validate_eval(cfg.eval)
+    validate_finetune(cfg.finetune)
+    validate_lora_run(cfg)
     _choice("data_source", cfg.data_source, ("shards", "synthetic"))
     _positive("steps", cfg.steps)
     _positive("seed", cfg.seed, allow_zero=True)

@@ -4,6 +4,8 @@
     lct-convert init SRC OUT               safetensors export or checkpoint -> next stage's init
     lct-convert import-diffusers SRC OUT   diffusers HunyuanVideo / Wan transformer -> LCT export
     lct-convert export-diffusers SRC OUT   LCT export -> diffusers HunyuanVideo / Wan transformer
+    lct-convert export-lora CKPT OUT       LoRA run checkpoint -> diffusers LoRA file (--merge:
+                                           merged into its base, an LCT export)
     lct-convert verify PATH [--reference REF]
 
 On bad input every command exits with status 2 (``core.exits``) and a one-line message naming
@@ -23,6 +25,7 @@ import yaml
 from lct_train.convert.dcp_export import export_checkpoint
 from lct_train.convert.diffusers_io import export_diffusers, import_diffusers
 from lct_train.convert.key_plan import KeyRule, convert_with_plan
+from lct_train.convert.lora_export import export_lora, merge_lora_export
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
     EXPORT_INFO_FILE,
@@ -162,6 +165,18 @@ def cmd_export_diffusers(args) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_export_lora(args) -> None:
+    if args.merge:
+        out = merge_lora_export(args.checkpoint, args.out, base=args.base,
+                                **_output_options(args))
+    else:
+        if args.base is not None:
+            raise ConversionError("--base is the base to merge into: it needs --merge")
+        out = export_lora(args.checkpoint, args.out, dtype=parse_dtype(args.dtype),
+                          overwrite=args.overwrite)
+    print(f"wrote {out}")
+
+
 def cmd_verify(args) -> int:
     report = verify(
         args.path, args.reference, device=args.device, dtype=parse_dtype(args.dtype), rtol=args.rtol
@@ -230,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="LCT export directory (config.json + model*.safetensors)")
     _add_output_args(p)
     p.set_defaults(func=cmd_export_diffusers)
+
+    p = sub.add_parser("export-lora", help="LoRA checkpoint -> diffusers LoRA file or merged")
+    p.add_argument("checkpoint", help="step directory, or a run / checkpoints dir (latest step)")
+    _add_output_args(p)
+    p.add_argument("--merge", action="store_true",
+                   help="write the base with the adapters merged (an LCT export)")
+    p.add_argument("--base", help="base weights to merge into (default: the run's recorded base)")
+    p.set_defaults(func=cmd_export_lora)
 
     p = sub.add_parser("verify", help="check a converted checkpoint (and compare to a reference)")
     p.add_argument("path", help="LCT export or diffusers transformer directory")

@@ -35,6 +35,8 @@ def summary(cfg: TrainConfig, est: EstimateConfig, measured: Measured, gpu_bytes
     return {
         "model": model,
         "params": measured.params,
+        "trainable_params": measured.trainable,
+        "finetune": cfg.finetune.mode,
         "world_size": est.world_size,
         "sp_degree": sp,
         "tokens": spec.num_tokens,
@@ -60,7 +62,9 @@ def summary(cfg: TrainConfig, est: EstimateConfig, measured: Measured, gpu_bytes
 
 def render(result: dict) -> str:
     lines = [
-        f"lct-estimate: {result['params'] / 1e9:.2f}B parameters, {result['world_size']} ranks "
+        f"lct-estimate: {result['params'] / 1e9:.2f}B parameters ({result['finetune']} "
+        f"fine-tuning: {result['trainable_params'] / 1e9:.3f}B trained), "
+        f"{result['world_size']} ranks "
         f"(sp {result['sp_degree']}), AC {result['activation_checkpoint']}, "
         f"reshard_after_forward {result['reshard_after_forward']}, "
         f"grad_accum {result['grad_accum']}, attention {result['attention']}",

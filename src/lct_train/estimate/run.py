@@ -1,7 +1,8 @@
 """One estimate: the trainer's model, ``parallelize`` and step, on fake tensors in a fake
 process group, under ``FSDPMemTracker``.
 
-What is real: the model (``LCTModel`` of the config), the mesh (``parallel.mesh.build_mesh``, SP included),
+What is real: the model (``LCTModel`` of the config; under ``finetune=lora`` with its adapters
+and its frozen base held in the compute dtype, as the trainer builds it), the mesh (``parallel.mesh.build_mesh``, SP included),
 ``parallelize`` (AC, FSDP2, mixed precision), AdamW (``train.optim``), the step
 (``train.step.forward_backward``: noising, forward, per-shot loss, backward, gradient sync under
 accumulation), clipping. What is not: the values (fake tensors carry shapes only), the
@@ -39,6 +40,7 @@ from lct_train.parallel.dist import World
 from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
 from lct_train.train.flops import FlopCounter
+from lct_train.train.lora_run import add_adapters
 from lct_train.train.optim import build_optimizer, clip_grad_norm
 from lct_train.train.step import StepInputs, forward_backward, host_meta
 
@@ -53,6 +55,7 @@ class Measured:
     metadata_bytes: int
     spec: SceneSpec
     params: int  # parameters of the whole model
+    trainable: int  # of which trained (all; under finetune=lora the adapters)
 
     @property
     def peak_bytes(self) -> int:
@@ -159,8 +162,11 @@ def measure(cfg: TrainConfig, est: EstimateConfig, fake: bool = True,
     backend = get_backend(est.attention, torch.device("cuda"), cfg.stage.mask == "causal")
     with torch.device("meta"):
         model = LCTModel(model_cfg)
+    if cfg.finetune.mode == "lora":  # frozen base in its dtype (no grads, no AdamW state)
+        add_adapters(model, cfg)
     flops = FlopCounter(model, model_cfg)
     params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     refiner = model.context_embedder.token_refiner is not None
     metas = _host_metas(spec, inp, backend, refiner)
     small_spec = scene_spec(dataclasses.replace(est, tokens=0, grid=[1, 1, 1], shots=1), model_cfg)
@@ -188,7 +194,7 @@ def measure(cfg: TrainConfig, est: EstimateConfig, fake: bool = True,
                             cfg.optim.grad_clip)
         peak = tracker.get_tracker_snapshot("peak")
     categories = {getattr(k, "value", k): int(v) for k, v in next(iter(peak.values())).items()}
-    return Measured(categories, _metadata_bytes(metas[0]) * len(metas), spec, params)
+    return Measured(categories, _metadata_bytes(metas[0]) * len(metas), spec, params, trainable)
 
 
 def shutdown() -> None:

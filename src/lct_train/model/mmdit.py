@@ -22,6 +22,16 @@ from lct_train.model.rope import rope_cos_sin
 
 
 class LCTModel(nn.Module):
+    # LoRA targets of ``finetune.targets=[]`` (``lct_train.model.lora``): the attention
+    # projections and MLPs of every dual- and single-stream block, in diffusers' names.
+    lora_targets = (
+        r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj"
+        r"|add_v_proj|to_add_out)",
+        r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)",
+        r"single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)",
+        r"single_transformer_blocks\.\d+\.(proj_mlp|proj_out)",
+    )
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

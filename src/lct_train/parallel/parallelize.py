@@ -32,19 +32,28 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lct_train.core.dtypes import dtype_of
+from lct_train.core.fqn import clean_fqn
 from lct_train.model.init import init_plan
 from lct_train.parallel.mesh import fsdp_mesh
 
 
 def apply_ac(model: nn.Module, mode: str) -> None:
-    """``full``: recompute every block's forward in backward; ``none``: nothing."""
+    """``full``: recompute every block's forward in backward; ``none``: nothing.
+
+    A block without trainable parameters (frozen under LoRA, e.g. the token refiner's) is not
+    wrapped: when nothing before it trains either (the LoRA defaults) it stores no activations
+    for backward, and torch 2.13 cannot compile a checkpointed block that runs without autograd
+    (its rematerialisation pass refuses the attention's RNG-tagged op in an inference graph).
+    A frozen block after a trained one then keeps its activations (custom LoRA targets).
+    """
     if mode == "none":
         return
     if mode != "full":
         raise ValueError(f"parallel.activation_checkpoint: unknown mode {mode!r}")
     for blocks in model.block_lists():
         for i, block in enumerate(blocks):
-            blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+            if any(p.requires_grad for p in block.parameters()):
+                blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
 def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
@@ -106,11 +115,14 @@ def materialize(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 @torch.no_grad()
-def init_sharded(model: nn.Module, seed: int) -> None:
+def init_sharded(model: nn.Module, seed: int, select=None) -> None:
     """Scratch initialisation of a (sharded) model, independent of the world size (module
-    docstring). Call on every rank with the same ``seed``; the global RNG is not touched."""
+    docstring). Call on every rank with the same ``seed``; the global RNG is not touched.
+    ``select(fqn)``: only the parameters it accepts (base weights, or LoRA adapters)."""
     generators: dict[torch.device, torch.Generator] = {}
-    for _, param, fn in init_plan(model):
+    for name, param, fn in init_plan(model):
+        if select is not None and not select(clean_fqn(name)):
+            continue
         local = param.to_local() if isinstance(param, DTensor) else param
         if local.device not in generators:
             generators[local.device] = torch.Generator(local.device).manual_seed(seed)

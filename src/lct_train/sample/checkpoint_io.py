@@ -5,7 +5,11 @@
 * DCP: ``<run>/checkpoints/step-N/`` with ``lct_meta.json`` (or the run directory: its newest
   valid step); only the ``ema`` or ``model`` entries are read, in one process (no process
   group, ``lct_train.convert.dcp_export``), then copied into a bare ``LCTModel``. By default
-  ``ema``, or ``model`` when the checkpoint has no EMA.
+  ``ema``, or ``model`` when the checkpoint has no EMA. A ``finetune=lora`` run's checkpoint
+  holds adapters only: its recorded base is read and the adapters merged into it
+  (``lct_train.convert.lora_export.merged_run_state``);
+* ``lora=FILE``: a diffusers LoRA file (``lct-convert export-lora`` or another trainer's)
+  merged on top of either, times ``lora_scale``.
 
 Besides the weights, sampling needs the attention mask the model was trained with and its
 context window. A DCP checkpoint records both (``lct_meta.json``: ``mask``, ``data.max_shots``);
@@ -56,9 +60,13 @@ def load_model(
     window: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    lora: str | os.PathLike | None = None,
+    lora_scale: float = 1.0,
 ) -> LoadedModel:
     """Loads a consolidated export or a DCP checkpoint (module docstring); ``weights=None``:
-    ``ema`` when the checkpoint stores it, else ``model``."""
+    ``ema`` when the checkpoint stores it, else ``model``. A LoRA run's checkpoint is its base
+    with its adapters merged; ``lora``: a diffusers LoRA file merged on top, times
+    ``lora_scale``."""
     path = Path(path)
     if weights is not None and weights not in WEIGHT_SETS:
         raise CheckpointError(f"weights must be one of {WEIGHT_SETS}, got {weights!r}")
@@ -71,11 +79,13 @@ def load_model(
             config = checkpoint_model_config(meta, path)
         except layout.CheckpointLayoutError as exc:
             raise CheckpointError(str(exc)) from exc
-        state = _load_dcp(path, weights)
+        state = _load_lora_run(path, weights) if "lora" in meta else _load_dcp(path, weights)
         found_mask, found_window = _recorded_mask_and_window(meta)
     else:
         config, state = _load_consolidated(path)
         found_mask, found_window = _export_mask_and_window(path if path.is_dir() else path.parent)
+    if lora is not None:
+        _merge_lora_file(state, lora, lora_scale)
     model = _build(config, state, str(path))
     mask = mask or found_mask or DEFAULT_MASK
     window = int(window or found_window or DEFAULT_WINDOW)
@@ -142,6 +152,36 @@ def _build(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> 
         raise CheckpointError(f"checkpoint {source} does not match its config: missing "
                               f"{sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
     return model
+
+
+def _load_lora_run(path: Path, weights: str | None) -> dict[str, torch.Tensor]:
+    from lct_train.convert.lora_export import merged_run_state
+    from lct_train.core.errors import ConversionError
+
+    if weights not in (None, "model"):
+        raise CheckpointError(f"LoRA checkpoint {path} holds adapters (`model`), no `{weights}`")
+    try:
+        return merged_run_state(path, _read_tensors)[1]
+    except ConversionError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def _read_tensors(path) -> dict[str, torch.Tensor]:
+    from lct_train.core.safetensors_io import SafetensorsReader
+
+    with SafetensorsReader(path) as reader:
+        return reader.load_all()
+
+
+def _merge_lora_file(state: dict[str, torch.Tensor], lora, scale: float) -> None:
+    from lct_train.convert.lora_export import merge_into_state, read_diffusers_lora
+    from lct_train.core.errors import ConversionError
+
+    try:
+        adapters, rank, alpha = read_diffusers_lora(lora)
+        merge_into_state(state, adapters, scale * alpha / rank, f"LoRA file {lora}")
+    except ConversionError as exc:
+        raise CheckpointError(str(exc).splitlines()[0]) from exc
 
 
 def _load_dcp(path: Path, weights: str | None) -> dict[str, torch.Tensor]:

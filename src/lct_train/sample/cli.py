@@ -64,10 +64,10 @@ from lct_train.sample.sampler import SETTING_NAMES, SamplingError, resolve_setti
 from lct_train.sample.scene_file import SceneFileError, ShotSize, load_scene_file
 from lct_train.sample.writers import DEFAULT_FPS
 
-MODEL_OPTIONS = ("ckpt", "weights", "mask", "window", "pipeline", "codec", "text_encoder", "device",
-                 "dtype", "fps")
+MODEL_OPTIONS = ("ckpt", "lora", "lora_scale", "weights", "mask", "window", "pipeline", "codec",
+                 "text_encoder", "device", "dtype", "fps")
 SAMPLING_OPTIONS = SETTING_NAMES
-MODEL_DEFAULTS = {"device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS}
+MODEL_DEFAULTS = {"device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS, "lora_scale": 1.0}
 ERRORS = (SceneFileError, SamplingError, PoolError, CheckpointError, MediaError)
 
 
@@ -89,6 +89,10 @@ def _indices(text: str) -> tuple[int, ...]:
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (stored in the pool by init/scene)")
     g.add_argument("--ckpt", help="model.safetensors (+config.json), a DCP step-N or a run directory")
+    g.add_argument("--lora", help="a diffusers LoRA file (lct-convert export-lora) merged "
+                   "into the --ckpt weights at load")
+    g.add_argument("--lora-scale", dest="lora_scale", type=float,
+                   help="strength of --lora (default 1)")
     g.add_argument("--weights", choices=WEIGHT_SETS,
                    help="DCP weights to load (default ema, or model when it has no EMA)")
     g.add_argument("--mask", choices=MASKS,
@@ -207,7 +211,8 @@ def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
     if sp_degree > 1 and device == "cuda":  # each rank on its own GPU, as init_distributed binds
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     loaded = load_model(opts["ckpt"], weights=opts["weights"], mask=opts["mask"],
-                        window=opts["window"], device=device, dtype=dtype_of(opts["dtype"]))
+                        window=opts["window"], device=device, dtype=dtype_of(opts["dtype"]),
+                        lora=opts["lora"], lora_scale=float(opts["lora_scale"]))
     if sp_degree < 1 or loaded.config.num_heads % sp_degree:
         raise SamplingError(f"--sp {sp_degree} does not divide the model's "
                             f"{loaded.config.num_heads} attention heads")

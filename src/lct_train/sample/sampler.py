@@ -129,7 +129,10 @@ class Sampler:
         settings: SamplingSettings,
         progress: bool = False,
         sp: SPGroup | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        """``dtype``: of the model's inputs (default: its first parameter's; a sharded model
+        in training passes its compute dtype, which its stored parameters need not have)."""
         self.model = model.eval()
         self.sp = sp
         self.config = config
@@ -138,7 +141,7 @@ class Sampler:
         self.settings = settings
         self.progress = progress
         param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device, self.dtype = param.device, dtype or param.dtype
         # the ODE state and the timesteps stay in >= fp32 whatever the model's dtype
         self.state_dtype = torch.promote_types(self.dtype, torch.float32)
         self.empty_prompt = self._to_device(empty_prompt)

@@ -39,6 +39,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -109,16 +110,23 @@ def _write_json(path: Path, obj: dict) -> None:
 
 # --------------------------------------------------------------------------------- Stateful
 class ModelState:
-    """The bare model's FQN -> (sharded) tensor; DCP reshards on load."""
+    """The bare model's FQN -> (sharded) tensor; DCP reshards on load. ``select(fqn)``: only
+    those entries (a LoRA run saves its adapters, not the frozen base)."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, select: Callable[[str], bool] | None = None):
+        self.model, self.select = model, select
 
     def state_dict(self) -> dict[str, Any]:
-        return get_model_state_dict(self.model)
+        return model_state(self.model, self.select)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        set_model_state_dict(self.model, state)
+        set_model_state_dict(self.model, state,
+                             options=StateDictOptions(strict=self.select is None))
+
+
+def model_state(model: nn.Module, select: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    state = get_model_state_dict(model)
+    return state if select is None else {k: v for k, v in state.items() if select(k)}
 
 
 class OptimizerState:
@@ -239,9 +247,10 @@ class CheckpointManager:
         dcp.load(states, checkpoint_id=str(path))
 
 
-def load_model_weights(model: nn.Module, path: Path, key: str) -> None:
+def load_model_weights(model: nn.Module, path: Path, key: str,
+                       select: Callable[[str], bool] | None = None) -> None:
     """Loads the ``key`` weights (``model`` or ``ema``) of a training checkpoint into ``model``
-    (sharded read through DCP: any saved world size)."""
-    target = get_model_state_dict(model)
+    (sharded read through DCP: any saved world size); ``select``: only those FQNs."""
+    target = model_state(model, select)
     dcp.load({key: target}, checkpoint_id=str(path))
-    set_model_state_dict(model, target)
+    set_model_state_dict(model, target, options=StateDictOptions(strict=select is None))

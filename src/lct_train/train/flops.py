@@ -1,8 +1,9 @@
 """Model FLOPs of one training micro-batch, for MFU (counted, not measured).
 
 Convention (documented, torchtitan-style): a training step costs 3x the forward FLOPs
-(forward + backward = 2x forward); activation-checkpoint recomputation is *not* counted, so
-MFU is comparable with and without AC. Forward FLOPs are the sum of
+(forward + backward = 2x forward); a Linear whose weight has no gradient (the frozen base of
+a LoRA run) costs 2x (forward + input gradient); activation-checkpoint recomputation is *not*
+counted, so MFU is comparable with and without AC. Forward FLOPs are the sum of
 
 - **matmuls**: every ``nn.Linear`` costs ``2 * in * out`` per row it is applied to. Which rows a
   Linear sees is found once per architecture by running a narrow twin of the model (same
@@ -96,19 +97,27 @@ class FlopCounter:
     def __init__(self, model: nn.Module, cfg: ModelConfig):
         kinds = linear_row_kinds(cfg)
         self.per_row: dict[str, int] = defaultdict(int)
+        self.frozen_per_row: dict[str, int] = defaultdict(int)  # of which weights without grad
         for name, module in model.named_modules():
             if isinstance(module, nn.Linear):
-                kind = kinds.get(clean_fqn(name), "other")
-                self.per_row[kind] += MATMUL_FLOPS * module.in_features * module.out_features
+                # a LoRA adapter (``<layer>.lora_A``) runs on the rows of the layer it adapts
+                layer = clean_fqn(name).removesuffix(".lora_A").removesuffix(".lora_B")
+                kind = kinds.get(layer, "other")
+                flops = MATMUL_FLOPS * module.in_features * module.out_features
+                self.per_row[kind] += flops
+                if not module.weight.requires_grad:
+                    self.frozen_per_row[kind] += flops
         self.attn_per_pair = ATTN_MATMULS * MATMUL_FLOPS * cfg.num_heads * cfg.head_dim
         self.joint_layers = cfg.num_dual_blocks + cfg.num_single_blocks
         self.text_layers = cfg.num_refiner_blocks
 
-    def linear_flops(self, meta: PackedMeta) -> int:
-        """Forward FLOPs of every ``nn.Linear`` on this batch."""
+    def linear_flops(self, meta: PackedMeta, frozen: bool = False) -> int:
+        """Forward FLOPs of every ``nn.Linear`` (``frozen``: of those without a weight
+        gradient) on this batch."""
         rows = {"video": meta.num_video, "text": meta.num_text,
                 "joint": meta.num_video + meta.num_text, "group": meta.num_groups, "other": 1}
-        return sum(self.per_row[k] * rows[k] for k in self.per_row)
+        per_row = self.frozen_per_row if frozen else self.per_row
+        return sum(per_row[k] * rows[k] for k in per_row)
 
     def attention_flops(self, meta: PackedMeta) -> int:
         """Forward FLOPs of ``QK^T`` and ``PV`` under the batch's masks."""
@@ -120,7 +129,9 @@ class FlopCounter:
         return self.linear_flops(meta) + self.attention_flops(meta)
 
     def train_flops(self, meta: PackedMeta) -> int:
-        return TRAIN_FACTOR * self.forward_flops(meta)
+        """3x forward, less the weight-gradient matmul of every frozen Linear (LoRA's base:
+        forward + input gradient only)."""
+        return TRAIN_FACTOR * self.forward_flops(meta) - self.linear_flops(meta, frozen=True)
 
 
 def peak_flops(configured_tflops: float, device: torch.device) -> float | None:

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
@@ -31,14 +30,15 @@ from lct_train.core.errors import ConfigError, ConversionError, check_keys_and_s
 from lct_train.core.fqn import clean_fqn
 from lct_train.core.safetensors_io import SafetensorsReader
 from lct_train.model.config import ModelConfig
+from lct_train.model.lora import is_base
 from lct_train.parallel.parallelize import init_sharded
-from lct_train.train.checkpoint import load_model_weights
+from lct_train.train.checkpoint import load_model_weights, model_state
 
 # Model settings that do not change the parameters (may differ between stages).
 NON_ARCH_FIELDS = ("attn_backend", "sampling")
 
 
-def _local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
+def local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
     """This rank's part of ``param`` and the global row (dim 0) where it starts."""
     if not isinstance(param, DTensor):
         return param.data, 0
@@ -58,11 +58,12 @@ def load_safetensors(model: nn.Module, path: Path) -> None:
     error = None
     try:
         with SafetensorsReader(path) as reader:
-            params = {clean_fqn(k): p for k, p in model.named_parameters()}
+            params = {clean_fqn(k): p for k, p in model.named_parameters()
+                      if is_base(clean_fqn(k))}
             check_keys_and_shapes(reader.shapes(), {k: tuple(v.shape) for k, v in params.items()},
                                   what=f"initial weights {path}")
             for key, param in params.items():
-                local, start = _local_rows(param)
+                local, start = local_rows(param)
                 rows = local.shape[0] if local.dim() else 0
                 local.copy_(reader.get_rows(key, start, start + rows).to(local.dtype))
     except (ConversionError, OSError) as err:
@@ -87,7 +88,7 @@ def check_same_architecture(ours: ModelConfig, ckpt: Path) -> None:
         raise ConfigError("model", f"does not match the model of {ckpt}: " + "; ".join(diffs))
 
 
-def _checkpoint_source(stage_cfg) -> Path | None:
+def checkpoint_source(stage_cfg) -> Path | None:
     """The checkpoint ``stage.init_from`` names (``auto``: of ``stage.init_run``), or None when
     it names something else (a safetensors export)."""
     if stage_cfg.init_from == "auto":
@@ -111,7 +112,7 @@ def load_checkpoint_weights(model: nn.Module, ckpt: Path, weights: str) -> None:
         raise ConfigError("stage.init_weights", f"{ckpt} holds no `{weights}` weights (it has "
                           f"{stored}); set stage.init_weights={stored[0] if stored else 'model'}")
     try:
-        load_model_weights(model, ckpt, weights)
+        load_model_weights(model, ckpt, weights, select=is_base)
     except Exception as err:  # DCP reports a missing key set with a long traceback
         raise ConfigError("stage.init_weights", f"cannot load `{weights}` weights from {ckpt}: "
                           f"{err}") from err
@@ -121,9 +122,9 @@ def init_weights(model: nn.Module, stage_cfg, model_cfg: ModelConfig, seed: int)
     """Fills the (sharded) model from ``stage.init_from``; returns a description for the log."""
     spec = stage_cfg.init_from
     if spec == "scratch":
-        init_sharded(model, seed)
+        init_sharded(model, seed, select=is_base)
         return f"scratch (adaLN-zero init, seed {seed})"
-    ckpt = _checkpoint_source(stage_cfg)
+    ckpt = checkpoint_source(stage_cfg)
     if ckpt is None:
         if not Path(spec).exists():
             raise ConfigError("stage.init_from", f"{spec} does not exist (expected scratch, auto, "
@@ -138,13 +139,24 @@ def init_weights(model: nn.Module, stage_cfg, model_cfg: ModelConfig, seed: int)
 @torch.no_grad()
 def model_fingerprint(model: nn.Module, device: torch.device, replicas: int = 1) -> float:
     """Sum of every parameter value over the whole model (collective: call on every rank).
+    Logged at start to make weight hand-offs checkable."""
+    return weight_sums(model, device, replicas)[0]
+
+
+@torch.no_grad()
+def weight_sums(model: nn.Module, device: torch.device, replicas: int = 1,
+                select=None) -> tuple[float, float]:
+    """``(sum, sum of squares)`` of the parameter values ``select(fqn)`` accepts (all by
+    default), in float64 over the whole model (collective: call on every rank).
 
     Sums the local shards and all-reduces; ``replicas`` (HSDP replicate degree) undoes the
-    double count of replicated shards. Logged at start to make weight hand-offs checkable.
+    double count of replicated shards.
     """
-    local = torch.zeros((), dtype=torch.float64, device=device)
-    for value in get_model_state_dict(model).values():
+    local = torch.zeros(2, dtype=torch.float64, device=device)
+    for value in model_state(model, select).values():
         shard = value.to_local() if hasattr(value, "to_local") else value
-        local += shard.double().sum()
+        shard = shard.double()
+        local += torch.stack([shard.sum(), shard.square().sum()])
     dist.all_reduce(local)
-    return float(local) / replicas
+    total, squares = (local / replicas).tolist()
+    return total, squares

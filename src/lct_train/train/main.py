@@ -17,11 +17,12 @@ from lct_train.core import exits
 USAGE = """usage: lct-train [--cfg] [key=value | group=option ...]
 
 Hydra overrides over conf/train.yaml ({conf}). Groups: model data optim parallel checkpoint
-logging stage memory. Examples:
+logging stage memory finetune. Examples:
   lct-train model=tiny data_source=synthetic steps=10
   torchrun --nproc_per_node=8 -m lct_train.train.main model=lct-3b memory=80gb \\
       data.sources='[{{path: /data/scenes}}]'
   lct-train stage=causal_ft stage.init_run=outputs/lct
+  lct-train finetune=lora finetune.rank=32 stage.init_from=/path/model.safetensors
 """
 
 

@@ -16,6 +16,9 @@ the newest one that verifies), its architecture and loader state, the data. Only
 (``_accept``) does rank 0 settle the checkpoint line (``checkpoint_lineage``), write this
 start's config and open the metric files; a refused start leaves the run directory as it was.
 On resume the config's optimizer and schedule settings are put over the restored state.
+
+``finetune=lora`` (``lct_train.train.lora_run``): adapters are added to the meta model before
+``parallelize``, the frozen base is filled at every start, checkpoints hold the adapters.
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ from lct_train.config.schema import TrainConfig
 from lct_train.config.store import to_dict, to_yaml
 from lct_train.core import checkpoint_layout as layout
 from lct_train.core.errors import ConfigError
+from lct_train.model.lora import is_adapter
 from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import World, set_train_timeout
 from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.train import checkpoint as ckpt_lib
 from lct_train.train import checkpoint_integrity as integrity
 from lct_train.train import checkpoint_lineage as lineage
-from lct_train.train import run_files
+from lct_train.train import lora_run, run_files
 from lct_train.train.batches import LoaderBatches, SyntheticBatches
 from lct_train.train.ema import EMA
 from lct_train.train.flops import FlopCounter, peak_flops
@@ -97,9 +101,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         with torch.device("meta"):  # no rank ever holds the full model
             model = LCTModel(self.model_cfg)
+        self.lora = cfg.finetune.mode == "lora"
+        if self.lora:  # adapters on the bare model, base frozen (lct_train.train.lora_run)
+            lora_layers = lora_run.add_adapters(model, cfg)
         self.flops = FlopCounter(model, self.model_cfg)
         self.model = materialize(parallelize(model, world.mesh, cfg.parallel), world.device)
         source = self._fill_weights()
+        if self.lora and source is not None:
+            source = f"{source}; LoRA on {lora_layers} layers, rank {cfg.finetune.rank}, " \
+                     f"{lora_run.adapter_count(self.model):,} adapter parameters"
         self.optimizer = build_optimizer(self.model, cfg.optim, world.device)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.optim, cfg.steps)
         self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_every) \
@@ -159,11 +169,20 @@ class Trainer:
 
     def _fill_weights(self) -> str | None:
         """Initial weights into the materialised model, unless the run resumes (then the
-        checkpoint fills model, optimizer and EMA in ``_start``). Returns the log description."""
+        checkpoint fills model, optimizer and EMA in ``_start``; a LoRA run's base is filled
+        either way, its adapters come from the checkpoint). Returns the log description."""
         self.resume_from = self._resume_path()
+        if self.lora:  # the frozen base is not in the run's checkpoints: loaded at every start
+            source, self.lora_base = lora_run.fill(self.model, self.cfg)
+            self.base_checksum = self._base_checksum()
+            return source if self.resume_from is None else None
         if self.resume_from is not None:
             return None
         return init_weights(self.model, self.cfg.stage, self.model_cfg, self.cfg.seed)
+
+    def _base_checksum(self) -> list[float]:
+        return lora_run.base_checksum(self.model, self.world.device,
+                                      self.cfg.parallel.dp_replicate)
 
     def _start(self, source: str | None) -> None:
         changes = []
@@ -209,7 +228,7 @@ class Trainer:
     def _states(self, per_rank: bool = True, loader: bool = True) -> dict:
         w = self.world
         states = {
-            "model": ckpt_lib.ModelState(self.model),
+            "model": ckpt_lib.ModelState(self.model, is_adapter if self.lora else None),
             "optimizer": ckpt_lib.OptimizerState(self.model, self.optimizer),
             "lr_scheduler": self.scheduler,
             "train_state": ckpt_lib.DictState(lambda: dict(self.state), self.state.update),
@@ -231,12 +250,19 @@ class Trainer:
                 "git_revision": self.git_revision, "keys": sorted(states),
                 "config": to_dict(self.cfg),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if self.lora:  # the base it was trained on (checksum now: proves it is unchanged)
+            meta[lora_run.META_KEY] = lora_run.checkpoint_meta(self.cfg, self.lora_base,
+                                                                self._base_checksum())
         path = self.ckpt.save(step, states, meta)
         self.metrics.text(f"lct-train: saved {path}")
 
     def load(self, path: Path) -> None:
         meta = layout.read_meta(path)
         check_same_architecture(self.model_cfg, path)
+        if self.lora:
+            lora_run.check_resume(meta, self.cfg, self.base_checksum, path)
+        else:
+            lora_run.check_not_lora(meta, path)
         same_world = meta["dp_world_size"] == self.world.dp_size
         loader = self.batches.stateful
         if loader and not same_world:

@@ -147,7 +147,7 @@ class Validator:
         settings = self.sampling_settings()
         sampler = Sampler(model, self.model_cfg, self.empty, mask=self.inp.mask,
                           window=max(len(s.latents) for s in self.scenes), settings=settings,
-                          sp=self.inp.sp)
+                          sp=self.inp.sp, dtype=self.inp.compute_dtype)
         scores, frames, captions = [], [], []
         for scene in self.scenes[:cfg.sample_scenes]:
             global_prompt, shots = self._plan(scene)
