@@ -240,6 +240,10 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    # Read the model config from an export (its folder or config.json) or a training checkpoint
+    # (step-N or run directory) instead of the model= preset; model.* overrides still apply
+    # (lct_train.config.model_from). "" = the preset.
+    model_from: str = ""
     # Memory preset applied (informational; set by conf/memory/*.yaml).
     memory: str = "none"
     # "shards" (the scene loader, ``data`` config) or "synthetic" (``synthetic`` config).

@@ -17,6 +17,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lct_train.config.model_from import apply_model_from
 from lct_train.config.schema import TrainConfig
 from lct_train.core.errors import ConfigError
 
@@ -106,8 +107,10 @@ def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) 
                 raise
             raise item from err
     OmegaConf.resolve(cfg)
+    container = OmegaConf.to_container(cfg)
+    apply_model_from(container, overrides)  # model_from=PATH: the model config of PATH
     # `+key=value` overrides bypass the struct flag; re-merging into the schema rejects them.
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg))
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), container)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], "is required but has no value")
