@@ -242,7 +242,7 @@ def test_export_lora_and_merge(lora_one, lora_base, tmp_path, capsys):
     write_base(other, seed=1)
     capsys.readouterr()
     assert convert(["export-lora", str(step), str(tmp_path / "refused"), "--merge",
-                    "--base", str(other)]) == 1
+                    "--base", str(other)]) == 2  # refused (exit 2)
     assert "is not the one" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
 
@@ -303,7 +303,7 @@ def test_stage2_continues_or_merges_the_stage1_adapters(train, lora_one, lora_ba
     from lct_train.convert.cli import main as convert
 
     capsys.readouterr()  # the merged stage 2's base is stage 1's checkpoint: two-step export
-    assert convert(["export-lora", str(tmp_path / "merge"), str(tmp_path / "x"), "--merge"]) == 1
+    assert convert(["export-lora", str(tmp_path / "merge"), str(tmp_path / "x"), "--merge"]) == 2
     assert "then pass --base MERGED" in capsys.readouterr().err
 
 
