@@ -45,7 +45,7 @@ lint: $(INSTALLED)
 	$(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command()" --no-cache
 
 test: lint
-	$(PYTEST)
+	$(PYTEST) --durations=20
 
 # the edit loop: everything but the multi-process / long tests
 test-fast: $(INSTALLED)

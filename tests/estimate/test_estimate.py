@@ -28,6 +28,7 @@ def _check_module():
     ["model=tiny", "estimate.tokens=1200", "estimate.shots=3", "finetune=lora",
      "optim.ema_decay=0"],
 ])
+@pytest.mark.slow
 def test_estimate_matches_real_two_rank_run(args):
     """Fake tensors + fake process group vs real tensors in a real 2-rank gloo job."""
     result = _check_module().compare(args)
@@ -56,6 +57,7 @@ def test_last_line_is_json_and_verdict(capsys):
                  "estimate.gpu_gb=0.001"]) == 1
 
 
+@pytest.mark.slow
 def test_lora_counts_a_frozen_base_and_the_adapters_state():
     """finetune=lora: the base held in the compute dtype with no gradient or AdamW state; the
     adapters (fp32) carry them."""
@@ -77,6 +79,7 @@ def test_lora_counts_a_frozen_base_and_the_adapters_state():
     assert cats["parameters"] < 0.75 * full_cats["parameters"]
 
 
+@pytest.mark.slow
 def test_sharding_divides_parameter_state():
     one, eight = (estimate([*TINY, f"estimate.world_size={n}", "estimate.tokens=800"])
                   for n in (1, 8))
@@ -105,6 +108,7 @@ def test_no_gpu_memory_named():
     assert main(["model=tiny", "estimate.tokens=800"]) == 2
 
 
+@pytest.mark.slow
 def test_grad_accum_costs_one_micro_batch_at_most():
     """Gradients stay sharded under accumulation: grad_accum=4 costs no more than
     grad_accum=1 beyond one micro-batch's activations, and the gradients at the peak are the
@@ -124,6 +128,7 @@ def test_grad_accum_costs_one_micro_batch_at_most():
     ["estimate.world_size=4", "estimate.tokens=800", "optim.grad_accum=2"],
     ["estimate.world_size=4", "estimate.tokens=800", "parallel.sp_degree=2"],
 ])
+@pytest.mark.slow
 def test_peak_tracker_equals_stock_tracker(args):
     """The estimator's tracker drops only per-module peaks: every category at the peak is the
     stock ``FSDPMemTracker``'s, byte for byte."""

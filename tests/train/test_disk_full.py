@@ -36,6 +36,7 @@ def small_disk(where, size: int):
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_save(train, tmp_path):
     whole = tmp_path / "whole"
     assert train(f"run_dir={whole}", "steps=4", "checkpoint.every=2")[0] == 0

@@ -27,6 +27,7 @@ def _validation_records(run_dir) -> list[dict]:
     return [r for r in map(json.loads, lines) if "val/loss" in r]
 
 
+@pytest.mark.slow
 def test_validation_loss_is_rank_independent_and_sample_is_logged(heldout, tmp_path):
     data, truth = heldout
     common = ["data_source=synthetic", "synthetic.scenes_per_batch=2", "model.latent_channels=12",
@@ -59,6 +60,7 @@ def test_eval_without_data_is_a_config_error(tmp_path):
     assert "eval.data: is empty" in proc.stderr
 
 
+@pytest.mark.slow
 def test_validation_of_a_guidance_embedded_model(heldout, tmp_path):
     """A guidance-distilled model (guidance_embeds, as hunyuan-video) validates: its sample gets
     the embedded guidance of its preset (here none: the value it trains with, loss.guidance)."""
