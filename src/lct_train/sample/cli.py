@@ -38,14 +38,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from lct_train.core import exits
-from lct_train.core.dtypes import SAMPLE_DTYPES, dtype_of
-from lct_train.core.errors import ConfigError
+from lct_train.core.dtypes import SAMPLE_DTYPES
 from lct_train.data.codecs import CODEC_HELP
 from lct_train.data.schema import shot_prompt
 from lct_train.data.text_encoders import TEXT_ENCODER_HELP
 from lct_train.model.layout import MASKS
 from lct_train.sample import scene_file
-from lct_train.sample.checkpoint_io import WEIGHT_SETS, CheckpointError, load_model
+from lct_train.sample.checkpoint_io import WEIGHT_SETS, CheckpointError
 from lct_train.sample.history_pool import HistoryPool, PoolError
 from lct_train.sample.interactive import add_given, propose_shot
 from lct_train.sample.media import MediaError
@@ -59,9 +58,9 @@ from lct_train.sample.pipeline import (
     settings_of,
     write_scenes_manifest,
 )
-from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.sampler import SETTING_NAMES, SamplingError, resolve_settings
 from lct_train.sample.scene_file import SceneFileError, ShotSize, load_scene_file
+from lct_train.sample.toolkit import load_toolkit
 from lct_train.sample.writers import DEFAULT_FPS
 
 MODEL_OPTIONS = ("ckpt", "lora", "lora_scale", "weights", "mask", "window", "pipeline", "codec",
@@ -183,70 +182,6 @@ def _sp_arg(p: argparse.ArgumentParser) -> None:
                         "--nproc_per_node=N (divides the model's heads); rank 0 writes")
 
 
-def _start_sp(sp_degree: int, device: str):
-    """The torchrun world as one SP group for ``--sp N`` (``parallel.dist``; on CUDA each rank
-    is bound to cuda:LOCAL_RANK, where ``_toolkit`` puts the model and codec)."""
-    from lct_train.config.schema import ParallelConfig
-    from lct_train.parallel.dist import init_distributed
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size != sp_degree:
-        raise SamplingError(f"--sp {sp_degree} needs torchrun --nproc_per_node={sp_degree} "
-                            f"(world size is {world_size})")
-    try:
-        return init_distributed(ParallelConfig(device=device, dp_shard=1, sp_degree=sp_degree))
-    except ConfigError as exc:  # e.g. cuda asked for where none is visible
-        raise SamplingError(f"--device {device} with --sp {sp_degree}: {exc}") from exc
-
-
-def _toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
-    from lct_train.data.codecs import build_codec
-    from lct_train.data.text_encoders import build_text_encoder
-
-    needed = ("ckpt",) if opts.get("pipeline") else ("ckpt", "codec", "text_encoder")
-    missing = [f"--{k.replace('_', '-')}" for k in needed if not opts[k]]
-    if missing:
-        raise SamplingError(f"missing {', '.join(missing)} (give it, or init the pool with it)")
-    device = opts["device"]
-    if sp_degree > 1 and device == "cuda":  # each rank on its own GPU, as init_distributed binds
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    loaded = load_model(opts["ckpt"], weights=opts["weights"], mask=opts["mask"],
-                        window=opts["window"], device=device, dtype=dtype_of(opts["dtype"]),
-                        lora=opts["lora"], lora_scale=float(opts["lora_scale"]))
-    if sp_degree < 1 or loaded.config.num_heads % sp_degree:
-        raise SamplingError(f"--sp {sp_degree} does not divide the model's "
-                            f"{loaded.config.num_heads} attention heads")
-    text_encoder, codec = _pipeline_parts(opts, device)
-    try:
-        prompts = PromptEncoder(text_encoder or build_text_encoder(opts["text_encoder"], device=device),
-                                loaded.config)
-    except (ValueError, OSError) as exc:  # an unknown spec, or a width the model cannot take
-        given = f"--text-encoder {opts['text_encoder']}" if opts["text_encoder"] else f"--pipeline {opts['pipeline']}"
-        raise SamplingError(f"{given}: {exc}") from exc
-    try:
-        codec = codec or build_codec(opts["codec"], device=device)
-    except (ValueError, OSError) as exc:
-        raise SamplingError(f"--codec {opts['codec']}: {exc}") from exc
-    sp = _start_sp(sp_degree, opts["device"]).sp if sp_degree > 1 else None
-    writes = sp is None or sp.rank == 0
-    return Toolkit(loaded, codec, prompts, progress=progress and writes, fps=int(opts["fps"]),
-                   sp=sp, writes=writes)
-
-
-def _pipeline_parts(opts: dict, device: str):
-    """(text encoder, codec) of ``--pipeline`` in the model's dtype, ``None`` for a part given
-    with ``--text-encoder`` / ``--codec`` (or when there is no pipeline)."""
-    if not opts.get("pipeline"):
-        return None, None
-    from lct_train.data.pipeline_dir import load_pipeline
-
-    try:
-        return load_pipeline(opts["pipeline"], device=device, dtype=dtype_of(opts["dtype"]),
-                             text_encoder=not opts["text_encoder"], codec=not opts["codec"])
-    except (ValueError, OSError) as exc:
-        raise SamplingError(str(exc)) from exc
-
-
 def _cmd_scene(args) -> None:
     overrides = {k: getattr(args, k) for k in (*SAMPLING_OPTIONS, "mode")
                  if getattr(args, k, None) is not None}
@@ -255,7 +190,7 @@ def _cmd_scene(args) -> None:
     requests = [replace(load_scene_file(path), **overrides) for path in args.scene_files]
     folders = _scene_folders(args.out, args.scene_files, requests)
     model_opts = _options(args, {}, MODEL_OPTIONS, MODEL_DEFAULTS)
-    kit = _toolkit(model_opts, not args.no_progress, args.sp)
+    kit = load_toolkit(model_opts, not args.no_progress, args.sp)
     plans = [prepare_scene(request, kit) for request in requests]
     written = []
     for request, folder, planned in zip(requests, folders, plans):
@@ -314,7 +249,7 @@ def _shot_size(args, pool: HistoryPool, fallback: ShotSize | None = None) -> Sho
 
 def _cmd_add(args) -> None:
     pool, opts = _load(args)
-    kit = _toolkit(opts, not args.no_progress)
+    kit = load_toolkit(opts, not args.no_progress)
     seed = args.seed if args.seed is not None else len(pool)
     index = add_given(pool, kit, condition=args.condition, seed=seed,
                       prompt=shot_prompt(args.prompt, not args.no_cut),
@@ -329,7 +264,7 @@ def _cmd_shot(args, regenerate: bool = False) -> None:
     previous = pool.pending
     if regenerate and previous is None:
         raise PoolError(f"{args.pool} has no pending shot to regenerate")
-    kit = _toolkit(opts, not args.no_progress, args.sp)
+    kit = load_toolkit(opts, not args.no_progress, args.sp)
     prompt = shot_prompt(args.prompt, not args.no_cut) if args.prompt is not None else None
     fallback = None
     if regenerate:
@@ -368,7 +303,7 @@ def _cmd_accept(args) -> None:
     index = pool.accept()
     pool.save(args.pool)
     if not args.no_render:
-        render_pool(pool, _toolkit(opts, False), args.pool)
+        render_pool(pool, load_toolkit(opts, False), args.pool)
     print(f"accepted shot #{index}")
 
 
