@@ -269,14 +269,15 @@ def test_import_diffusers_takes_the_pipeline_root(export_dir, tiny_hunyuan_pipel
 
 
 def test_sample_pipeline_loads_text_encoder_and_codec(tiny_hunyuan_pipeline, export_dir):
-    from lct_train.sample.cli import MODEL_DEFAULTS, MODEL_OPTIONS, _toolkit
+    from lct_train.sample.cli import MODEL_DEFAULTS, MODEL_OPTIONS
+    from lct_train.sample.toolkit import load_toolkit
 
     opts = {k: None for k in MODEL_OPTIONS} | MODEL_DEFAULTS
     opts.update(ckpt=str(export_dir), pipeline=str(tiny_hunyuan_pipeline))
-    kit = _toolkit(opts, progress=False)
+    kit = load_toolkit(opts, progress=False)
     assert kit.prompts.encoder.spec()["kind"] == "hunyuan-video"
     assert kit.codec.spec() == {"kind": "hunyuan", "path": str(tiny_hunyuan_pipeline / "vae"), "tiling": True}
-    kit = _toolkit(opts | {"codec": "tiny-hunyuan"}, progress=False)  # a part given separately
+    kit = load_toolkit(opts | {"codec": "tiny-hunyuan"}, progress=False)  # a part given separately
     assert kit.codec.spec()["path"] is None
 
 
