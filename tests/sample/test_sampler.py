@@ -113,16 +113,16 @@ def test_a_bfloat16_model_integrates_in_float32(config, prompts):
 def test_packed_metadata_is_built_once_per_branch_and_call(config, prompts, monkeypatch):
     """Only timesteps and tokens change between steps: the metadata (with its memoised backend
     plans) is built once per branch, not once per step."""
-    import lct_train.sample.sampler as sampler_module
+    import lct_train.model.layout as layout
 
     calls = []
-    build = sampler_module.build_packed_meta
+    build = layout.build_packed_meta
 
     def counting(*args, **kwargs):
         calls.append(1)
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(sampler_module, "build_packed_meta", counting)
+    monkeypatch.setattr(layout, "build_packed_meta", counting)
     shape = (LATENT_CHANNELS, 1, 2, 2)
     dummy = torch.zeros(config.num_dummy_tokens, config.patch_dim, dtype=torch.float64)
     clean = torch.zeros(shape, dtype=torch.float64)

@@ -100,7 +100,7 @@ def main(out: str, sp_size: int) -> None:
     result = {"tokens": [mb.num_tokens for mb in micro_all]}
     for mask in ("bidirectional", "causal"):
         inp = StepInputs(device=torch.device("cpu"), compute_dtype=torch.float32, mask=mask,
-                         text_rope=cfg.text_rope, seed=SEED, dp_rank=dp_rank, dp_size=dp_size,
+                         model_cfg=cfg, seed=SEED, dp_rank=dp_rank, dp_size=dp_size,
                          grad_accum=GRAD_ACCUM, t_mean=0.0, t_std=1.0, t_shift=1.0,
                          guidance=None, buckets=4, sp=sp)
         vector, _ = forward_backward(model, mine, STEP, inp, flops)

@@ -153,6 +153,21 @@ class ModelConfig(PresetIO):
         f, h, w = self.dummy_grid
         return f * h * w
 
+    # -- the family protocol (`lct_train.model.family`): what the shared machinery asks a config
+    family = "mmdit"  # class attribute, not a field: an MMDiT config has no `family` key
+
+    @property
+    def takes_pooled(self) -> bool:
+        """Whether the model takes a pooled text vector per group (``pooled [G, pooled_dim]``)."""
+        return True
+
+    def build_meta(self, specs, *, mask: str = "bidirectional", cached=None, device=None):
+        """A packed batch's metadata for this model (`layout.build_packed_meta`)."""
+        from lct_train.model.layout import build_packed_meta
+
+        return build_packed_meta(specs, mask=mask, text_rope=self.text_rope, cached=cached,
+                                 device=device)
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         for name in ("patch_size", "rope_axes_dim", "dummy_grid"):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -202,14 +201,3 @@ def shard_meta(meta: PackedMeta, sp: SPGroup) -> PackedMeta:
         video_shot=meta.video_shot[v0:v1],
         shard=shard,
     )
-
-
-def local_inputs(meta: PackedMeta, sp: SPGroup | None, videos: Sequence[torch.Tensor],
-                 text: torch.Tensor) -> tuple[PackedMeta, list[torch.Tensor], torch.Tensor]:
-    """``(meta, videos, text)`` as this rank's forward takes them: unchanged without sequence
-    parallelism, else the rank-local meta and this rank's token slices (training and
-    validation step through this)."""
-    if sp is None:
-        return meta, list(videos), text
-    local = shard_meta(meta, sp)
-    return local, [local.shard.local_video(v) for v in videos], local.shard.local_text(text)

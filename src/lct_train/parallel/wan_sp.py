@@ -11,9 +11,6 @@ queries (`SequenceShard.attend_queries`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-
-import torch
 
 from lct_train.model.wan.layout import WanMeta
 from lct_train.parallel.ulysses import SequenceShard, SPGroup, chunk_bounds
@@ -34,12 +31,3 @@ def shard_wan_meta(meta: WanMeta, sp: SPGroup) -> WanMeta:
         video_shot=meta.video_shot[v0:v1],
         shard=shard,
     )
-
-
-def local_wan_inputs(meta: WanMeta, sp: SPGroup | None, videos: Sequence[torch.Tensor]
-                     ) -> tuple[WanMeta, list[torch.Tensor]]:
-    """``(meta, videos)`` as this rank's forward takes them (the text stays whole)."""
-    if sp is None:
-        return meta, list(videos)
-    local = shard_wan_meta(meta, sp)
-    return local, [local.shard.local_video(v) for v in videos]

@@ -40,10 +40,10 @@ from lct_train.model.layout import (
     GroupSpec,
     PackedMeta,
     SceneSpec,
-    build_packed_meta,
 )
 from lct_train.model.sampling_defaults import SamplingDefaults
-from lct_train.parallel.ulysses import SPGroup, shard_meta
+from lct_train.parallel.sp_inputs import shard_for
+from lct_train.parallel.ulysses import SPGroup
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, Shot, TargetShot
 from lct_train.sample.schedule import resolution_shift, sampling_timesteps, shot_noise
 
@@ -198,12 +198,12 @@ class Sampler:
         prompts = [g.prompt if branch == COND else self.empty_prompt for g in groups]
         spec = SceneSpec(tuple(GroupSpec(p.tokens.shape[0], g.grid, g.is_global)
                                for p, g in zip(prompts, groups)))
-        meta = build_packed_meta([spec], mask=self.mask, text_rope=self.config.text_rope,
-                                 cached=None if kv_cache is None else kv_cache.spec,
-                                 device=self.device)
+        meta = self.config.build_meta([spec], mask=self.mask,
+                                      cached=None if kv_cache is None else kv_cache.spec,
+                                      device=self.device)
         text = torch.cat([p.tokens for p in prompts])
         if self.sp is not None:  # this rank's slice of the scene (parallel.ulysses)
-            meta = shard_meta(meta, self.sp)
+            meta = shard_for(meta, self.sp)
             text = meta.shard.local_text(text)
         return BranchInputs(meta, text, torch.stack([p.pooled for p in prompts]))
 

@@ -25,8 +25,9 @@ from torch import nn
 
 from lct_train.core.dtypes import dtype_of
 from lct_train.data.packing import PackedScenes
-from lct_train.model.layout import PackedMeta, SceneSpec, build_packed_meta
-from lct_train.parallel.ulysses import SPGroup, local_inputs
+from lct_train.model.layout import PackedMeta, SceneSpec
+from lct_train.parallel.sp_inputs import local_inputs
+from lct_train.parallel.ulysses import SPGroup
 from lct_train.train.batches import global_micro_index
 from lct_train.train.flops import FlopCounter
 from lct_train.train.loss import bucket_sums, micro_generator, noise_batch, shot_losses
@@ -50,7 +51,7 @@ class StepInputs:
     device: torch.device
     compute_dtype: torch.dtype
     mask: str
-    text_rope: bool
+    model_cfg: object  # the model config (its family's `build_meta`, `takes_pooled`)
     seed: int
     dp_rank: int
     dp_size: int
@@ -70,7 +71,7 @@ class StepInputs:
         build theirs here)."""
         return cls(
             device=device, compute_dtype=dtype_of(cfg.parallel.param_dtype),
-            mask=cfg.stage.mask, text_rope=model_cfg.text_rope, seed=cfg.seed,
+            mask=cfg.stage.mask, model_cfg=model_cfg, seed=cfg.seed,
             dp_rank=world.dp_rank, dp_size=world.dp_size, grad_accum=cfg.optim.grad_accum,
             t_mean=cfg.loss.timestep_mean, t_std=cfg.loss.timestep_std,
             t_shift=training_shift(cfg.loss, model_cfg),
@@ -100,7 +101,7 @@ def _bad_samples(mb: PackedScenes) -> float:
 
 def host_meta(specs: list[SceneSpec], inp: StepInputs) -> PackedMeta:
     """A micro-batch's metadata, built on the host (moved to the device by the step)."""
-    return build_packed_meta(specs, mask=inp.mask, text_rope=inp.text_rope)
+    return inp.model_cfg.build_meta(specs, mask=inp.mask)
 
 
 def noised_shot_losses(model: nn.Module, mb: PackedScenes, meta: PackedMeta, noised,
@@ -114,8 +115,10 @@ def noised_shot_losses(model: nn.Module, mb: PackedScenes, meta: PackedMeta, noi
     guidance = None
     if inp.guidance is not None:
         guidance = torch.full((meta.num_groups,), inp.guidance, device=dev)
-    pred = model(z_t.to(inp.compute_dtype), text.to(inp.compute_dtype),
-                 mb.pooled.to(dev, non_blocking=True).to(inp.compute_dtype), noised.t_group,
+    pooled = None
+    if inp.model_cfg.takes_pooled:
+        pooled = mb.pooled.to(dev, non_blocking=True).to(inp.compute_dtype)
+    pred = model(z_t.to(inp.compute_dtype), text.to(inp.compute_dtype), pooled, noised.t_group,
                  local, guidance=guidance)
     return shot_losses(pred, target, local)
 

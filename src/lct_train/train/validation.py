@@ -37,7 +37,6 @@ from lct_train.data.tario import MemberReader, index_shard
 from lct_train.eval.report import score_scene
 from lct_train.eval.scenes import EvalInputError, read_truth
 from lct_train.model.geometry import scene_spec
-from lct_train.model.layout import build_packed_meta
 from lct_train.sample.inputs import PromptEmbedding
 from lct_train.sample.modes import JOINT, PlannedShot, generate_scene
 from lct_train.sample.sampler import Sampler, SamplingSettings
@@ -109,7 +108,7 @@ class Validator:
             weight = 1.0 if index < n else 0.0
             scene = self.scenes[index if index < n else 0]
             mb = collate([scene], self.model_cfg.patch_size, scene.tokens)
-            meta = build_packed_meta(mb.specs, mask=inp.mask, text_rope=inp.text_rope, device=dev)
+            meta = inp.model_cfg.build_meta(mb.specs, mask=inp.mask, device=dev)
             video = mb.video.to(dev).float()
             gen = torch.Generator(device=dev)
             gen.manual_seed(stable_seed(VAL_STREAM, self.cfg.seed, scene.key))

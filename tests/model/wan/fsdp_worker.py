@@ -14,8 +14,8 @@ from lct_train.config.schema import ParallelConfig
 from lct_train.model.wan import WanModel, wan_scene
 from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
+from lct_train.parallel.sp_inputs import local_inputs
 from lct_train.parallel.ulysses import SPGroup
-from lct_train.parallel.wan_sp import local_wan_inputs
 from tests.model.wan.wan_testutils import meta_for, random_wan_inputs, tiny_wan_config
 
 SEED = 5
@@ -49,7 +49,7 @@ def loss_of(model, cfg, scenes: list[int], sp=None) -> torch.Tensor:
     """This part's squared error over the global batch's element count; with ``sp`` this
     rank's video rows of the scenes (sequence parallelism)."""
     meta, video, text, t, target = scene_batch(cfg, scenes)
-    meta, (video, target) = local_wan_inputs(meta, sp, [video, target])
+    meta, (video, target), _ = local_inputs(meta, sp, [video, target], text)
     out = model(video, text, None, t, meta)
     return (out - target).square().sum() / global_elements(cfg)
 

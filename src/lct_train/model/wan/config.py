@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lct_train.model.config import ATTN_BACKENDS, PresetIO, _check, _int_triple
+from lct_train.model.sampling_defaults import SamplingDefaults
 
 FAMILY = "wan"
 ROPE_OFFSETS = ("temporal", "diagonal")  # SPEC §9: per-shot temporal offset, or §3's diagonal
@@ -48,9 +49,12 @@ class WanConfig(PresetIO):
     shot_gap: int = 4  # latent frames between consecutive shots (temporal offsets)
     # attention kernel (one of ATTN_BACKENDS)
     attn_backend: str = "auto"
+    # the source model's sampling settings (not architecture: sampling_defaults.py)
+    sampling: SamplingDefaults = dataclasses.field(default_factory=SamplingDefaults)
 
     def __post_init__(self) -> None:
         _check("family", self.family == FAMILY, f"{FAMILY!r} for a WanConfig", self.family)
+        self.sampling = SamplingDefaults.from_dict(self.sampling)
         self.patch_size = _int_triple("patch_size", self.patch_size)
         for name in ("latent_channels", "num_heads", "head_dim", "num_layers", "ffn_dim",
                      "text_dim", "text_len", "time_freq_dim"):
@@ -86,6 +90,27 @@ class WanConfig(PresetIO):
         """t / h / w parts of the head dim, as diffusers' `WanRotaryPosEmbed` (44/42/42 for 128)."""
         h = w = 2 * (self.head_dim // 6)
         return (self.head_dim - h - w, h, w)
+
+    # -- the family protocol (`lct_train.model.family`): what the shared machinery asks a config
+    pooled_dim = 0  # Wan takes no pooled text vector ...
+    guidance_embeds = False  # ... and no guidance embedding
+    takes_pooled = False
+
+    @property
+    def dummy_grid(self) -> tuple[int, int, int]:
+        """The global group's video grid: none (text only, `layout.GLOBAL_GRID`)."""
+        from lct_train.model.wan.layout import GLOBAL_GRID
+
+        return GLOBAL_GRID
+
+    num_dummy_tokens = 0
+
+    def build_meta(self, specs, *, mask: str = "bidirectional", cached=None, device=None):
+        """A packed batch's metadata for this model (`wan.layout.build_wan_meta`)."""
+        from lct_train.model.wan.layout import build_wan_meta
+
+        return build_wan_meta(specs, text_len=self.text_len, mask=mask, shot_gap=self.shot_gap,
+                              rope_offsets=self.rope_offsets, cached=cached, device=device)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
