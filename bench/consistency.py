@@ -17,8 +17,8 @@ scenes (the metric's ceiling) and their shots shuffled across scenes (chance) as
 tests the expectation: (a) above (b), (b) near chance, (c) close to (a). A side-by-side contact
 sheet of the first held-out scenes goes to ``--sheet``.
 
-    python bench/consistency.py [--out /tmp/lct_consistency] [--scale cpu|gpu] [--steps N]
-        [--causal-steps N] [--train-scenes N] [--eval-scenes N] [--sample-steps N]
+    python bench/consistency.py [--out /tmp/lct_consistency] [--scale cpu|gpu] [--family wan]
+        [--steps N] [--causal-steps N] [--train-scenes N] [--eval-scenes N] [--sample-steps N]
 
 Re-running with the same ``--out`` reuses the rendered data and finished trainings.
 """
@@ -114,7 +114,8 @@ def _train_cmd(root: Path, name: str, cfg: dict, steps: int) -> list[str]:
     _, run, overrides = MODELS[name]
     extra = [f"stage.init_run={root / 'runs' / 'lct'}"] if name == "c" else []
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-            "-m", "lct_train.train.main", *overrides, "experiment=demo",
+            "-m", "lct_train.train.main", *overrides,
+            f"experiment={demo.EXPERIMENTS[cfg['family']]}",
             f"run_dir={root / 'runs' / run}", f"data.sources=[{{path: {root / 'data'}}}]",
             f"steps={steps}", "logging.every=100", *cfg["overrides"], *extra]
 
@@ -241,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     for key in ("steps", "causal_steps", "train_scenes", "eval_scenes", "sample_steps"):
         p.add_argument(f"--{key.replace('_', '-')}", type=int, help="override the scale's value")
+    p.add_argument("--family", choices=sorted(demo.EXPERIMENTS), default="mmdit",
+                   help="model family: the demo's recipe of that family (data_tools/demo.py)")
     p.add_argument("--sheet", default=str(REPO / "docs" / "consistency_contact_sheet.png"))
     args = p.parse_args(argv)
-    cfg = dict(SCALES[args.scale])
+    cfg = dict(SCALES[args.scale], family=args.family)
     cfg.update({k: v for k in ("steps", "causal_steps", "train_scenes", "eval_scenes",
                                "sample_steps") if (v := getattr(args, k)) is not None})
     root = Path(args.out).resolve()

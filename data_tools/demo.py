@@ -57,9 +57,11 @@ SAMPLINGS = (("stage 1, joint", "stage1", "joint"), ("causal FT, ar-kv", "causal
 STAGE1_STEPS = 1200
 CAUSAL_STEPS = 150
 MP4_FPS = 6
-# hidden_agreement of the isolated-shot baseline (no cross-shot attention), joint mode, from
-# BENCHMARKS.md ("Does LCT learn?", bench/consistency.py row (b), the demo's recipe).
-BASELINE_HIDDEN_AGREEMENT = 0.15
+# The training recipe of each model family (`--family`): conf/experiment/<name>.yaml.
+EXPERIMENTS = {"mmdit": "demo", "wan": "demo_wan"}
+# hidden_agreement of each family's isolated-shot baseline (no cross-shot attention), joint
+# mode, from BENCHMARKS.md ("Does LCT learn?", bench/consistency.py row (b), the demo's recipe).
+BASELINE_HIDDEN_AGREEMENT = {"mmdit": 0.15, "wan": None}
 
 
 def _run(cmd: list[str], title: str) -> float:
@@ -75,10 +77,11 @@ def _flags(options: dict) -> list[str]:
     return [str(item) for key, value in options.items() for item in (key, value)]
 
 
-def _train_cmd(stage: str, run_dir: Path, data_dir: Path, extra: list[str]) -> list[str]:
+def _train_cmd(stage: str, run_dir: Path, data_dir: Path, extra: list[str],
+               family: str = "mmdit") -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-        "-m", "lct_train.train.main", f"stage={stage}", "experiment=demo",
+        "-m", "lct_train.train.main", f"stage={stage}", f"experiment={EXPERIMENTS[family]}",
         f"run_dir={run_dir}", f"data.sources=[{{path: {data_dir}}}]", *extra,
     ]
 
@@ -146,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage1-steps", type=int, default=None, help="override stage-1 steps")
     parser.add_argument("--causal-steps", type=int, default=None, help="override causal-FT steps")
     parser.add_argument("--scenes", type=int, default=NUM_SCENES, help="synthetic scenes to render")
+    parser.add_argument("--family", choices=sorted(EXPERIMENTS), default="mmdit",
+                        help="model family to train: the MMDiT (`small`, default) or Wan "
+                             "(`wan-small`); conf/experiment/demo[_wan].yaml")
     args = parser.parse_args(argv)
 
     out = Path(args.out).resolve()
@@ -166,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         "scene shards",
     )
     s1_steps = f"steps={args.stage1_steps or STAGE1_STEPS}"
-    timings["stage1"] = _run(_train_cmd("lct", stage1, data, [s1_steps]), "stage 1: LCT")
+    timings["stage1"] = _run(_train_cmd("lct", stage1, data, [s1_steps], args.family),
+                             "stage 1: LCT")
     ft_extra = [f"steps={args.causal_steps or CAUSAL_STEPS}", f"stage.init_run={stage1}"]
-    timings["causal_ft"] = _run(_train_cmd("causal_ft", causal, data, ft_extra), "causal FT")
+    timings["causal_ft"] = _run(_train_cmd("causal_ft", causal, data, ft_extra, args.family),
+                                "causal FT")
 
     scenes = _demo_scenes(heldout / "manifest.jsonl", out / "scenes")
     keys = [key for key, _ in scenes]
@@ -196,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {title:<18} {_fmt(score['hidden_agreement'])} (characters "
               f"{_fmt(score['character_agreement'])}, room {_fmt(score['room_agreement'])})")
     print(f"  {'the baseline without cross-shot attention':<18} "
-          f"{BASELINE_HIDDEN_AGREEMENT:.2f} (BENCHMARKS.md, bench/consistency.py)")
+          f"{_fmt(BASELINE_HIDDEN_AGREEMENT[args.family])} (BENCHMARKS.md, "
+          f"bench/consistency.py --family {args.family})")
     print(f"lct-eval:       lct-eval {sample_dir / SAMPLINGS[0][2] / 'manifest.jsonl'} "
           f"--truth {heldout / 'gt'}")
     print(f"tensorboard:    tensorboard --logdir {out / 'runs'}")
