@@ -34,7 +34,7 @@ def join_estimates(stages: dict) -> None:
     estimate = stages.get("estimate", {})
     predicted = {r["shots"]: r["estimated_peak_gb"]
                  for r in estimate.get("tables", {}).get("estimate", [])}
-    for name in ("train-eager", "train-compiled"):
+    for name in ("train-eager", "train-compiled"):  # the full model's (the LoRA stage's differs)
         for row in stages.get(name, {}).get("tables", {}).get("train", []):
             row["estimated_peak_gb"] = predicted.get(row["shots"])
 

@@ -8,8 +8,9 @@ recorded and the suite goes on):
 2. ``attention``: bidirectional vs block-causal attention for n = 1..9 shots, forward+backward,
    flex and flash-varlen: time ratio against (n+1)/(2n), achieved TFLOP/s;
 3. ``train-eager`` / ``train-compiled``: one-GPU training steps of ``lct-3b`` (bf16, full
-   activation checkpointing, compile off / on) at 9, 5 and 1 shots: tokens/s, MFU by the
-   project's FLOP convention, peak memory (next to ``lct-estimate``'s prediction);
+   activation checkpointing, compile off at 9, 5 and 1 shots / on at 9 and 1): tokens/s, MFU
+   by the project's FLOP convention, peak memory (next to ``lct-estimate``'s prediction);
+   ``train-lora``: the largest scene's steps under ``finetune=lora`` (rank 16, frozen base);
 4. ``kv-cache``: auto-regressive sampling, KV cache vs recompute, n = 2..9 at lct-3b width
    (2 blocks): speedup against the FLOP ratio;
 5. ``host-syncs``: the synchronizing CUDA calls of one training step
@@ -67,6 +68,9 @@ STAGES = {  # name -> (title, function); run in this order
     "attention": ("attention: bidirectional vs block-causal", stage_attention),
     "train-eager": ("training step, compile off", lambda r, p, s: stage_train(r, p, s, False)),
     "train-compiled": ("training step, compile on", lambda r, p, s: stage_train(r, p, s, True)),
+    "train-lora": ("training step, LoRA rank 16 on the same model, compile off",
+                   lambda r, p, s: stage_train(r, p, s, False, extra=("finetune=lora",),
+                                               shots=p.train_shots[:1])),
     "kv-cache": ("KV-cache vs recompute sampling", stage_kv_cache),
     "host-syncs": ("host syncs in one training step", stage_host_syncs),
     "vs-diffusers": ("lct-train vs diffusers' HunyuanVideo transformer", stage_vs_diffusers),

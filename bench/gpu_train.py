@@ -73,8 +73,8 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: 
 
 
 def train_overrides(rec: Recorder, profile: Profile, steps: int, compiled: bool,
-                    run_dir: Path) -> list[str]:
-    overrides = [*bench_overrides(profile.model, steps, profile.device, str(run_dir)),
+                    run_dir: Path, model: str | None = None) -> list[str]:
+    overrides = [*bench_overrides(model or profile.model, steps, profile.device, str(run_dir)),
                  "synthetic.scenes_per_batch=1", "parallel.activation_checkpoint=full",
                  f"parallel.compile={str(compiled).lower()}",
                  f"parallel.compile_backend={profile.compile_backend}"]
@@ -85,15 +85,19 @@ def train_overrides(rec: Recorder, profile: Profile, steps: int, compiled: bool,
     return overrides
 
 
-def stage_train(rec: Recorder, profile: Profile, scratch: Path, compiled: bool) -> None:
-    """Steps at each of ``profile.train_shots`` (one trainer): tokens/s, MFU, peak memory."""
+def stage_train(rec: Recorder, profile: Profile, scratch: Path, compiled: bool,
+                model: str | None = None, extra: tuple[str, ...] = (),
+                shots: tuple[int, ...] | None = None) -> None:
+    """Steps at each of ``profile.train_shots`` (one trainer): tokens/s, MFU, peak memory.
+    ``model``: another preset than the profile's; ``extra``: more overrides (``finetune=lora``);
+    ``shots``: other shot counts."""
     device = torch.device(profile.device)
     measured = matmul_tflops(device, profile.dtype, profile.matmul_size)
     rec.info("matmul_tflops", round(measured, 4))
     per_phase = profile.train_warmup + profile.train_steps
-    all_shots = profile.compiled_shots if compiled else profile.train_shots
-    overrides = train_overrides(rec, profile, per_phase * len(all_shots), compiled,
-                                scratch / "run")
+    all_shots = shots or (profile.compiled_shots if compiled else profile.train_shots)
+    overrides = [*train_overrides(rec, profile, per_phase * len(all_shots), compiled,
+                                  scratch / "run", model), *extra]
     if device.type == "cpu":  # no datasheet peak: MFU against the measured matmul rate
         overrides.append(f"logging.peak_tflops={measured}")
         rec.note(f"CPU: MFU is against the measured {profile.matmul_size}^3 matmul rate; "

@@ -60,9 +60,10 @@ def test_smoke_runs_every_stage(smoke):
         (k, n) for k, _ in gpu_stages.SMOKE.attn_kernels for n in gpu_stages.SMOKE.attn_shots}
     assert all(r["bidir_ms"] > 0 and r["causal_ms"] > 0 and math.isfinite(r["causal_tflops"])
                for r in attention)
-    # 3: a row per shot count with throughput, MFU and memory, in both compile modes
+    # 3: a row per shot count with throughput, MFU and memory, in both compile modes and LoRA
     for stage, shots in (("train-eager", gpu_stages.SMOKE.train_shots),
-                         ("train-compiled", gpu_stages.SMOKE.compiled_shots)):
+                         ("train-compiled", gpu_stages.SMOKE.compiled_shots),
+                         ("train-lora", gpu_stages.SMOKE.train_shots[:1])):
         rows = _rows(report, stage, "train")
         assert [r["shots"] for r in rows] == list(shots)
         assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["peak_gb"] > 0 for r in rows)
