@@ -210,9 +210,12 @@ class Sampler:
         prompts = [g.prompt if branch == COND else self.negative_prompt for g in groups]
         spec = SceneSpec(tuple(GroupSpec(p.tokens.shape[0], g.grid, g.is_global)
                                for p, g in zip(prompts, groups)))
-        meta = self.config.build_meta([spec], mask=self.mask,
-                                      cached=None if kv_cache is None else kv_cache.spec,
-                                      device=self.device)
+        try:  # e.g. a Wan window (global + own prompt) longer than the model's text_len
+            meta = self.config.build_meta([spec], mask=self.mask,
+                                          cached=None if kv_cache is None else kv_cache.spec,
+                                          device=self.device)
+        except ValueError as err:
+            raise SamplingError(f"the scene does not fit the model: {err}") from None
         # this rank's slice of the scene under sequence parallelism (parallel.sp_inputs)
         meta, _, text = local_inputs(meta, self.sp, (), torch.cat([p.tokens for p in prompts]))
         pooled = None
