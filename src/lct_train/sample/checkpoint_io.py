@@ -5,8 +5,8 @@
 * DCP: ``<run>/checkpoints/step-N/`` with ``lct_meta.json`` (or the run directory: its newest
   valid step); only the ``ema`` or ``model`` entries are read, in one process (no process
   group, ``lct_train.convert.dcp_export``), then copied into a bare model of the config's
-  family (``model.family``: the MMDiT's ``LCTModel``, or ``WanModel`` for ``family: wan``). By default
-  ``ema``, or ``model`` when the checkpoint has no EMA. A ``finetune=lora`` run's checkpoint
+  family (``model.family``: the MMDiT's ``LCTModel``, or ``WanModel`` for ``family: wan``).
+  By default ``ema``, or ``model`` when the checkpoint has no EMA. A ``finetune=lora`` run's checkpoint
   holds adapters only: its recorded base is read and the adapters merged into it
   (``lct_train.convert.lora_export.merged_run_state``);
 * ``lora=FILE``: a diffusers LoRA file (``lct-convert export-lora`` or another trainer's)

@@ -15,8 +15,8 @@ A scene without a global prompt (``global_prompt=None``) has no global group: a 
 is then the source model's single-shot forward (SPEC §2/§3, §9). The global group's video part
 is the config's dummy block (``num_dummy_tokens`` / ``dummy_grid``: none on Wan, whose global
 group is text only); pooled rows go to the model only when it takes them
-(``config.takes_pooled``). Group timesteps: global group 0, condition shots ``t_c`` (noised once, outputs discarded),
-generated shots the current ODE time. Each branch is its own forward (and, with a KV cache,
+(``config.takes_pooled``). Group timesteps: global group 0, condition shots ``t_c`` (noised
+once, outputs discarded), generated shots the current ODE time. Each branch is its own forward (and, with a KV cache,
 its own cache): one scene per forward keeps cache and recompute paths identical.
 
 Within one ``generate`` / ``generate_cached`` call only the video tokens and timesteps change
@@ -143,8 +143,9 @@ class Sampler:
         dtype: torch.dtype | None = None,
     ) -> None:
         """``negative_prompt``: the uncond branch's embedding (of ``settings.negative_prompt``,
-        the empty prompt by default). ``dtype``: of the model's inputs (default: its first parameter's; a sharded model
-        in training passes its compute dtype, which its stored parameters need not have)."""
+        the empty prompt by default). ``dtype``: of the model's inputs (default: its first
+        parameter's; a sharded model in training passes its compute dtype, which its stored
+        parameters need not have)."""
         self.model = model.eval()
         self.sp = sp
         self.config = config
