@@ -1,5 +1,6 @@
 """Fixtures of the sampling tests: a tiny random LCT model (fp64), the tiny text encoder and the
-pixel codec, and a sampler factory."""
+pixel codec, and a sampler factory; the same for a tiny Wan (``wan_*``), and ``family_kit``, a
+(sampler factory, prompt encoder) pair parametrized over both families."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from lct_train.model.config import ModelConfig
 from lct_train.model.mmdit import LCTModel
 from lct_train.sample.prompts import PromptEncoder
 from lct_train.sample.sampler import Sampler, SamplingSettings
-from tests.sample.tiny import PIXEL_FACTOR, tiny_config, tiny_model
+from tests.sample.tiny import (
+    PIXEL_FACTOR,
+    tiny_config,
+    tiny_model,
+    tiny_wan_config,
+    tiny_wan_model,
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,14 +42,44 @@ def codec() -> PixelCodec:
     return PixelCodec(PIXEL_FACTOR)
 
 
-@pytest.fixture
-def make_sampler(model, config, prompts):
+def sampler_factory(model, config, prompts):
     def make(mask: str = "causal", window: int = 9, **settings) -> Sampler:
         settings = {"steps": 3, "guidance": 3.0, "t_c": 0.3, **settings}
         return Sampler(model, config, prompts.empty, mask=mask, window=window,
                        settings=SamplingSettings(**settings))
 
     return make
+
+
+@pytest.fixture
+def make_sampler(model, config, prompts):
+    return sampler_factory(model, config, prompts)
+
+
+@pytest.fixture(scope="session")
+def wan_config():
+    return tiny_wan_config()
+
+
+@pytest.fixture(scope="session")
+def wan_model(wan_config):
+    return tiny_wan_model(wan_config)
+
+
+@pytest.fixture(scope="session")
+def wan_prompts(wan_config) -> PromptEncoder:
+    return PromptEncoder(TinyTextEncoder(wan_config.text_dim), wan_config)
+
+
+@pytest.fixture(params=["mmdit", "wan"])
+def family_kit(request):
+    """``(make_sampler, prompts)`` of the MMDiT, then of Wan."""
+    if request.param == "wan":
+        names = ("wan_model", "wan_config", "wan_prompts")
+    else:
+        names = ("model", "config", "prompts")
+    model, config, prompts = (request.getfixturevalue(n) for n in names)
+    return sampler_factory(model, config, prompts), prompts
 
 
 @pytest.fixture(autouse=True)

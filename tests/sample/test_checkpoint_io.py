@@ -1,4 +1,5 @@
-"""Loading weights for sampling: consolidated exports and DCP step directories (one process)."""
+"""Loading weights for sampling: consolidated exports and DCP step directories (one process),
+of either family (the MMDiT, Wan)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
+from lct_train.model.wan import WanConfig, WanModel
 from lct_train.sample.checkpoint_io import DEFAULT_WINDOW, CheckpointError, load_model
-from tests.sample.tiny import tiny_model, write_consolidated
+from tests.sample.tiny import tiny_model, tiny_wan_model, write_consolidated
 
 
 def _same_weights(a, b) -> bool:
@@ -68,6 +70,21 @@ def test_dcp_without_ema_loads_model_weights_by_default(tmp_path, config):
     assert _same_weights(load_model(step).model, model)
     with pytest.raises(CheckpointError, match=r"holds no `ema` weights.*--weights model"):
         load_model(step, weights="ema")
+
+
+def test_a_wan_export_and_a_wan_dcp_checkpoint_load_as_wan_models(tmp_path, wan_config):
+    model = tiny_wan_model(wan_config, torch.float32)
+    loaded = load_model(write_consolidated(tmp_path / "export", wan_config, model))
+    assert isinstance(loaded.model, WanModel)
+    assert isinstance(loaded.config, WanConfig)
+    assert loaded.config.to_dict() == wan_config.to_dict()
+    assert _same_weights(loaded.model, model)
+    step = tmp_path / "run" / "checkpoints" / "step-00000007"
+    _write_dcp(step, wan_config, model, None)
+    loaded = load_model(step)
+    assert isinstance(loaded.model, WanModel)
+    assert _same_weights(loaded.model, model)
+    assert (loaded.mask, loaded.window) == ("causal", 5)
 
 
 def test_checkpoint_errors_name_the_path(tmp_path, config):

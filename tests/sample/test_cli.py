@@ -1,5 +1,5 @@
 """``lct-sample`` end to end on a tiny random checkpoint: a scene file to mp4s + contact sheet,
-the interactive pool commands, and clear errors."""
+the interactive pool commands (both on each family: ``family_ckpt``), and clear errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from lct_train.sample.cli import main
 from lct_train.sample.history_pool import HistoryPool
-from tests.sample.tiny import tiny_model, write_consolidated
+from tests.sample.tiny import tiny_model, tiny_wan_model, write_consolidated
 
 SIZE = {"frames": 2, "height": 16, "width": 16}
 TOOLS = ["--codec", "pixel:2", "--text-encoder", "tiny", "--no-progress"]
@@ -24,6 +24,16 @@ TOOLS = ["--codec", "pixel:2", "--text-encoder", "tiny", "--no-progress"]
 def ckpt(tmp_path_factory, config):
     folder = tmp_path_factory.mktemp("ckpt")
     return str(write_consolidated(folder, config, tiny_model(config, torch.float32)))
+
+
+@pytest.fixture(scope="module", params=["mmdit", "wan"])
+def family_ckpt(request, tmp_path_factory, ckpt):
+    """The MMDiT's ``ckpt``, then a tiny Wan's."""
+    if request.param == "mmdit":
+        return ckpt
+    config = request.getfixturevalue("wan_config")
+    folder = tmp_path_factory.mktemp("wan_ckpt")
+    return str(write_consolidated(folder, config, tiny_wan_model(config, torch.float32)))
 
 
 def _image(path, value):
@@ -56,10 +66,10 @@ def _frames(path):
 
 
 @pytest.mark.parametrize("mode", ["joint", "ar-kv"])
-def test_scene_command_writes_latents_videos_and_contact_sheet(tmp_path, ckpt, mode):
+def test_scene_command_writes_latents_videos_and_contact_sheet(tmp_path, family_ckpt, mode):
     out = tmp_path / "out"
     mask = ["--mask", "causal"] if mode == "ar-kv" else []
-    rc = main(["scene", str(_scene(tmp_path, key="synth-000004")), "--ckpt", ckpt, "--out",
+    rc = main(["scene", str(_scene(tmp_path, key="synth-000004")), "--ckpt", family_ckpt, "--out",
                str(out), "--mode", mode, *mask, *TOOLS])
     assert rc == 0
     latents = [load_file(str(out / f"shot_{i:03d}.safetensors"))["latent"] for i in range(3)]
@@ -101,11 +111,13 @@ def second_seed(base: int) -> int:
     return base + 1  # shot i uses seed + i (scene file format)
 
 
-def test_interactive_direction_on_a_pool(tmp_path, ckpt):
+def test_interactive_direction_on_a_pool(tmp_path, family_ckpt):
     pool_dir = str(tmp_path / "pool")
     base = ["--pool", pool_dir]
-    assert main(["init", *base, "--global-prompt", "Character 1: a fox.", "--ckpt", ckpt,
-                 "--mask", "causal", "--size", "2,16,16", "--steps", "2", *TOOLS]) == 0
+    assert main(["init", *base, "--global-prompt", "Character 1: a fox.", "--ckpt", family_ckpt,
+                 "--mask", "causal", "--size", "2,16,16", "--steps", "2",
+                 "--negative-prompt", "blurry, static", *TOOLS]) == 0
+    assert HistoryPool.load(pool_dir).settings["negative_prompt"] == "blurry, static"
     char = _image(tmp_path / "c.png", 50)
     assert main(["add", *base, "--condition", str(char), "--prompt", "Character 1.",
                  "--no-progress"]) == 0
@@ -152,6 +164,20 @@ def test_scene_command_errors(tmp_path, ckpt, capsys, args, message):
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after any loading progress bar
     assert last.startswith("lct-sample scene: error: ")
     assert message in last
+
+
+def test_a_wan_window_over_the_text_length_is_one_line(tmp_path, wan_config, capsys):
+    """Global + own prompt longer than a Wan's text_len (128 here): exit 2, nothing written."""
+    folder = tmp_path / "wan_ckpt"
+    ckpt = str(write_consolidated(folder, wan_config, tiny_wan_model(wan_config, torch.float32)))
+    scene = _scene(tmp_path, global_prompt="Character 1: a red fox. " * 6)
+    rc = main(["scene", str(scene), "--ckpt", ckpt, "--out", str(tmp_path / "out"), *TOOLS])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "the cross-attention window has" in err
+    assert "text_len 128" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "shot_000.safetensors").exists()
 
 
 def test_malformed_scene_file_is_reported(tmp_path, ckpt, capsys):

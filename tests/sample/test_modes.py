@@ -1,5 +1,7 @@
-"""Inference modes on a tiny random model: shapes, conditions held, KV cache == recompute
-(SPEC §8 invariant 6), history selection, and the mode / window errors."""
+"""Inference modes on a tiny random model of each family (the MMDiT and Wan, ``family_kit``):
+shapes, conditions held, KV cache == recompute (SPEC §8 invariant 6; on Wan the cache holds the
+cross-attention K/V of the history's prompts too, one cache per guidance branch), history
+selection, and the mode / window errors."""
 
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ def _scene(prompts, n=NUM_SHOTS, given=(), contexts=None):
 
 
 @pytest.mark.parametrize("mode", [JOINT, AR, AR_KV])
-def test_each_mode_returns_every_shot_with_its_shape(make_sampler, prompts, mode):
+def test_each_mode_returns_every_shot_with_its_shape(family_kit, mode):
+    make_sampler, prompts = family_kit
     global_prompt, shots = _scene(prompts, n=3, given=(1,))
     out = generate_scene(make_sampler("causal"), global_prompt, shots, mode)
     assert [tuple(s.latent.shape) for s in out] == SHAPES[:3]
@@ -43,7 +46,8 @@ def test_each_mode_returns_every_shot_with_its_shape(make_sampler, prompts, mode
     assert all(torch.isfinite(s.latent).all() for s in out)
 
 
-def test_joint_generation_depends_on_the_condition(make_sampler, prompts):
+def test_joint_generation_depends_on_the_condition(family_kit):
+    make_sampler, prompts = family_kit
     global_prompt, shots = _scene(prompts, n=2, given=(0,))
     sampler = make_sampler("bidirectional")
     a = generate_scene(sampler, global_prompt, shots, JOINT)[1].latent
@@ -53,9 +57,10 @@ def test_joint_generation_depends_on_the_condition(make_sampler, prompts):
 
 
 @pytest.mark.parametrize("with_global", [True, False])
-def test_kv_cache_generation_equals_recompute(make_sampler, prompts, with_global):
+def test_kv_cache_generation_equals_recompute(family_kit, with_global):
     """SPEC §8 invariant 6, with CFG (two caches) and a condition shot in the history; without
     a global prompt the first shot starts from an empty cache."""
+    make_sampler, prompts = family_kit
     global_prompt, shots = _scene(prompts, given=(1,))
     global_prompt = global_prompt if with_global else None
     sampler = make_sampler("causal", guidance=4.0)
@@ -66,7 +71,8 @@ def test_kv_cache_generation_equals_recompute(make_sampler, prompts, with_global
         assert c.context == r.context
 
 
-def test_kv_cache_with_a_non_contiguous_context_equals_recompute(make_sampler, prompts):
+def test_kv_cache_with_a_non_contiguous_context_equals_recompute(family_kit):
+    make_sampler, prompts = family_kit
     contexts = {2: (0,), 3: (0, 2), 4: (2, 0)}  # 4 reorders the context: the caches rebuild
     global_prompt, shots = _scene(prompts, contexts=contexts)
     sampler = make_sampler("causal")
@@ -77,8 +83,9 @@ def test_kv_cache_with_a_non_contiguous_context_equals_recompute(make_sampler, p
     assert [s.context for s in cached] == [(), (0,), (0,), (0, 2), (2, 0)]
 
 
-def test_history_selection_sees_only_the_chosen_shots(make_sampler, prompts):
+def test_history_selection_sees_only_the_chosen_shots(family_kit):
     """With context (0,), shot 2 must not change when shot 1 changes (causal model)."""
+    make_sampler, prompts = family_kit
     global_prompt, shots = _scene(prompts, n=3, contexts={2: (0,)})
     sampler = make_sampler("causal")
     base = generate_scene(sampler, global_prompt, shots, AR)
@@ -88,9 +95,8 @@ def test_history_selection_sees_only_the_chosen_shots(make_sampler, prompts):
     torch.testing.assert_close(other[2].latent, base[2].latent, **EXACT)
 
 
-def test_context_cache_appends_when_the_context_grows_and_rebuilds_otherwise(
-    make_sampler, prompts
-):
+def test_context_cache_appends_when_the_context_grows_and_rebuilds_otherwise(family_kit):
+    make_sampler, prompts = family_kit
     sampler = make_sampler("causal")
     global_prompt, shots = _scene(prompts, n=4, given=(0, 1, 2, 3))
     history = [ConditionShot(s.prompt, s.condition, s.seed) for s in shots]
@@ -107,13 +113,15 @@ def test_context_cache_appends_when_the_context_grows_and_rebuilds_otherwise(
     torch.testing.assert_close(via_cache, recompute, **EXACT)
 
 
-def test_bidirectional_model_refuses_the_kv_cache(make_sampler, prompts):
+def test_bidirectional_model_refuses_the_kv_cache(family_kit):
+    make_sampler, prompts = family_kit
     global_prompt, shots = _scene(prompts, n=2)
     with pytest.raises(SamplingError, match=r"ar-kv.*context-causal.*mask='bidirectional'"):
         generate_scene(make_sampler("bidirectional"), global_prompt, shots, AR_KV)
 
 
-def test_window_limits_joint_scenes_and_ar_contexts(make_sampler, prompts):
+def test_window_limits_joint_scenes_and_ar_contexts(family_kit):
+    make_sampler, prompts = family_kit
     global_prompt, shots = _scene(prompts, n=3)
     with pytest.raises(SamplingError, match="window of 2"):
         generate_scene(make_sampler("causal", window=2), global_prompt, shots, JOINT)
@@ -125,7 +133,8 @@ def test_window_limits_joint_scenes_and_ar_contexts(make_sampler, prompts):
     assert [s.context for s in out] == [(), (0,), (1,)]
 
 
-def test_shot_extension_is_the_prompt_without_the_cut_marker(make_sampler, prompts):
+def test_shot_extension_is_the_prompt_without_the_cut_marker(family_kit):
+    make_sampler, prompts = family_kit
     global_prompt, shots = _scene(prompts, n=2)
     extension = dataclasses.replace(shots[1], text="event 1", prompt=prompts.one("event 1"))
     sampler = make_sampler("causal")

@@ -174,9 +174,40 @@ def test_settings_come_from_the_call_then_the_preset_then_the_defaults():
         resolve_settings({"guidance": 0.5}, preset)
 
 
+
+def test_the_negative_prompt_resolves_like_the_other_settings():
+    """Preset < scene file / flag; ``""`` given is the empty prompt, not "unset"."""
+    from lct_train.core.errors import ConfigError
+
+    preset = SamplingDefaults(guidance=5.0, negative_prompt="blurry")
+    assert resolve_settings({}, preset).negative_prompt == "blurry"
+    assert resolve_settings({"negative_prompt": None}, preset).negative_prompt == "blurry"
+    assert resolve_settings({"negative_prompt": ""}, preset).negative_prompt == ""
+    assert resolve_settings({"negative_prompt": "dark"}, preset).negative_prompt == "dark"
+    assert resolve_settings({}, SamplingDefaults()).negative_prompt is None
+    with pytest.raises(ConfigError, match=r"model\.sampling\.negative_prompt.*must be a string"):
+        SamplingDefaults(negative_prompt=3)
+
+
 def test_setting_names_are_the_settings_fields():
     import dataclasses
 
     from lct_train.sample.sampler import SETTING_NAMES
 
     assert tuple(f.name for f in dataclasses.fields(SamplingSettings)) == SETTING_NAMES
+
+
+def test_a_model_without_pooled_text_samples_prompts_with_or_without_one(wan_model, wan_config,
+                                                                          wan_prompts):
+    """Wan takes no pooled vector: the encoder gives none, and a pooled vector a prompt carries
+    anyway (in-training validation's dataset embeddings) is not passed to the model."""
+    prompt = wan_prompts.one("Character 1 runs.")
+    assert prompt.pooled is None
+    with_pooled = PromptEmbedding(prompt.tokens, torch.ones(16, dtype=prompt.tokens.dtype))
+    settings = SamplingSettings(steps=2, guidance=2.0)
+    out = []
+    for p in (prompt, with_pooled):
+        sampler = Sampler(wan_model, wan_config, wan_prompts.empty, mask="causal", window=9,
+                          settings=settings)
+        out.append(sampler.generate(p, [TargetShot(p, (LATENT_CHANNELS, 1, 4, 4), 3)])[0])
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)

@@ -64,6 +64,7 @@ def test_mode_aliases():
         ({"t_c": 1.5}, r"t_c must be in \[0, 1\)"),
         ({"steps": 0}, r"steps must be >= 1"),
         ({"guidance": "high"}, r"guidance must be a number"),
+        ({"negative_prompt": 3}, r"negative_prompt must be a string"),
         ({"shots": []}, r"'shots' must be a non-empty list"),
         ({"size": {"frames": 1, "height": 8}}, r"size must be a mapping with exactly"),
     ],
@@ -136,3 +137,5 @@ def test_global_prompt_and_sampling_settings_left_out(tmp_path):
         None, None, None, None)
     assert request.shots[0].noise == tmp_path / "z0.safetensors"
     assert parse_scene({**data, "global_prompt": ""}).global_prompt == ""
+    assert request.negative_prompt is None
+    assert parse_scene({**data, "negative_prompt": ""}).negative_prompt == ""

@@ -1,4 +1,5 @@
-"""Tiny random parts for the sampling tests: model config/model, shared constants."""
+"""Tiny random parts for the sampling tests: model configs/models of both families (the MMDiT
+and Wan, over the same pixel-codec latents and `tiny` text encoder), shared constants."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from lct_train.model.config import ModelConfig
 from lct_train.model.mmdit import LCTModel
+from lct_train.model.wan import WanConfig, WanModel
 from tests import testutils
 
 PIXEL_FACTOR = 2
@@ -25,7 +27,20 @@ def tiny_model(config: ModelConfig, dtype: torch.dtype = torch.float64) -> LCTMo
     return LCTModel(config).to(dtype).eval()
 
 
-def write_consolidated(folder, config: ModelConfig, model: LCTModel):
+def tiny_wan_config() -> WanConfig:
+    """A tiny Wan over the same latents and text width as ``tiny_config``; windows of up to 128
+    text tokens (the global prompt plus a shot's, `tiny` encoder bytes)."""
+    cfg = tiny_config()
+    return WanConfig(latent_channels=LATENT_CHANNELS, num_heads=2, head_dim=12, num_layers=2,
+                     ffn_dim=32, text_dim=cfg.text_dim, text_len=128, attn_backend="reference")
+
+
+def tiny_wan_model(config: WanConfig, dtype: torch.dtype = torch.float64) -> WanModel:
+    torch.manual_seed(MODEL_SEED)
+    return WanModel(config).to(dtype).eval()
+
+
+def write_consolidated(folder, config, model):
     """``model.safetensors`` + ``config.json`` as ``lct-convert`` exports them."""
     import json
 

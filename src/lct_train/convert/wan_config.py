@@ -3,7 +3,8 @@
 Only the text-to-video architecture is accepted: no image branch (`image_dim`,
 `added_kv_proj_dim`, `pos_embed_seq_len`), RMS q/k norm across heads, `out_channels ==
 in_channels`. Fields diffusers has no notion of (the LCT RoPE offsets, the attention backend)
-come from a base config; the text length is the Wan pipelines' 512.
+come from a base config; the text length is the Wan pipelines' 512. Sampling settings: the
+base's `sampling` block, else Wan's text-to-video defaults (`WAN_T2V_SAMPLING`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ from lct_train.core.errors import ConversionError
 from lct_train.model.wan.config import WanConfig
 
 DIFFUSERS_CLASS = "WanTransformer3DModel"
+# Wan's official negative prompt (Wan2.1 / Wan2.2 `shared_config.sample_neg_prompt`; the presets'
+# `sampling.negative_prompt` holds the same)
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰"
+    "，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部"
+    "，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱"
+    "的背景，三条腿，背景人很多，倒着走"
+)
+# the official text-to-video sampling (Wan2.1 generate.py, Wan2.2 TI2V-5B config): an imported
+# model keeps them unless --base-config has a sampling block (conf/model/wan*.yaml: the 480p
+# 1.3B preset uses diffusers' 480p shift 3.0)
+WAN_T2V_SAMPLING = {"steps": 50, "guidance": 5.0, "shift": 5.0,
+                    "negative_prompt": WAN_NEGATIVE_PROMPT}
 DIFFUSERS_TIMESTEP_SCALE = 1000.0
 SUPPORTED_QK_NORM = "rms_norm_across_heads"
 DIFFUSERS_DEFAULTS = {  # the constructor's defaults: a config.json may omit these
@@ -69,6 +83,8 @@ def config_from_diffusers(dcfg: dict[str, Any], base: WanConfig | None = None) -
         time_freq_dim=d["freq_dim"],
         timestep_scale=DIFFUSERS_TIMESTEP_SCALE,
     )
+    if not (base and base.sampling.given()):
+        arch["sampling"] = WAN_T2V_SAMPLING
     try:
         return WanConfig.from_dict({**(base or WanConfig()).to_dict(), **arch})
     except ValueError as err:

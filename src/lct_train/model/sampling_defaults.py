@@ -5,6 +5,9 @@ Not architecture: nothing in the model reads them. They ride along with the ``Mo
 checkpoint's ``lct_meta.json``) so that ``lct-sample`` and in-training validation sample a
 model the way its source model is sampled unless a scene file or a flag says otherwise.
 ``None`` = no preset value: the sampler's own default (``lct_train.sample.sampler``).
+
+``negative_prompt`` is the text of the guidance's uncond branch (true CFG, e.g. Wan's official
+negative prompt); ``None`` = the empty prompt, the embedding of prompt dropout (SPEC §5).
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ class SamplingDefaults:
     guidance: float | None = None  # classifier-free guidance on the text (1 = no uncond branch)
     embedded_guidance: float | None = None  # value of a guidance embedding (distilled guidance)
     shift: float | None = None  # timestep shift of the sampling grid
+    negative_prompt: str | None = None  # text of the uncond branch (None: the empty prompt)
 
     def __post_init__(self) -> None:
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise ConfigError("model.sampling.negative_prompt",
+                              f"must be a string, got {self.negative_prompt!r}")
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(
                 self.steps, int) or self.steps < 1):
             raise ConfigError("model.sampling.steps", f"must be an int >= 1, got {self.steps!r}")

@@ -10,9 +10,9 @@ Modules, one job each:
 * ``kv_context``   ``ContextCache``: per-branch KV caches tied to an ordered context
 * ``modes``        ``generate_scene`` (joint / ar / ar-kv), ``next_shot``
 * ``history_pool`` ``HistoryPool`` / ``PoolShot`` on disk (pool.json + latents)
-* ``prompts``      text encoder -> ``PromptEmbedding`` (memoised; empty prompt)
+* ``prompts``      text encoder -> ``PromptEmbedding`` (memoised; negative / empty prompt)
 * ``media``        shot sizes -> latent shapes; condition images / videos / latents -> latents
-* ``checkpoint_io`` consolidated safetensors or DCP step dir -> ``LoadedModel``
+* ``checkpoint_io`` consolidated safetensors or DCP step dir -> ``LoadedModel`` (either family)
 * ``writers``      mp4 (PyAV), contact sheet (PIL), latents (safetensors)
 * ``pipeline``     scene request -> output folder; ``interactive`` pool commands; ``cli``
 """

@@ -4,8 +4,9 @@
   ``config.json`` (the ``ModelConfig`` dict), given as the file or the directory;
 * DCP: ``<run>/checkpoints/step-N/`` with ``lct_meta.json`` (or the run directory: its newest
   valid step); only the ``ema`` or ``model`` entries are read, in one process (no process
-  group, ``lct_train.convert.dcp_export``), then copied into a bare ``LCTModel``. By default
-  ``ema``, or ``model`` when the checkpoint has no EMA. A ``finetune=lora`` run's checkpoint
+  group, ``lct_train.convert.dcp_export``), then copied into a bare model of the config's
+  family (``model.family``: the MMDiT's ``LCTModel``, or ``WanModel`` for ``family: wan``).
+  By default ``ema``, or ``model`` when the checkpoint has no EMA. A ``finetune=lora`` run's checkpoint
   holds adapters only: its recorded base is read and the adapters merged into it
   (``lct_train.convert.lora_export.merged_run_state``);
 * ``lora=FILE``: a diffusers LoRA file (``lct-convert export-lora`` or another trainer's)
@@ -32,8 +33,10 @@ from lct_train.convert.model_spec import EXPORT_INFO_FILE, checkpoint_model_conf
 from lct_train.core import checkpoint_layout as layout
 from lct_train.core.checkpoint_layout import META_FILE, WEIGHT_SETS
 from lct_train.data.config import DEFAULT_MAX_SHOTS
+from lct_train.model import family
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import MASKS
+from lct_train.model.wan.config import WanConfig
 
 DEFAULT_WINDOW = DEFAULT_MAX_SHOTS  # the training window (SPEC §1) unless the checkpoint says otherwise
 DEFAULT_MASK = "bidirectional"
@@ -46,7 +49,7 @@ class CheckpointError(ValueError):
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
-    config: ModelConfig
+    config: ModelConfig | WanConfig
     mask: str  # attention mask it was trained with
     window: int  # most shots per forward
     source: str
@@ -93,7 +96,7 @@ def load_model(
                        str(path))
 
 
-def _load_consolidated(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def _load_consolidated(path: Path) -> tuple[ModelConfig | WanConfig, dict[str, torch.Tensor]]:
     from lct_train.convert.model_spec import config_file, read_model_config
     from lct_train.core.errors import ConversionError
     from lct_train.core.safetensors_io import SafetensorsReader
@@ -142,11 +145,10 @@ def _export_mask_and_window(folder: Path) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _build(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    from lct_train.model.mmdit import LCTModel
-
-    with torch.device("meta"):  # no throw-away initialisation of a possibly 13B model
-        model = LCTModel(config)
+def _build(config: ModelConfig | WanConfig, state: dict[str, torch.Tensor],
+           source: str) -> torch.nn.Module:
+    # on the meta device: no throw-away initialisation of a possibly 14B model
+    model = family.build_model(config, "meta")
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {source} does not match its config: missing "

@@ -109,13 +109,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     s = p.add_argument_group(
         "sampling (override the scene file / the pool; unset: the model preset's value, e.g. "
-        "hunyuan-video: steps 50, guidance 1, embedded guidance 6, shift 7, else the default)")
+        "hunyuan-video: steps 50, guidance 1, embedded guidance 6, shift 7; wan: steps 50, "
+        "guidance 5, its negative prompt; else the default)")
     s.add_argument("--steps", type=int, help="Euler steps (default 30)")
     s.add_argument("--guidance", type=float, help="CFG scale on the text (1 = off; default 5)")
     s.add_argument("--embedded-guidance", dest="embedded_guidance", type=float,
                    help="value of the guidance embedding (models that have one)")
     s.add_argument("--t-c", dest="t_c", type=float, help="conditioning timestep in [0, 1)")
     s.add_argument("--shift", type=float, help="timestep shift (default: resolution rule)")
+    s.add_argument("--negative-prompt", dest="negative_prompt",
+                   help="text of the guidance's uncond branch (default: the preset's, e.g. Wan's "
+                        "official one, else the empty prompt; '' = the empty prompt)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,15 +9,17 @@ import torch
 
 @dataclass(frozen=True)
 class PromptEmbedding:
-    """One encoded prompt: valid text tokens ``[L, text_dim]`` and the pooled vector."""
+    """One encoded prompt: valid text tokens ``[L, text_dim]`` and the pooled vector, ``None``
+    for a model that takes none (``config.takes_pooled``: the Wan family)."""
 
     tokens: torch.Tensor
-    pooled: torch.Tensor  # [pooled_dim]
+    pooled: torch.Tensor | None = None  # [pooled_dim]
 
     def __post_init__(self) -> None:
-        if self.tokens.dim() != 2 or self.pooled.dim() != 1:
-            raise ValueError(f"PromptEmbedding: tokens must be [L, D] and pooled [D'], got "
-                             f"{tuple(self.tokens.shape)} and {tuple(self.pooled.shape)}")
+        if self.tokens.dim() != 2 or (self.pooled is not None and self.pooled.dim() != 1):
+            pooled = None if self.pooled is None else tuple(self.pooled.shape)
+            raise ValueError(f"PromptEmbedding: tokens must be [L, D] and pooled [D'] or None, "
+                             f"got {tuple(self.tokens.shape)} and {pooled}")
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,9 @@ class Toolkit:
     writes: bool = True  # this process writes the outputs (rank 0 of an SP group)
 
     def sampler(self, settings: SamplingSettings) -> Sampler:
-        return Sampler(self.loaded.model, self.loaded.config, self.prompts.empty,
+        """A sampler of ``settings``; its uncond branch gets ``settings.negative_prompt``."""
+        return Sampler(self.loaded.model, self.loaded.config,
+                       self.prompts.negative(settings.negative_prompt),
                        mask=self.loaded.mask, window=self.loaded.window, settings=settings,
                        progress=self.progress, sp=self.sp)
 

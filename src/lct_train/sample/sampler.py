@@ -4,14 +4,19 @@ Euler steps on the shifted grid of ``schedule.py``; classifier-free guidance on 
 
 * cond branch: every group keeps its prompt;
 * uncond branch: *every* group's prompt (global, targets and conditions alike) is replaced by
-  the empty-prompt embedding, the dropout that training applies per group (SPEC §5), so the
-  guidance direction is "all text" vs "no text" while the visual context is the same;
+  the negative-prompt embedding (``settings.negative_prompt`` encoded, ``""`` by default: the
+  empty-prompt embedding of the dropout that training applies per group, SPEC §5), so the
+  guidance direction is "all text" vs "no text" (or vs the negative prompt, as Wan's true CFG)
+  while the visual context is the same;
 * ``v = v_uncond + guidance * (v_cond - v_uncond)``; ``guidance == 1`` runs the cond branch
   only. A model with a guidance embedding gets ``embedded_guidance`` in both branches.
 
 A scene without a global prompt (``global_prompt=None``) has no global group: a one-shot scene
-is then the source model's single-shot forward (SPEC §2/§3). Group timesteps: global group 0, condition shots ``t_c`` (noised once, outputs discarded),
-generated shots the current ODE time. Each branch is its own forward (and, with a KV cache,
+is then the source model's single-shot forward (SPEC §2/§3, §9). The global group's video part
+is the config's dummy block (``num_dummy_tokens`` / ``dummy_grid``: none on Wan, whose global
+group is text only); pooled rows go to the model only when it takes them
+(``config.takes_pooled``). Group timesteps: global group 0, condition shots ``t_c`` (noised
+once, outputs discarded), generated shots the current ODE time. Each branch is its own forward (and, with a KV cache,
 its own cache): one scene per forward keeps cache and recompute paths identical.
 
 Within one ``generate`` / ``generate_cached`` call only the video tokens and timesteps change
@@ -42,7 +47,9 @@ from lct_train.model.layout import (
     SceneSpec,
 )
 from lct_train.model.sampling_defaults import SamplingDefaults
-from lct_train.parallel.sp_inputs import shard_for
+from lct_train.model.wan.config import WanConfig
+from lct_train.model.wan.layout import WanMeta
+from lct_train.parallel.sp_inputs import local_inputs
 from lct_train.parallel.ulysses import SPGroup
 from lct_train.sample.inputs import ConditionShot, PromptEmbedding, Shot, TargetShot
 from lct_train.sample.schedule import resolution_shift, sampling_timesteps, shot_noise
@@ -66,6 +73,7 @@ class SamplingSettings:
     embedded_guidance: float | None = None
     t_c: float = DEFAULT_T_C
     shift: float | None = None  # None: schedule.resolution_shift of the generated shot
+    negative_prompt: str | None = None  # uncond branch's text (None: ""); the caller encodes it
 
     def __post_init__(self) -> None:
         """The one check of the sampling settings (scene files, the CLI and the API build these)."""
@@ -77,9 +85,12 @@ class SamplingSettings:
             raise SamplingError(f"t_c must be in [0, 1), got {self.t_c}")
         if self.shift is not None and self.shift <= 0:
             raise SamplingError(f"shift must be > 0, got {self.shift}")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise SamplingError(f"negative_prompt must be a string, got {self.negative_prompt!r}")
 
 
-SETTING_NAMES = ("steps", "guidance", "embedded_guidance", "t_c", "shift")  # SamplingSettings' fields
+# SamplingSettings' fields
+SETTING_NAMES = ("steps", "guidance", "embedded_guidance", "t_c", "shift", "negative_prompt")
 
 
 def resolve_settings(given: dict, preset: SamplingDefaults | None = None) -> SamplingSettings:
@@ -106,9 +117,9 @@ class BranchInputs:
     """What a forward of one guidance branch needs besides the video tokens and timesteps:
     fixed while the groups' prompts, grids and the cache they follow are fixed."""
 
-    meta: PackedMeta
-    text: torch.Tensor  # [Nt, text_dim]
-    pooled: torch.Tensor  # [G, pooled_dim]
+    meta: PackedMeta | WanMeta
+    text: torch.Tensor  # [Nt, text_dim] (this rank's part under sequence parallelism)
+    pooled: torch.Tensor | None  # [G, pooled_dim]; None for a model without pooled text
 
 
 class Sampler:
@@ -121,8 +132,8 @@ class Sampler:
     def __init__(
         self,
         model: torch.nn.Module,
-        config: ModelConfig,
-        empty_prompt: PromptEmbedding,
+        config: ModelConfig | WanConfig,
+        negative_prompt: PromptEmbedding,
         *,
         mask: str,
         window: int,
@@ -131,8 +142,10 @@ class Sampler:
         sp: SPGroup | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        """``dtype``: of the model's inputs (default: its first parameter's; a sharded model
-        in training passes its compute dtype, which its stored parameters need not have)."""
+        """``negative_prompt``: the uncond branch's embedding (of ``settings.negative_prompt``,
+        the empty prompt by default). ``dtype``: of the model's inputs (default: its first
+        parameter's; a sharded model in training passes its compute dtype, which its stored
+        parameters need not have)."""
         self.model = model.eval()
         self.sp = sp
         self.config = config
@@ -144,7 +157,7 @@ class Sampler:
         self.device, self.dtype = param.device, dtype or param.dtype
         # the ODE state and the timesteps stay in >= fp32 whatever the model's dtype
         self.state_dtype = torch.promote_types(self.dtype, torch.float32)
-        self.empty_prompt = self._to_device(empty_prompt)
+        self.negative_prompt = self._to_device(negative_prompt)
 
     # ---- building blocks -------------------------------------------------------------------
 
@@ -195,17 +208,23 @@ class Sampler:
     def branch_input(self, groups: Sequence[Group], branch: str, kv_cache=None) -> BranchInputs:
         """Packed metadata, text stream and pooled rows of ``groups`` in ``branch`` (after the
         groups cached in ``kv_cache``, if any)."""
-        prompts = [g.prompt if branch == COND else self.empty_prompt for g in groups]
+        prompts = [g.prompt if branch == COND else self.negative_prompt for g in groups]
         spec = SceneSpec(tuple(GroupSpec(p.tokens.shape[0], g.grid, g.is_global)
                                for p, g in zip(prompts, groups)))
-        meta = self.config.build_meta([spec], mask=self.mask,
-                                      cached=None if kv_cache is None else kv_cache.spec,
-                                      device=self.device)
-        text = torch.cat([p.tokens for p in prompts])
-        if self.sp is not None:  # this rank's slice of the scene (parallel.ulysses)
-            meta = shard_for(meta, self.sp)
-            text = meta.shard.local_text(text)
-        return BranchInputs(meta, text, torch.stack([p.pooled for p in prompts]))
+        try:  # e.g. a Wan window (global + own prompt) longer than the model's text_len
+            meta = self.config.build_meta([spec], mask=self.mask,
+                                          cached=None if kv_cache is None else kv_cache.spec,
+                                          device=self.device)
+        except ValueError as err:
+            raise SamplingError(f"the scene does not fit the model: {err}") from None
+        # this rank's slice of the scene under sequence parallelism (parallel.sp_inputs)
+        meta, _, text = local_inputs(meta, self.sp, (), torch.cat([p.tokens for p in prompts]))
+        pooled = None
+        if self.config.takes_pooled:
+            if any(p.pooled is None for p in prompts):
+                raise SamplingError("the model takes a pooled text vector: a prompt has none")
+            pooled = torch.stack([p.pooled for p in prompts])
+        return BranchInputs(meta, text, pooled)
 
     def branch_inputs(self, groups: Sequence[Group], caches: dict | None = None) -> dict:
         """``{branch: BranchInputs}`` for every guidance branch (each after its own cache)."""
@@ -309,8 +328,8 @@ class Sampler:
                           self.config.latent_channels)
 
     def _to_device(self, prompt: PromptEmbedding) -> PromptEmbedding:
-        return PromptEmbedding(prompt.tokens.to(self.device, self.dtype),
-                               prompt.pooled.to(self.device, self.dtype))
+        pooled = None if prompt.pooled is None else prompt.pooled.to(self.device, self.dtype)
+        return PromptEmbedding(prompt.tokens.to(self.device, self.dtype), pooled)
 
 
 def _video_offsets(groups: Sequence[Group]) -> list[int]:

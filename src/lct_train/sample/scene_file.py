@@ -12,6 +12,7 @@ Format (keys not listed are an error, so typos never pass silently)::
     embedded_guidance: 6.0 # value fed to a guidance embedding (models that have one)
     t_c: 0.3               # conditioning timestep of given / history shots, in [0, 1)
     shift: 7.0             # timestep shift of the sampling grid
+    negative_prompt: "..." # text of the guidance's uncond branch ("" = the empty prompt)
     seed: 0                # base seed: shot i uses seed + i unless it sets its own
     size: {frames: 9, height: 64, width: 64}   # default pixel size of generated shots
     shots:
@@ -27,9 +28,10 @@ Format (keys not listed are an error, so typos never pass silently)::
                                   # [C, F, h, w] (relative to the scene file), else from its seed
 
 Sampling settings left out come from the model's preset (``sampling`` block of its config:
-hunyuan-video samples with steps 50, guidance 1, embedded_guidance 6, shift 7), else from the
-sampler's defaults (steps 30, guidance 5, the resolution rule for the shift); lct-sample's flags
-override both.
+hunyuan-video samples with steps 50, guidance 1, embedded_guidance 6, shift 7; the Wan presets
+with steps 50, guidance 5, shift 3 or 5 and Wan's official negative prompt), else from the
+sampler's defaults (steps 30, guidance 5, the resolution rule for the shift, the empty prompt as
+the negative); lct-sample's flags override both.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ DEFAULT_SEED = 0
 
 _SCENE_KEYS = {
     "global_prompt", "mode", "steps", "guidance", "embedded_guidance", "t_c", "shift", "seed",
-    "size", "shots", "key",
+    "size", "shots", "key", "negative_prompt",
 }
 _SHOT_KEYS = {"prompt", "cut", "seed", "size", "condition", "context", "noise"}
 _SIZE_KEYS = ("frames", "height", "width")
@@ -105,6 +107,7 @@ class SceneRequest:
     embedded_guidance: float | None = None
     t_c: float = DEFAULT_T_C
     shift: float | None = None
+    negative_prompt: str | None = None
     seed: int = DEFAULT_SEED
     key: str | None = None  # the scene it follows (lct-eval's ground truth), if any
     source: str = field(default="<dict>", compare=False)
@@ -151,6 +154,9 @@ def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = No
     global_prompt = data.get("global_prompt")
     if global_prompt is not None and not isinstance(global_prompt, str):
         raise fail("global_prompt must be a string")
+    negative_prompt = data.get("negative_prompt")
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise fail("negative_prompt must be a string")
     key = data.get("key")
     if key is not None and (not isinstance(key, str) or key in ("", ".", "..") or "/" in key):
         raise fail(f"key must be a scene name (non-empty, no '/', not '.' or '..'), got {key!r}")
@@ -163,7 +169,7 @@ def parse_scene(data: Any, *, source: str = "<dict>", base_dir: Path | None = No
     if all(s.is_condition for s in shots):
         raise fail("every shot has a condition: nothing to generate")
     return SceneRequest(global_prompt=global_prompt, shots=shots, mode=mode, t_c=t_c, seed=seed,
-                        key=key, source=source, **given)
+                        key=key, source=source, negative_prompt=negative_prompt, **given)
 
 
 def _shot(raw, index, base_seed, default_size, mode, fail, base_dir) -> ShotRequest:
