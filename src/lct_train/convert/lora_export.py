@@ -2,8 +2,10 @@
 
 diffusers' format (what ``HunyuanVideoPipeline.load_lora_weights`` and the transformer's
 ``load_lora_adapter`` read): one ``pytorch_lora_weights.safetensors`` with
-``transformer.<module>.lora_A.weight [r, in]`` and ``...lora_B.weight [out, r]`` (the LCT model
-keeps diffusers' module names, so ``<module>`` is the LCT FQN), and a header entry
+``transformer.<module>.lora_A.weight [r, in]`` and ``...lora_B.weight [out, r]`` (``<module>``:
+diffusers' name of the LCT module by the family's state-dict adapter, `lora_keymap`; both
+families keep diffusers' names, and an adapter of the patch embedding takes PEFT's Conv3d
+shapes), and a header entry
 ``lora_adapter_metadata``: the PEFT ``LoraConfig`` of the transformer (``transformer.r``,
 ``transformer.lora_alpha``, ``transformer.target_modules``).
 
@@ -29,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lct_train.convert.dcp_export import layout_errors, load_dcp_weights
+from lct_train.convert.families import family_of_config
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
     EXPORT_INFO_FILE,
@@ -90,17 +93,26 @@ def adapter_modules(adapters: dict[str, torch.Tensor], source: str) -> list[str]
     return modules
 
 
+def lora_keymap(cfg):
+    """The state-dict adapter of ``cfg``'s family: LCT <-> diffusers names of a LoRA file."""
+    return family_of_config(cfg).adapter(cfg)
+
+
 def diffusers_lora_state(adapters: dict[str, torch.Tensor], rank: int, alpha: float,
-                         dtype: torch.dtype | None = None) -> tuple[dict, dict]:
-    """``(tensors, safetensors header)`` of diffusers' format for bare-FQN ``adapters``."""
+                         dtype: torch.dtype | None = None, keymap=None) -> tuple[dict, dict]:
+    """``(tensors, safetensors header)`` of diffusers' format for bare-FQN ``adapters``
+    (renamed / reshaped by ``keymap``, `lora_keymap`, when given)."""
     modules = adapter_modules(adapters, "adapters")
-    tensors = {}
+    scaled = {}
     for module in modules:
-        tensors[f"{PREFIX}.{module}.lora_A.weight"] = cast(
-            adapters[f"{module}.lora_A.weight"].contiguous(), dtype)
-        tensors[f"{PREFIX}.{module}.lora_B.weight"] = cast(
-            (adapters[f"{module}.lora_B.weight"].float() * (alpha / rank)).contiguous(), dtype)
-    config = {"r": rank, "lora_alpha": rank, "target_modules": modules}
+        scaled[f"{module}.lora_A.weight"] = adapters[f"{module}.lora_A.weight"]
+        scaled[f"{module}.lora_B.weight"] = adapters[f"{module}.lora_B.weight"].float() \
+            * (alpha / rank)
+    if keymap is not None:
+        scaled = keymap.lora_to_diffusers(scaled)
+    tensors = {f"{PREFIX}.{k}": cast(v.contiguous(), dtype) for k, v in sorted(scaled.items())}
+    config = {"r": rank, "lora_alpha": rank,
+              "target_modules": adapter_modules(scaled, "adapters")}
     metadata = {f"{PREFIX}.{k}": v for k, v in config.items()}
     return tensors, {"format": "pt", METADATA_KEY: json.dumps(metadata, sort_keys=True)}
 
@@ -111,10 +123,12 @@ def write_diffusers_lora(out: Path, tensors: dict, header: dict) -> Path:
     return out / LORA_FILE
 
 
-def read_diffusers_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int, float]:
+def read_diffusers_lora(path: str | os.PathLike, keymap=None
+                        ) -> tuple[dict[str, torch.Tensor], int, float]:
     """A diffusers LoRA file (or a directory holding ``pytorch_lora_weights.safetensors``) ->
     ``(bare-FQN adapters, rank, alpha)``: keys with or without the ``transformer.`` prefix,
-    PEFT's ``.lora_A.default.weight`` accepted; alpha from the header, else alpha = rank."""
+    PEFT's ``.lora_A.default.weight`` accepted; alpha from the header, else alpha = rank.
+    ``keymap`` (`lora_keymap`): diffusers' names and shapes -> the LCT model's."""
     path = Path(path)
     file = path / LORA_FILE if path.is_dir() else path
     if not file.is_file():
@@ -131,6 +145,8 @@ def read_diffusers_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
         if not name.endswith(SUFFIXES):
             raise ConversionError(f"LoRA file {file}: {key} is not a lora_A / lora_B weight")
         adapters[name] = value.float()
+    if keymap is not None:
+        adapters = keymap.lora_from_diffusers(adapters)
     modules = adapter_modules(adapters, str(file))
     ranks = {adapters[f"{m}.lora_A.weight"].shape[0] for m in modules}
     if len(ranks) != 1:
@@ -145,7 +161,8 @@ def export_lora(path: str | os.PathLike, out: str | os.PathLike, *,
                 dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """A LoRA checkpoint -> ``out/pytorch_lora_weights.safetensors`` (+ ``lct_export.json``)."""
     run = LoraCheckpoint(path)
-    tensors, header = diffusers_lora_state(run.adapters, run.rank, run.alpha, dtype)
+    tensors, header = diffusers_lora_state(run.adapters, run.rank, run.alpha, dtype,
+                                           lora_keymap(run.model_cfg))
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         write_diffusers_lora(tmp, tensors, header)
         write_json(tmp / EXPORT_INFO_FILE, _info(run, dtype) | {"format": "diffusers-lora"})
