@@ -74,6 +74,10 @@ class WanModel(nn.Module):
         r"blocks\.\d+\.ffn\.net\.(0\.proj|2)",
     )
 
+    # fp32 islands (``lct_train.model.precision``): diffusers' ``WanTransformer3DModel.
+    # _keep_in_fp32_modules`` (0.42); ``rope`` holds no parameter here.
+    keep_in_fp32 = ("rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
+
     def __init__(self, cfg: WanConfig):
         super().__init__()
         self.cfg = cfg
