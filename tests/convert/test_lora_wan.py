@@ -2,17 +2,23 @@
 embedding, a Conv3d in diffusers) is read by ``WanPipeline``'s loader into diffusers' tiny
 ``WanTransformer3DModel`` and gives lct-train's merged model's output (fp32, <= 1e-5 relative);
 a file diffusers writes (``WanPipeline.save_lora_weights`` of PEFT adapters) starts a run's
-adapters (``finetune.init_lora``) with the same output; keys and ranks are checked."""
+adapters (``finetune.init_lora``) with the same output; keys and ranks are checked;
+``lct-convert export-lora`` of a Wan run writes that file, and ``--merge`` the merged model."""
 
 from __future__ import annotations
 
 import copy
+import json
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
 
 from lct_train.config.schema import FinetuneConfig
+from lct_train.convert.cli import main
 from lct_train.convert.lora_export import (
     LORA_FILE,
     diffusers_lora_state,
@@ -20,6 +26,7 @@ from lct_train.convert.lora_export import (
     read_diffusers_lora,
     write_diffusers_lora,
 )
+from lct_train.convert.verify import load_lct_model
 from lct_train.convert.wan_reference import run_wan, run_wan_diffusers, wan_fixed_input
 from lct_train.core.errors import ConfigError
 from lct_train.model.lora import apply_lora, is_adapter, match_targets, merge_lora, unwrap_lora
@@ -146,3 +153,44 @@ def test_a_diffusers_wan_lora_starts_the_adapters(tmp_path):
     with pytest.raises(ConfigError, match=r"adapts 10 layer\(s\) this run does not \(e.g. "
                                           r"blocks.1.attn1.to_k\): set finetune.targets"):
         load_lora_file(fewer, run_cfg)
+
+
+def _wan_lora_run(root, model, cfg, adapters):
+    """A Wan ``finetune=lora`` checkpoint in the trainer's layout (one process): the adapters
+    under ``model``, ``lct_meta.json`` naming its base (an LCT export of ``model``'s base)."""
+    base = root / "base"
+    base.mkdir()
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not is_adapter(k)}
+    save_file(state, base / "model.safetensors")
+    (base / "config.json").write_text(json.dumps(cfg.to_dict()))
+    values = torch.cat([v.double().flatten() for v in state.values()])
+    ckpt = root / "run" / "checkpoints" / "step-00000001"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": adapters}, checkpoint_id=str(ckpt), no_dist=True)
+    config = {"model": cfg.to_dict(), "parallel": {"param_dtype": "float32"},
+              "finetune": {"base_dtype": "compute"}}
+    lora = {"base": str(base), "base_checksum": [float(values.sum()),
+                                                 float(values.square().sum())],
+            "rank": RANK, "alpha": ALPHA, "targets": list(TARGETS)}
+    (ckpt / "lct_meta.json").write_text(json.dumps({"config": config, "step": 1, "lora": lora}))
+    return root / "run"
+
+
+def test_export_lora_of_a_wan_run_and_merge(adapted, tmp_path):
+    from diffusers import WanPipeline
+
+    model, cfg, adapters, lora_dir = adapted
+    run = _wan_lora_run(tmp_path, model, cfg, adapters)
+    assert main(["export-lora", str(run), str(tmp_path / "lora")]) == 0
+    got = WanPipeline.lora_state_dict(str(tmp_path / "lora"), weight_name=LORA_FILE)
+    want = WanPipeline.lora_state_dict(str(lora_dir), weight_name=LORA_FILE)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-6, atol=0, msg=key)
+
+    assert main(["export-lora", str(run), str(tmp_path / "merged"), "--merge"]) == 0
+    merged, merged_cfg = load_lct_model(tmp_path / "merged")
+    inp = wan_fixed_input(cfg, text_len=7, seed=4)
+    assert merged_cfg == cfg
+    assert _relative_error(run_wan(merged, cfg, inp), run_wan(model, cfg, inp)) < RTOL
