@@ -29,7 +29,16 @@ from lct_train.convert.lora_export import (
 from lct_train.convert.verify import load_lct_model
 from lct_train.convert.wan_reference import run_wan, run_wan_diffusers, wan_fixed_input
 from lct_train.core.errors import ConfigError
-from lct_train.model.lora import apply_lora, is_adapter, match_targets, merge_lora, unwrap_lora
+from lct_train.model.lora import (
+    apply_lora,
+    freeze_base,
+    is_adapter,
+    is_base,
+    match_targets,
+    merge_lora,
+    unwrap_lora,
+)
+from lct_train.model.precision import island_names
 from lct_train.model.wan import WanModel
 from lct_train.train.lora_run import load_lora_file
 from tests.model.wan.wan_testutils import diffusers_wan, tiny_wan_config, wan_pair
@@ -156,32 +165,40 @@ def test_a_diffusers_wan_lora_starts_the_adapters(tmp_path):
 
 
 def _wan_lora_run(root, model, cfg, adapters):
-    """A Wan ``finetune=lora`` checkpoint in the trainer's layout (one process): the adapters
-    under ``model``, ``lct_meta.json`` naming its base (an LCT export of ``model``'s base)."""
+    """A Wan ``finetune=lora`` checkpoint in the trainer's layout (one process, a bf16 base):
+    the adapters under ``model``, ``lct_meta.json`` naming its base (an LCT export of
+    ``model``'s base, fp32) and the checksum of the base as the run held it (`freeze_base`:
+    bf16, the fp32 islands fp32); returns (run, the held model in fp32)."""
     base = root / "base"
     base.mkdir()
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not is_adapter(k)}
     save_file(state, base / "model.safetensors")
     (base / "config.json").write_text(json.dumps(cfg.to_dict()))
-    values = torch.cat([v.double().flatten() for v in state.values()])
+    held = copy.deepcopy(model)
+    freeze_base(held, torch.bfloat16)
+    dtypes = {n: p.dtype for n, p in held.named_parameters() if is_base(n)}
+    assert {n for n, d in dtypes.items() if d == torch.float32} == set(island_names(held))
+    values = torch.cat([p.double().flatten() for n, p in held.named_parameters() if is_base(n)])
     ckpt = root / "run" / "checkpoints" / "step-00000001"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.save({"model": adapters}, checkpoint_id=str(ckpt), no_dist=True)
-    config = {"model": cfg.to_dict(), "parallel": {"param_dtype": "float32"},
+    config = {"model": cfg.to_dict(), "parallel": {"param_dtype": "bfloat16"},
               "finetune": {"base_dtype": "compute"}}
     lora = {"base": str(base), "base_checksum": [float(values.sum()),
                                                  float(values.square().sum())],
             "rank": RANK, "alpha": ALPHA, "targets": list(TARGETS)}
     (ckpt / "lct_meta.json").write_text(json.dumps({"config": config, "step": 1, "lora": lora}))
-    return root / "run"
+    for param in held.parameters():
+        param.data = param.data.float()
+    return root / "run", held
 
 
 def test_export_lora_of_a_wan_run_and_merge(adapted, tmp_path):
     from diffusers import WanPipeline
 
     model, cfg, adapters, lora_dir = adapted
-    run = _wan_lora_run(tmp_path, model, cfg, adapters)
+    run, held = _wan_lora_run(tmp_path, model, cfg, adapters)
     assert main(["export-lora", str(run), str(tmp_path / "lora")]) == 0
     got = WanPipeline.lora_state_dict(str(tmp_path / "lora"), weight_name=LORA_FILE)
     want = WanPipeline.lora_state_dict(str(lora_dir), weight_name=LORA_FILE)
@@ -189,8 +206,9 @@ def test_export_lora_of_a_wan_run_and_merge(adapted, tmp_path):
     for key, value in want.items():
         torch.testing.assert_close(got[key], value, rtol=1e-6, atol=0, msg=key)
 
+    # the base as the run held it (checksum checked), plus the adapters
     assert main(["export-lora", str(run), str(tmp_path / "merged"), "--merge"]) == 0
     merged, merged_cfg = load_lct_model(tmp_path / "merged")
     inp = wan_fixed_input(cfg, text_len=7, seed=4)
     assert merged_cfg == cfg
-    assert _relative_error(run_wan(merged, cfg, inp), run_wan(model, cfg, inp)) < RTOL
+    assert _relative_error(run_wan(merged, cfg, inp), run_wan(held, cfg, inp)) < RTOL

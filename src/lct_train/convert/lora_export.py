@@ -36,6 +36,7 @@ from lct_train.convert.model_spec import (
     CONFIG_FILE,
     EXPORT_INFO_FILE,
     WEIGHTS_BASE,
+    build_model,
     cast,
     checkpoint_model_config,
     expected_shapes,
@@ -53,6 +54,7 @@ from lct_train.core.safetensors_io import (
     write_json,
     write_sharded,
 )
+from lct_train.model.precision import island_names
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
@@ -190,6 +192,7 @@ def merge_lora_export(path: str | os.PathLike, out: str | os.PathLike, *,
         raise ConversionError(f"base weights {base} (recorded by {run.ckpt}) do not exist: pass "
                               "--base PATH (a safetensors file or export directory)")
     cfg = run.model_cfg
+    held_dtype = _held_dtypes(run)
     sums = torch.zeros(2, dtype=torch.float64)
     with SafetensorsReader(base) as reader:
         check_keys_and_shapes(reader.shapes(), expected_shapes(cfg), what=f"base {base}")
@@ -201,7 +204,7 @@ def merge_lora_export(path: str | os.PathLike, out: str | os.PathLike, *,
         def produce(keys):
             tensors = {}
             for key in keys:
-                value = reader.get(key).to(_base_dtype(run))
+                value = reader.get(key).to(held_dtype(key))
                 double = value.double()
                 sums.add_(torch.stack([double.sum(), double.square().sum()]))
                 module = key.removesuffix(".weight")
@@ -256,14 +259,17 @@ def merged_run_state(path: str | os.PathLike, read_base) -> tuple[LoraCheckpoint
     else:
         raise ConversionError(f"{run.ckpt}: its base {base!r} is not a file this can load "
                               "(a LoRA run on a scratch base has no base to sample)")
-    base_dtype = _base_dtype(run)  # the values the run trained on, kept in the file's dtype
-    state = {k: v.to(base_dtype).to(v.dtype) for k, v in state.items()}
+    held_dtype = _held_dtypes(run)  # the values the run trained on, kept in the file's dtype
+    state = {k: v.to(held_dtype(k)).to(v.dtype) for k, v in state.items()}
     merge_into_state(state, run.adapters, run.scaling, str(run.ckpt))
     return run, state
 
 
-def _base_dtype(run: LoraCheckpoint) -> torch.dtype:
-    """The dtype the run held its base in (its checksum was taken in it)."""
+def _held_dtypes(run: LoraCheckpoint):
+    """``key -> dtype`` the run held each base weight in (its checksum was taken in it): the
+    base dtype, fp32 for the model's fp32 islands (`lora.freeze_base`)."""
     cfg = run.meta["config"]
     name = cfg.get("finetune", {}).get("base_dtype", "compute")
-    return dtype_of(cfg["parallel"]["param_dtype"] if name == "compute" else name)
+    base = dtype_of(cfg["parallel"]["param_dtype"] if name == "compute" else name)
+    islands = set(island_names(build_model(run.model_cfg, device="meta")))
+    return lambda key: torch.float32 if key in islands else base
