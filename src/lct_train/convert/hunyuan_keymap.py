@@ -11,11 +11,18 @@ and `RENAMED` (diffusers name -> LCT name) is empty; what differs is one tensor'
 - The final norm's `linear` emits `(scale, shift)` on both sides (diffusers'
   `AdaLayerNormContinuous` order), so its rows are copied as is, not swapped.
 - Text RoPE is a config switch (`text_rope`), not a weight: nothing to map.
+
+LoRA files (`lora_to_diffusers` / `lora_from_diffusers`) go through the same table: module
+names are renamed with their weights, and an adapter of the patch embedding (a Conv3d in
+diffusers) takes PEFT's Conv3d LoRA shapes, A ``[r, C, pt, ph, pw]`` (a convolution with the
+base kernel's size and stride) and B ``[out, r, 1, 1, 1]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+import torch
 
 from lct_train.convert.key_plan import KeyRule
 from lct_train.convert.model_spec import expected_shapes
@@ -71,3 +78,32 @@ class HunyuanVideoStateDictAdapter:
             KeyRule(hf, (lct,), self._unflatten_patch_embed if hf == self.patch_embed_weight else None)
             for lct, hf in ((lct, to_hf.get(lct, lct)) for lct in lct_names)
         ]
+
+    def _lora_module(self, module: str, table: dict[str, str]) -> str:
+        return table.get(f"{module}.weight", f"{module}.weight").removesuffix(".weight")
+
+    def lora_to_diffusers(self, adapters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Bare-FQN ``<module>.lora_A.weight`` / ``lora_B.weight`` -> diffusers' module names
+        and shapes (module docstring)."""
+        to_hf = {lct: hf for hf, lct in self.renamed.items()}
+        patch = self.patch_embed_weight.removesuffix(".weight")
+        out = {}
+        for key, value in adapters.items():
+            module, _, kind = key.rpartition(".lora_")
+            if module == patch:
+                value = (self._unflatten_patch_embed(value) if kind == "A.weight"
+                         else value.reshape(*value.shape, 1, 1, 1))
+            out[f"{self._lora_module(module, to_hf)}.lora_{kind}"] = value
+        return out
+
+    def lora_from_diffusers(self, adapters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inverse of `lora_to_diffusers`."""
+        patch = self.patch_embed_weight.removesuffix(".weight")
+        out = {}
+        for key, value in adapters.items():
+            module, _, kind = key.rpartition(".lora_")
+            module = self._lora_module(module, self.renamed)
+            if module == patch:
+                value = value.flatten(1)  # A [r, C*pt*ph*pw], B [out, r]
+            out[f"{module}.lora_{kind}"] = value
+        return out

@@ -2,8 +2,10 @@
 
 diffusers' format (what ``HunyuanVideoPipeline.load_lora_weights`` and the transformer's
 ``load_lora_adapter`` read): one ``pytorch_lora_weights.safetensors`` with
-``transformer.<module>.lora_A.weight [r, in]`` and ``...lora_B.weight [out, r]`` (the LCT model
-keeps diffusers' module names, so ``<module>`` is the LCT FQN), and a header entry
+``transformer.<module>.lora_A.weight [r, in]`` and ``...lora_B.weight [out, r]`` (``<module>``:
+diffusers' name of the LCT module by the family's state-dict adapter, `lora_keymap`; both
+families keep diffusers' names, and an adapter of the patch embedding takes PEFT's Conv3d
+shapes), and a header entry
 ``lora_adapter_metadata``: the PEFT ``LoraConfig`` of the transformer (``transformer.r``,
 ``transformer.lora_alpha``, ``transformer.target_modules``).
 
@@ -29,10 +31,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lct_train.convert.dcp_export import layout_errors, load_dcp_weights
+from lct_train.convert.families import family_of_config
 from lct_train.convert.model_spec import (
     CONFIG_FILE,
     EXPORT_INFO_FILE,
     WEIGHTS_BASE,
+    build_model,
     cast,
     checkpoint_model_config,
     expected_shapes,
@@ -50,6 +54,7 @@ from lct_train.core.safetensors_io import (
     write_json,
     write_sharded,
 )
+from lct_train.model.precision import island_names
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
@@ -90,17 +95,26 @@ def adapter_modules(adapters: dict[str, torch.Tensor], source: str) -> list[str]
     return modules
 
 
+def lora_keymap(cfg):
+    """The state-dict adapter of ``cfg``'s family: LCT <-> diffusers names of a LoRA file."""
+    return family_of_config(cfg).adapter(cfg)
+
+
 def diffusers_lora_state(adapters: dict[str, torch.Tensor], rank: int, alpha: float,
-                         dtype: torch.dtype | None = None) -> tuple[dict, dict]:
-    """``(tensors, safetensors header)`` of diffusers' format for bare-FQN ``adapters``."""
+                         dtype: torch.dtype | None = None, keymap=None) -> tuple[dict, dict]:
+    """``(tensors, safetensors header)`` of diffusers' format for bare-FQN ``adapters``
+    (renamed / reshaped by ``keymap``, `lora_keymap`, when given)."""
     modules = adapter_modules(adapters, "adapters")
-    tensors = {}
+    scaled = {}
     for module in modules:
-        tensors[f"{PREFIX}.{module}.lora_A.weight"] = cast(
-            adapters[f"{module}.lora_A.weight"].contiguous(), dtype)
-        tensors[f"{PREFIX}.{module}.lora_B.weight"] = cast(
-            (adapters[f"{module}.lora_B.weight"].float() * (alpha / rank)).contiguous(), dtype)
-    config = {"r": rank, "lora_alpha": rank, "target_modules": modules}
+        scaled[f"{module}.lora_A.weight"] = adapters[f"{module}.lora_A.weight"]
+        scaled[f"{module}.lora_B.weight"] = adapters[f"{module}.lora_B.weight"].float() \
+            * (alpha / rank)
+    if keymap is not None:
+        scaled = keymap.lora_to_diffusers(scaled)
+    tensors = {f"{PREFIX}.{k}": cast(v.contiguous(), dtype) for k, v in sorted(scaled.items())}
+    config = {"r": rank, "lora_alpha": rank,
+              "target_modules": adapter_modules(scaled, "adapters")}
     metadata = {f"{PREFIX}.{k}": v for k, v in config.items()}
     return tensors, {"format": "pt", METADATA_KEY: json.dumps(metadata, sort_keys=True)}
 
@@ -111,10 +125,12 @@ def write_diffusers_lora(out: Path, tensors: dict, header: dict) -> Path:
     return out / LORA_FILE
 
 
-def read_diffusers_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int, float]:
+def read_diffusers_lora(path: str | os.PathLike, keymap=None
+                        ) -> tuple[dict[str, torch.Tensor], int, float]:
     """A diffusers LoRA file (or a directory holding ``pytorch_lora_weights.safetensors``) ->
     ``(bare-FQN adapters, rank, alpha)``: keys with or without the ``transformer.`` prefix,
-    PEFT's ``.lora_A.default.weight`` accepted; alpha from the header, else alpha = rank."""
+    PEFT's ``.lora_A.default.weight`` accepted; alpha from the header, else alpha = rank.
+    ``keymap`` (`lora_keymap`): diffusers' names and shapes -> the LCT model's."""
     path = Path(path)
     file = path / LORA_FILE if path.is_dir() else path
     if not file.is_file():
@@ -131,6 +147,8 @@ def read_diffusers_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
         if not name.endswith(SUFFIXES):
             raise ConversionError(f"LoRA file {file}: {key} is not a lora_A / lora_B weight")
         adapters[name] = value.float()
+    if keymap is not None:
+        adapters = keymap.lora_from_diffusers(adapters)
     modules = adapter_modules(adapters, str(file))
     ranks = {adapters[f"{m}.lora_A.weight"].shape[0] for m in modules}
     if len(ranks) != 1:
@@ -145,7 +163,8 @@ def export_lora(path: str | os.PathLike, out: str | os.PathLike, *,
                 dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """A LoRA checkpoint -> ``out/pytorch_lora_weights.safetensors`` (+ ``lct_export.json``)."""
     run = LoraCheckpoint(path)
-    tensors, header = diffusers_lora_state(run.adapters, run.rank, run.alpha, dtype)
+    tensors, header = diffusers_lora_state(run.adapters, run.rank, run.alpha, dtype,
+                                           lora_keymap(run.model_cfg))
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         write_diffusers_lora(tmp, tensors, header)
         write_json(tmp / EXPORT_INFO_FILE, _info(run, dtype) | {"format": "diffusers-lora"})
@@ -173,6 +192,7 @@ def merge_lora_export(path: str | os.PathLike, out: str | os.PathLike, *,
         raise ConversionError(f"base weights {base} (recorded by {run.ckpt}) do not exist: pass "
                               "--base PATH (a safetensors file or export directory)")
     cfg = run.model_cfg
+    held_dtype = _held_dtypes(run)
     sums = torch.zeros(2, dtype=torch.float64)
     with SafetensorsReader(base) as reader:
         check_keys_and_shapes(reader.shapes(), expected_shapes(cfg), what=f"base {base}")
@@ -184,7 +204,7 @@ def merge_lora_export(path: str | os.PathLike, out: str | os.PathLike, *,
         def produce(keys):
             tensors = {}
             for key in keys:
-                value = reader.get(key).to(_base_dtype(run))
+                value = reader.get(key).to(held_dtype(key))
                 double = value.double()
                 sums.add_(torch.stack([double.sum(), double.square().sum()]))
                 module = key.removesuffix(".weight")
@@ -239,14 +259,17 @@ def merged_run_state(path: str | os.PathLike, read_base) -> tuple[LoraCheckpoint
     else:
         raise ConversionError(f"{run.ckpt}: its base {base!r} is not a file this can load "
                               "(a LoRA run on a scratch base has no base to sample)")
-    base_dtype = _base_dtype(run)  # the values the run trained on, kept in the file's dtype
-    state = {k: v.to(base_dtype).to(v.dtype) for k, v in state.items()}
+    held_dtype = _held_dtypes(run)  # the values the run trained on, kept in the file's dtype
+    state = {k: v.to(held_dtype(k)).to(v.dtype) for k, v in state.items()}
     merge_into_state(state, run.adapters, run.scaling, str(run.ckpt))
     return run, state
 
 
-def _base_dtype(run: LoraCheckpoint) -> torch.dtype:
-    """The dtype the run held its base in (its checksum was taken in it)."""
+def _held_dtypes(run: LoraCheckpoint):
+    """``key -> dtype`` the run held each base weight in (its checksum was taken in it): the
+    base dtype, fp32 for the model's fp32 islands (`lora.freeze_base`)."""
     cfg = run.meta["config"]
     name = cfg.get("finetune", {}).get("base_dtype", "compute")
-    return dtype_of(cfg["parallel"]["param_dtype"] if name == "compute" else name)
+    base = dtype_of(cfg["parallel"]["param_dtype"] if name == "compute" else name)
+    islands = set(island_names(build_model(run.model_cfg, device="meta")))
+    return lambda key: torch.float32 if key in islands else base

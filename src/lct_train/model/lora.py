@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lct_train.core.fqn import clean_fqn
+from lct_train.model.precision import is_island
 
 ADAPTER_NAMES = ("lora_A", "lora_B")
 
@@ -107,11 +108,14 @@ def apply_lora(model: nn.Module, names: Iterable[str], rank: int, alpha: float,
 
 
 def freeze_base(model: nn.Module, dtype: torch.dtype) -> None:
-    """Base parameters: no gradient, held in ``dtype``; adapters stay trainable fp32."""
+    """Base parameters: no gradient, held in ``dtype`` except the model's fp32 islands
+    (`lct_train.model.precision`), held in fp32; adapters stay trainable fp32."""
     for name, module in model.named_modules():
         for key, param in list(module._parameters.items()):
-            if param is not None and is_base(f"{name}.{key}"):
-                module._parameters[key] = nn.Parameter(param.detach().to(dtype),
+            fqn = f"{name}.{key}"
+            if param is not None and is_base(fqn):
+                held = torch.float32 if is_island(model, fqn) else dtype
+                module._parameters[key] = nn.Parameter(param.detach().to(held),
                                                        requires_grad=False)
 
 

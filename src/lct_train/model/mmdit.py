@@ -32,6 +32,10 @@ class LCTModel(nn.Module):
         r"single_transformer_blocks\.\d+\.(proj_mlp|proj_out)",
     )
 
+    # fp32 islands (``lct_train.model.precision``): none, as diffusers'
+    # ``HunyuanVideoTransformer3DModel._keep_in_fp32_modules`` (None in 0.42).
+    keep_in_fp32: tuple[str, ...] = ()
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

@@ -34,6 +34,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from lct_train.core.dtypes import dtype_of
 from lct_train.core.fqn import clean_fqn
 from lct_train.model.init import init_plan
+from lct_train.model.precision import precision_units
 from lct_train.parallel.mesh import fsdp_mesh
 
 
@@ -76,19 +77,49 @@ def apply_fsdp(
     reshard_after_forward: bool = True,
 ) -> None:
     """``fully_shard`` per block, then the root, over ``dp_shard x sp`` (HSDP: and replicated
-    over ``dp_replicate``; ``lct_train.parallel.mesh.fsdp_mesh``)."""
+    over ``dp_replicate``; ``lct_train.parallel.mesh.fsdp_mesh``).
+
+    fp32 islands (``lct_train.model.precision``): under a ``param_dtype`` below fp32, a block or
+    root holding parameters the model keeps in fp32 (Wan: ``scale_shift_table``, ``norm2``,
+    ``time_embedder``; diffusers' ``_keep_in_fp32_modules``) is split into units of one
+    precision each (FSDP2 casts a whole unit to its ``param_dtype`` at all-gather and
+    reduce-scatters one gradient dtype per unit): the submodules of the other precision become
+    units of their own. A bare ``nn.Parameter`` cannot be a unit (``fully_shard`` takes
+    modules), and upcasting a table gathered in bf16 inside the forward would not restore its
+    lost bits, so the unit holding it is the fp32 one: a Wan block's own unit (its table, its
+    ``norm2``) gathers in fp32 and does not cast its inputs, while ``attn1``, ``attn2`` and
+    ``ffn`` are bf16 units (4 all-gathers per block instead of 1); the root holds the model's
+    table and ``time_embedder`` in fp32, its Linears (patch embedding, ``time_proj``, text
+    embedder, ``proj_out``) are bf16 units. A model without islands (the MMDiT, as diffusers'
+    HunyuanVideo) keeps one unit per block."""
     mesh = fsdp_mesh(mesh)
+    low_dtype = mp_policy.param_dtype not in (None, torch.float32)
+    fp32_policy = MixedPrecisionPolicy(param_dtype=torch.float32,
+                                       reduce_dtype=mp_policy.reduce_dtype,
+                                       cast_forward_inputs=True)
+
+    def shard(module: nn.Module, policy: MixedPrecisionPolicy, cast_inputs: bool) -> None:
+        policy = MixedPrecisionPolicy(param_dtype=policy.param_dtype,
+                                      reduce_dtype=policy.reduce_dtype,
+                                      cast_forward_inputs=cast_inputs)
+        fully_shard(module, mesh=mesh, mp_policy=policy,
+                    reshard_after_forward=reshard_after_forward)
+
+    def shard_unit(unit: nn.Module, cast_inputs: bool) -> None:
+        root_fp32, low, fp32 = precision_units(model, unit) if low_dtype else (False, [], [])
+        for child in low:
+            shard(child, mp_policy, True)
+        for child in fp32:
+            shard(child, fp32_policy, True)
+        # an fp32 unit does not cast its inputs (the block computes in the compute dtype)
+        shard(unit, fp32_policy if root_fp32 else mp_policy, cast_inputs and not root_fp32)
+
     for blocks in model.block_lists():
         for block in blocks:
-            fully_shard(block, mesh=mesh, mp_policy=mp_policy,
-                        reshard_after_forward=reshard_after_forward)
+            shard_unit(block, mp_policy.cast_forward_inputs)
     # The root does not cast its inputs: the trainer casts video/text/pooled to the compute
     # dtype itself and keeps the timesteps in fp32 (a bf16 t would be off by up to 0.4 %).
-    root_policy = MixedPrecisionPolicy(param_dtype=mp_policy.param_dtype,
-                                       reduce_dtype=mp_policy.reduce_dtype,
-                                       cast_forward_inputs=False)
-    fully_shard(model, mesh=mesh, mp_policy=root_policy,
-                reshard_after_forward=reshard_after_forward)
+    shard_unit(model, False)
 
 
 def parallelize(model: nn.Module, mesh: DeviceMesh, parallel_cfg) -> nn.Module:

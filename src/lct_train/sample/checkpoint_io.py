@@ -36,6 +36,7 @@ from lct_train.data.config import DEFAULT_MAX_SHOTS
 from lct_train.model import family
 from lct_train.model.config import ModelConfig
 from lct_train.model.layout import MASKS
+from lct_train.model.precision import cast_model
 from lct_train.model.wan.config import WanConfig
 
 DEFAULT_WINDOW = DEFAULT_MAX_SHOTS  # the training window (SPEC §1) unless the checkpoint says otherwise
@@ -92,7 +93,7 @@ def load_model(
     model = _build(config, state, str(path))
     mask = mask or found_mask or DEFAULT_MASK
     window = int(window or found_window or DEFAULT_WINDOW)
-    return LoadedModel(model.to(device=device, dtype=dtype).eval(), config, mask, window,
+    return LoadedModel(cast_model(model.to(device), dtype).eval(), config, mask, window,
                        str(path))
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from lct_train.convert.dcp_export import load_dcp_weights
-from lct_train.convert.lora_export import read_diffusers_lora
+from lct_train.convert.lora_export import lora_keymap, read_diffusers_lora
 from lct_train.core import checkpoint_layout as layout
 from lct_train.core.dtypes import dtype_of
 from lct_train.core.errors import ConfigError, ConversionError
@@ -163,7 +163,7 @@ def load_lora_file(model: nn.Module, cfg) -> None:
     must be this run's; B is rescaled from the file's alpha to ``finetune.alpha``."""
     ft, key = cfg.finetune, "finetune.init_lora"
     try:
-        adapters, rank, alpha = read_diffusers_lora(ft.init_lora)
+        adapters, rank, alpha = read_diffusers_lora(ft.init_lora, lora_keymap(cfg.model))
     except ConversionError as err:
         raise ConfigError(key, str(err).splitlines()[0]) from err
     if rank != ft.rank:

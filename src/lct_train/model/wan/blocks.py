@@ -5,6 +5,9 @@ vectors are gathered to the video tokens of their group; fp32 where diffusers ke
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,7 +53,9 @@ class FP32LayerNorm(nn.LayerNorm):
 
 
 class WanAttention(nn.Module):
-    """q / k / v / out projections with RMSNorm of q and k over the full width (across heads)."""
+    """q / k / v / out projections with RMSNorm of q and k over the full width (across heads).
+    Called through ``forward`` (the attention itself is the caller's ``attend``), so that an
+    FSDP unit of its own gathers its parameters (``parallelize``: fp32 islands)."""
 
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
@@ -64,6 +69,10 @@ class WanAttention(nn.Module):
         h = self.num_heads
         q = heads(self.norm_q(self.to_q(x)), h)
         return q, heads(self.norm_k(self.to_k(source)), h), heads(self.to_v(source), h)
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, attend: Callable) -> torch.Tensor:
+        """``to_out(attend(q, k, v))`` with ``q`` from ``x`` and ``k, v`` from ``source``."""
+        return self.to_out[0](attend(*self.project(x, source)).flatten(1))
 
 
 class WanBlock(nn.Module):
@@ -89,13 +98,11 @@ class WanBlock(nn.Module):
         shift, scale, gate, c_shift, c_scale, c_gate = (m[group] for m in mod)
 
         norm = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
-        q, k, v = self.attn1.project(norm, norm)
-        out = self.attn1.to_out[0](ctx.attention(self.layer, q, k, v).flatten(1))
+        out = self.attn1(norm, norm, partial(ctx.attention, self.layer))
         x = (x.float() + out * gate).type_as(x)
 
         norm = x if self.norm2 is None else self.norm2(x.float()).type_as(x)
-        q, k, v = self.attn2.project(norm, text)
-        x = x + self.attn2.to_out[0](ctx.cross_attention(self.layer, q, k, v).flatten(1))
+        x = x + self.attn2(norm, text, partial(ctx.cross_attention, self.layer))
 
         norm = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + self.ffn(norm).float() * c_gate).type_as(x)

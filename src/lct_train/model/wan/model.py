@@ -66,6 +66,18 @@ class WanConditionEmbedder(nn.Module):
 
 
 class WanModel(nn.Module):
+    # LoRA targets of ``finetune.targets=[]`` (``lct_train.model.lora``): DiffSynth-Studio's Wan
+    # default ``q,k,v,o,ffn.0,ffn.2`` in diffusers' names, the self- and cross-attention
+    # projections and the FFN of every block (what ``WanPipeline.load_lora_weights`` reads).
+    lora_targets = (
+        r"blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)",
+        r"blocks\.\d+\.ffn\.net\.(0\.proj|2)",
+    )
+
+    # fp32 islands (``lct_train.model.precision``): diffusers' ``WanTransformer3DModel.
+    # _keep_in_fp32_modules`` (0.42); ``rope`` holds no parameter here.
+    keep_in_fp32 = ("rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
+
     def __init__(self, cfg: WanConfig):
         super().__init__()
         self.cfg = cfg
