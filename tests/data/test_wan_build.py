@@ -150,3 +150,39 @@ def test_data_config_takes_no_dummy_grid_for_a_text_only_global_group():
     assert DataConfig(sources=[{"path": "x"}], dummy_grid=(0, 0, 0)).dummy_grid == (0, 0, 0)
     with pytest.raises(ConfigError, match=r"data.dummy_grid.*\(0, 0, 0\) for none"):
         DataConfig(sources=[{"path": "x"}], dummy_grid=(0, 1, 1))
+
+
+def test_build_from_a_wan22_pipeline_gives_48_channel_latents(synth_dir, tmp_path, tiny_wan22_pipeline):
+    export = tmp_path / "export"
+    assert convert_main(["import-diffusers", str(tiny_wan22_pipeline), str(export)]) == 0
+    out = tmp_path / "ds"
+    args = ["build", str(_manifest(synth_dir, tmp_path, 1)), str(out), "--pipeline", str(tiny_wan22_pipeline),
+            "--model", str(export), "--area", "1024"]
+    assert shards_main(args) == 0
+    info = DatasetInfo.read(out)
+    assert (info.latent_channels, info.spatial_factor, info.text_dim, info.pooled_dim) == (48, 16, 16, 0)
+    sample = next(iter(wds.WebDataset([str(p) for p in sorted((out / "shards").glob("*.tar"))],
+                                      shardshuffle=False)))
+    latents = load(sample["latents.safetensors"])
+    assert all(z.shape[0] == 48 and z.shape[2:] == (2, 2) for z in latents.values())  # 32x32 / 16
+
+
+@pytest.mark.gpu
+def test_pipeline_encoders_on_cuda_in_bf16_are_close_to_fp32_cpu(tiny_wan_pipeline):
+    """The device path of a build (--device cuda, --dtype auto = bf16): each rank's encoders on
+    its own GPU give what fp32 on CPU gives, at bf16 tolerance."""
+    from data_tools.build import BuildConfig, _encoders
+    from tests.data.test_wan_text import PROMPTS
+
+    def encoders(device):
+        return _encoders(BuildConfig("m", "o", pipeline=str(tiny_wan_pipeline), device=device))
+
+    (codec, text), (ref_codec, ref_text) = encoders("cuda:0"), encoders("cpu")
+    assert next(text.model.parameters()).dtype == torch.bfloat16
+    got, ref = text.encode(PROMPTS), ref_text.encode(PROMPTS)
+    assert torch.equal(got.mask, ref.mask)
+    for i in range(len(PROMPTS)):
+        assert (got.valid(i) - ref.valid(i)).abs().max() <= 0.05 * ref.valid(i).abs().max()
+    x = torch.rand(2, 5, 3, 32, 48) * 2 - 1
+    for z, r in zip(codec.encode_batch(x), ref_codec.encode_batch(x)):
+        assert (z - r).abs().max() <= 0.05 * r.abs().max()
