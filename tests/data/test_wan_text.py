@@ -106,6 +106,15 @@ def test_umt5_kind_and_spec_rebuild_the_same_encoder(tiny_wan_pipeline, encoder)
     assert torch.equal(alone.encode(PROMPTS[:1]).valid(0), ref)
 
 
+def test_umt5_kind_takes_a_folder_of_the_two_parts_alone(tiny_wan_pipeline, encoder, tmp_path):
+    """No model_index.json: UMT5EncoderModel from text_encoder/, the tokenizer/'s own class."""
+    for part in ("text_encoder", "tokenizer"):
+        (tmp_path / part).symlink_to(tiny_wan_pipeline / part)
+    parts = build_text_encoder(f"umt5:{tmp_path}")
+    assert type(parts.tokenizer) is type(encoder.tokenizer)
+    assert torch.equal(parts.encode(PROMPTS[:3]).tokens, encoder.encode(PROMPTS[:3]).tokens)
+
+
 def test_ftfy_mismatch_with_the_spec_is_one_warning(encoder, caplog):
     spec = dict(encoder.spec(), ftfy=not encoder.spec()["ftfy"])
     with caplog.at_level(logging.WARNING, logger="lct_train.data.wan_text"):

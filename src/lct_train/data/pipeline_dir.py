@@ -35,6 +35,11 @@ LIBRARIES = ("diffusers", "transformers")
 BYTE_LEVEL_FILE = "tokenizer.json"
 
 
+def _import(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass(frozen=True)
 class PipelineFamily:
     """What this loader takes from one diffusers pipeline class."""
@@ -45,32 +50,27 @@ class PipelineFamily:
     text_parts: dict  # part -> (library, class) used when the folder has no model_index.json
     tokenizer_of: dict  # text encoder part -> its tokenizer part
     vae: str  # the vae/ class
+    text_encoder_cls: str  # "module:Class", built as cls(**parts, spec=spec, **opts)
+    codec_cls: str  # "module:Class", built as cls(vae folder, device=, dtype=)
 
     def make_text_encoder(self, parts: dict, spec: dict, **opts):
-        if self.text_kind == "umt5":
-            from lct_train.data.wan_text import UMT5TextEncoder
-
-            return UMT5TextEncoder(parts["text_encoder"], parts["tokenizer"], spec=spec, **opts)
-        from lct_train.data.hunyuan_text import HunyuanVideoTextEncoder
-
-        return HunyuanVideoTextEncoder(**parts, spec=spec, **opts)
+        return _import(self.text_encoder_cls)(**parts, spec=spec, **opts)
 
     def make_codec(self, folder: str, *, device: str, dtype: torch.dtype):
-        from lct_train.data.codecs import HunyuanVideoCodec, WanCodec
-
-        cls = WanCodec if self.text_kind == "umt5" else HunyuanVideoCodec
-        return cls(folder, device=device, dtype=dtype)
+        return _import(self.codec_cls)(folder, device=device, dtype=dtype)
 
 
 HUNYUAN = PipelineFamily(
     "HunyuanVideoPipeline", "HunyuanVideo", "hunyuan-video",
     {"text_encoder": ("transformers", "LlamaModel"), "tokenizer": ("transformers", "PreTrainedTokenizerFast"),
      "text_encoder_2": ("transformers", "CLIPTextModel"), "tokenizer_2": ("transformers", "CLIPTokenizer")},
-    {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}, "AutoencoderKLHunyuanVideo")
+    {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}, "AutoencoderKLHunyuanVideo",
+    "lct_train.data.hunyuan_text:HunyuanVideoTextEncoder", "lct_train.data.codecs:HunyuanVideoCodec")
 WAN = PipelineFamily(
     "WanPipeline", "Wan", "umt5",
     {"text_encoder": ("transformers", "UMT5EncoderModel"), "tokenizer": ("transformers", "AutoTokenizer")},
-    {"text_encoder": "tokenizer"}, "AutoencoderKLWan")
+    {"text_encoder": "tokenizer"}, "AutoencoderKLWan",
+    "lct_train.data.wan_text:UMT5TextEncoder", "lct_train.data.codecs:WanCodec")
 FAMILIES = {f.pipeline: f for f in (HUNYUAN, WAN)}
 FAMILY_OF_KIND = {f.text_kind: f for f in FAMILIES.values()}
 
