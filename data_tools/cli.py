@@ -59,18 +59,22 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("manifest", help="JSONL manifest, one scene per line (see README: Data)")
     b.add_argument("out", help="dataset directory (shards/, dataset.json, empty_prompt.safetensors)")
     b.add_argument("--pipeline", metavar="DIR",
-                   help="diffusers pipeline folder (model_index.json; HunyuanVideoPipeline): its "
-                        "vae/ as the VAE and its text_encoder/ + tokenizer/ (Llama) and "
-                        "text_encoder_2/ + tokenizer_2/ (CLIP-L) as HunyuanVideo's text encoders, "
-                        "exactly as diffusers' encode_prompt; --vae / --text-encoder override a part")
+                   help="diffusers pipeline folder (model_index.json): a HunyuanVideoPipeline's "
+                        "vae/ (hunyuan:) and its text_encoder/ + tokenizer/ (Llama) and "
+                        "text_encoder_2/ + tokenizer_2/ (CLIP-L) as hunyuan-video:, or a "
+                        "WanPipeline's vae/ (wan:, Wan2.1 or Wan2.2) and text_encoder/ + tokenizer/ "
+                        "(umT5) as umt5:, each exactly as the diffusers pipeline encodes; --vae / "
+                        "--text-encoder override a part")
     b.add_argument("--vae", help=CODEC_HELP + f"; None: {DEFAULT_VAE}, or the --pipeline's vae/")
     b.add_argument("--text-encoder",
                    help=TEXT_ENCODER_HELP + f"; None: {DEFAULT_TEXT_ENCODER}, or the --pipeline's")
     b.add_argument("--dtype", choices=ENCODER_DTYPES, default="auto",
-                   help="weights of the VAE and HunyuanVideo text encoders: auto = bf16 on CUDA, "
+                   help="weights of the VAE and the pipeline text encoders (hunyuan-video, umt5): "
+                        "auto = bf16 on CUDA, "
                         "fp32 on CPU (latents and text are stored in fp32)")
     b.add_argument("--model", metavar="NAME_OR_EXPORT_DIR",
-                   help="model the shards are for: a conf/model preset (hunyuan-video, tiny, ...) or "
+                   help="model the shards are for: a conf/model preset (hunyuan-video, wan2.1-1.3b, "
+                        "wan2.2-ti2v-5b, tiny, ...) or "
                         "an export folder with config.json; the encoders' latent channels, text and "
                         "pooled widths and --patch are checked against it before anything is encoded")
     b.add_argument("--fps", type=float, default=8.0, help="frames sampled per second of video")

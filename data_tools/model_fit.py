@@ -2,19 +2,24 @@
 before anything is encoded (a mismatch would otherwise surface only at the training start,
 after the whole encode).
 
-The model is a preset name of ``conf/model`` (``hunyuan-video``, ``tiny``, ...) or an export
-folder with ``config.json`` (``lct-convert import-diffusers`` writes one).
+The model is a preset name of ``conf/model`` (``hunyuan-video``, ``wan2.1-1.3b``, ``tiny``, ...)
+or an export folder with ``config.json`` (``lct-convert import-diffusers`` writes one), of
+either family (``lct_train.model.family``): a Wan model takes ``pooled_dim`` 0 (no pooled
+vector), so only an encoder without one (``umt5``) fits it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from lct_train.model.config import ModelConfig
+from lct_train.model.wan.config import WanConfig
 
 
-def read_model(name_or_dir: str) -> ModelConfig:
-    """The ``ModelConfig`` of a preset name or an export folder; ``ValueError`` naming it."""
+def read_model(name_or_dir: str) -> ModelConfig | WanConfig:
+    """The model config of a preset name or an export folder; ``ValueError`` naming it."""
     from lct_train.config.store import find_conf_dir
     from lct_train.convert.model_spec import read_model_config
     from lct_train.core.errors import ConversionError
@@ -31,10 +36,12 @@ def read_model(name_or_dir: str) -> ModelConfig:
         names = ", ".join(sorted(p.stem for p in presets.glob("*.yaml")))
         raise ValueError(f"--model {name_or_dir}: neither an export folder (config.json) nor a "
                          f"preset of {presets} ({names})")
-    return ModelConfig.from_yaml(preset)
+    from lct_train.model.family import config_from_dict
+
+    return config_from_dict(yaml.safe_load(preset.read_text()))
 
 
-def check_model_fit(model: ModelConfig, model_name: str, codec, codec_name: str, text_encoder,
+def check_model_fit(model: ModelConfig | WanConfig, model_name: str, codec, codec_name: str, text_encoder,
                     text_name: str, patch: int) -> None:
     """``ValueError`` (one line naming both sides) unless the codec, text encoder and build
     ``patch`` give what ``model`` takes: latent channels, token and pooled widths, and latent

@@ -34,3 +34,20 @@ def tiny_hunyuan_pipeline(tmp_path_factory):
     from tests.tiny_pipelines import save_tiny_hunyuan_pipeline
 
     return save_tiny_hunyuan_pipeline(tmp_path_factory.mktemp("tiny_hunyuan") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_pipeline(tmp_path_factory):
+    """A tiny random Wan2.1-layout pipeline folder (WanPipeline, 16-channel VAE) in the diffusers
+    layout (tests/tiny_pipelines.py), built once per session. Read-only."""
+    from tests.tiny_pipelines import save_tiny_wan_pipeline
+
+    return save_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny_wan") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan22_pipeline(tmp_path_factory):
+    """The same with Wan2.2 TI2V-5B's layout (48-channel 4x16x16 VAE, expand_timesteps)."""
+    from tests.tiny_pipelines import save_tiny_wan_pipeline
+
+    return save_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny_wan22") / "pipeline", "2.2")

@@ -21,8 +21,22 @@ that changes the tokens (see ``lct_train.data.pipeline_dir``), so compare with d
 ``load_diffusers_pipeline(root)``, which passes the tokenizer as ``PreTrainedTokenizerFast``.
 The template gives this tokenizer 118 prefix tokens (``crop_start``), not the real one's 95.
 
-Every weight is seeded, so two calls write the same pipeline. The ``tiny_hunyuan_pipeline``
-fixture (tests/conftest.py) builds one per test session (a few seconds, mostly imports).
+``save_tiny_wan_pipeline(root, variant)`` writes a whole ``WanPipeline`` folder::
+
+    root/model_index.json   (tokenizer named T5TokenizerFast, as Wan-AI's -Diffusers checkpoints)
+    root/transformer/       tiny WanTransformer3DModel (tests/model/wan: 2 layers, 2 x 12 heads)
+    root/vae/               tiny AutoencoderKLWan (codecs.TINY_WAN_CONFIGS: "2.1" 16 channels
+                            4x8x8, "2.2" 48 channels 4x16x16 with Wan2.2's residual + patchify)
+    root/text_encoder/      tiny UMT5EncoderModel (d_model 16 = the transformer's text_dim)
+    root/tokenizer/         a SentencePiece-style Unigram tokenizer (``</s>`` appended, ``<pad>`` 0)
+    root/scheduler/         UniPCMultistepScheduler with flow sigmas (Wan's; shift 3.0, 2.2: 5.0)
+
+The "2.2" variant is TI2V-5B's layout (``expand_timesteps``). ``WanPipeline.from_pretrained(root)``
+loads either back offline; its tokens and ours come from the same ``T5Tokenizer`` class.
+
+Every weight is seeded, so two calls write the same pipeline. The ``tiny_hunyuan_pipeline`` and
+``tiny_wan_pipeline`` fixtures (tests/conftest.py) build one per test session (a few seconds,
+mostly imports).
 """
 
 from __future__ import annotations
@@ -32,7 +46,12 @@ from pathlib import Path
 
 import torch
 
-from lct_train.data.codecs import TINY_HUNYUAN_CONFIG, TINY_HUNYUAN_SEED
+from lct_train.data.codecs import (
+    TINY_HUNYUAN_CONFIG,
+    TINY_HUNYUAN_SEED,
+    TINY_WAN_CONFIGS,
+    TINY_WAN_SEED,
+)
 from tests.convert.tiny_hunyuan import TINY_DIFFUSERS_CONFIG, make_tiny_diffusers
 
 # Llama 3's pre-tokenizer split (tokenizer.json of Meta-Llama-3 and llava-llama-3-8b)
@@ -153,3 +172,64 @@ def load_diffusers_pipeline(root: str | Path):
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(Path(root) / "tokenizer"))
     return HunyuanVideoPipeline.from_pretrained(str(root), tokenizer=tokenizer)
+
+
+UMT5_SPECIAL = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in umT5
+TINY_UMT5 = dict(d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=16, feed_forward_proj="gated-gelu")
+WAN_TOKENIZER_CLASS = "T5TokenizerFast"  # model_index.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers
+WAN_SHIFT = {"2.1": 3.0, "2.2": 5.0}
+T5_EXTRA_IDS = 100  # <extra_id_N> tokens that transformers' T5Tokenizer adds to the vocabulary  # the checkpoints' scheduler flow_shift (480p / TI2V-5B)
+
+
+def tiny_umt5_tokenizer():
+    """A SentencePiece-style Unigram tokenizer (``▁`` word starts, ``</s>`` appended)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=UMT5_SPECIAL, unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", padding_side="right")
+
+
+def tiny_wan_pipeline(variant: str = "2.1"):
+    """The tiny ``WanPipeline`` (fp32, eval), every part seeded."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from tests.model.wan.wan_testutils import diffusers_wan, tiny_wan_config
+
+    tokenizer = tiny_umt5_tokenizer()
+    torch.manual_seed(SEED)
+    umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer) + T5_EXTRA_IDS, pad_token_id=tokenizer.pad_token_id,
+                                       eos_token_id=tokenizer.eos_token_id, **TINY_UMT5))
+    torch.manual_seed(TINY_WAN_SEED)
+    vae = AutoencoderKLWan(**TINY_WAN_CONFIGS[variant])
+    channels = vae.config.z_dim
+    transformer = diffusers_wan(tiny_wan_config(latent_channels=channels, text_dim=TINY_UMT5["d_model"]), SEED)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=WAN_SHIFT[variant])
+    return WanPipeline(tokenizer=tokenizer, text_encoder=umt5.eval(), transformer=transformer, vae=vae.eval(),
+                       scheduler=scheduler, expand_timesteps=variant == "2.2")
+
+
+def save_tiny_wan_pipeline(root: str | Path, variant: str = "2.1") -> Path:
+    """Writes the tiny Wan pipeline (``variant`` "2.1" or "2.2") to ``root`` in the diffusers
+    layout; returns ``root``. ``WanPipeline.from_pretrained(root)`` loads it back offline."""
+    root = Path(root)
+    tiny_wan_pipeline(variant).save_pretrained(root, safe_serialization=True)
+    index_file, config_file = root / "model_index.json", root / "tokenizer" / "tokenizer_config.json"
+    index, config = json.loads(index_file.read_text()), json.loads(config_file.read_text())
+    index["tokenizer"] = ["transformers", WAN_TOKENIZER_CLASS]
+    config["tokenizer_class"] = WAN_TOKENIZER_CLASS
+    index_file.write_text(json.dumps(index, indent=2))
+    config_file.write_text(json.dumps(config, indent=2))
+    return root

@@ -221,10 +221,10 @@ def test_build_refuses_an_unknown_model(synth_dir, tmp_path, capsys):
 
 def _broken(tiny_hunyuan_pipeline, tmp_path, kind: str):
     root = tmp_path / kind
-    if kind == "wan":
+    if kind == "other":
         root.mkdir()
         (root / "model_index.json").write_text(json.dumps(
-            {"_class_name": "WanPipeline", "vae": ["diffusers", "AutoencoderKLWan"]}))
+            {"_class_name": "CogVideoXPipeline", "vae": ["diffusers", "AutoencoderKLCogVideoX"]}))
     elif kind == "no-index":
         root.mkdir()
     else:
@@ -234,7 +234,7 @@ def _broken(tiny_hunyuan_pipeline, tmp_path, kind: str):
 
 
 BROKEN = {
-    "wan": ["WanPipeline", "not supported yet", "--pipeline"],
+    "other": ["CogVideoXPipeline", "not supported by", "--pipeline", "HunyuanVideoPipeline and WanPipeline"],
     "no-index": ["not a diffusers pipeline folder", "model_index.json"],
     "no-clip": ["text_encoder_2 is missing"],
     "no-tokenizer": ["tokenizer is missing", "text_encoder must be beside it"],
@@ -284,10 +284,10 @@ def test_sample_pipeline_loads_text_encoder_and_codec(tiny_hunyuan_pipeline, exp
 def test_sample_pipeline_of_another_family_is_one_line(tiny_hunyuan_pipeline, export_dir, tmp_path, capsys):
     from lct_train.sample.cli import main as sample_main
 
-    root = _broken(tiny_hunyuan_pipeline, tmp_path, "wan")
+    root = _broken(tiny_hunyuan_pipeline, tmp_path, "other")
     scene = tmp_path / "scene.yaml"
     scene.write_text("shots:\n  - prompt: a cat\n    size: {frames: 1, height: 32, width: 32}\n")
     assert sample_main(["scene", str(scene), "--ckpt", str(export_dir), "--pipeline", str(root),
                         "--out", str(tmp_path / "out"), "--no-progress"]) == 2
-    assert "WanPipeline" in one_line(capsys.readouterr().err)
+    assert "CogVideoXPipeline" in one_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()

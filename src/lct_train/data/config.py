@@ -25,10 +25,13 @@ def _check_prob(key: str, value: float) -> None:
         _fail(key, f"must be a probability in [0, 1], got {value!r}")
 
 
-def _check_triple(key: str, value: Any) -> tuple[int, int, int]:
+def _check_triple(key: str, value: Any, none_ok: bool = False) -> tuple[int, int, int]:
     triple = tuple(int(v) for v in value)
+    if none_ok and triple == (0, 0, 0):  # no dummy tokens: a text-only global group (Wan)
+        return triple  # type: ignore[return-value]
     if len(triple) != 3 or min(triple) < 1:
-        _fail(key, f"must be three positive ints (F, H, W), got {value!r}")
+        also = " or (0, 0, 0) for none" if none_ok else ""
+        _fail(key, f"must be three positive ints (F, H, W){also}, got {value!r}")
     return triple  # type: ignore[return-value]
 
 
@@ -76,7 +79,7 @@ class DataConfig:
     max_latent_abs: float = DEFAULT_MAX_LATENT_ABS  # a larger |latent| makes a sample bad; 0: off
     resume_policy: str = "strict"  # world size / workers changed: "strict" fails, "reshuffle"
     patch_size: tuple[int, int, int] = (1, 2, 2)  # model patch (pt, ph, pw)
-    dummy_grid: tuple[int, int, int] = (1, 1, 1)  # model global-group dummy grid
+    dummy_grid: tuple[int, int, int] = (1, 1, 1)  # model global-group dummy grid ((0, 0, 0): none)
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
@@ -103,6 +106,6 @@ class DataConfig:
         if int(self.bad_check_min_samples) < 1:
             _fail("bad_check_min_samples", f"must be >= 1, got {self.bad_check_min_samples!r}")
         self.patch_size = _check_triple("patch_size", self.patch_size)
-        self.dummy_grid = _check_triple("dummy_grid", self.dummy_grid)
+        self.dummy_grid = _check_triple("dummy_grid", self.dummy_grid, none_ok=True)
         if self.p_image > 0 and self.patch_size[0] != 1:
             _fail("p_image", f"image substitution needs a temporal patch of 1, got {self.patch_size}")

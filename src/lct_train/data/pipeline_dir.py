@@ -2,8 +2,16 @@
 encoder and the codec, loaded as diffusers loads them: each part with the library and class
 ``model_index.json`` names, from its own sub-folder, offline.
 
-Supported: ``HunyuanVideoPipeline`` (``vae/``: AutoencoderKLHunyuanVideo; ``text_encoder/`` +
-``tokenizer/``: Llama; ``text_encoder_2/`` + ``tokenizer_2/``: CLIP-L). One fix over diffusers:
+Supported (``FAMILIES``):
+
+- ``HunyuanVideoPipeline`` (``vae/``: AutoencoderKLHunyuanVideo; ``text_encoder/`` +
+  ``tokenizer/``: Llama; ``text_encoder_2/`` + ``tokenizer_2/``: CLIP-L), text as
+  ``hunyuan_text``;
+- ``WanPipeline`` (``vae/``: AutoencoderKLWan, Wan2.1's or Wan2.2's; ``text_encoder/`` +
+  ``tokenizer/``: umT5), text as ``wan_text``. Its ``transformer/`` is ``lct-convert
+  import-diffusers``' (Wan2.2-A14B's second expert, ``transformer_2/``, is out of scope).
+
+One fix over diffusers:
 transformers 5's ``LlamaTokenizer(Fast)`` replaces the byte-level pre-tokenizer of a Llama 3
 ``tokenizer.json`` (HunyuanVideo's) with a SentencePiece one and so changes the tokens
 (transformers issue 45488); such a tokenizer is loaded as ``PreTrainedTokenizerFast``, which keeps
@@ -17,23 +25,54 @@ from __future__ import annotations
 import importlib
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 MODEL_INDEX = "model_index.json"
-HUNYUAN_PIPELINE = "HunyuanVideoPipeline"
-HUNYUAN_VAE = "AutoencoderKLHunyuanVideo"
-# the parts of a HunyuanVideo folder and their classes when there is no model_index.json
-HUNYUAN_TEXT_PARTS = {
-    "text_encoder": ("transformers", "LlamaModel"),
-    "tokenizer": ("transformers", "PreTrainedTokenizerFast"),
-    "text_encoder_2": ("transformers", "CLIPTextModel"),
-    "tokenizer_2": ("transformers", "CLIPTokenizer"),
-}
-TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 LIBRARIES = ("diffusers", "transformers")
 BYTE_LEVEL_FILE = "tokenizer.json"
+
+
+def _import(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class PipelineFamily:
+    """What this loader takes from one diffusers pipeline class."""
+
+    pipeline: str  # model_index.json's _class_name
+    name: str  # for messages
+    text_kind: str  # the --text-encoder kind that loads the text parts alone
+    text_parts: dict  # part -> (library, class) used when the folder has no model_index.json
+    tokenizer_of: dict  # text encoder part -> its tokenizer part
+    vae: str  # the vae/ class
+    text_encoder_cls: str  # "module:Class", built as cls(**parts, spec=spec, **opts)
+    codec_cls: str  # "module:Class", built as cls(vae folder, device=, dtype=)
+
+    def make_text_encoder(self, parts: dict, spec: dict, **opts):
+        return _import(self.text_encoder_cls)(**parts, spec=spec, **opts)
+
+    def make_codec(self, folder: str, *, device: str, dtype: torch.dtype):
+        return _import(self.codec_cls)(folder, device=device, dtype=dtype)
+
+
+HUNYUAN = PipelineFamily(
+    "HunyuanVideoPipeline", "HunyuanVideo", "hunyuan-video",
+    {"text_encoder": ("transformers", "LlamaModel"), "tokenizer": ("transformers", "PreTrainedTokenizerFast"),
+     "text_encoder_2": ("transformers", "CLIPTextModel"), "tokenizer_2": ("transformers", "CLIPTokenizer")},
+    {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}, "AutoencoderKLHunyuanVideo",
+    "lct_train.data.hunyuan_text:HunyuanVideoTextEncoder", "lct_train.data.codecs:HunyuanVideoCodec")
+WAN = PipelineFamily(
+    "WanPipeline", "Wan", "umt5",
+    {"text_encoder": ("transformers", "UMT5EncoderModel"), "tokenizer": ("transformers", "AutoTokenizer")},
+    {"text_encoder": "tokenizer"}, "AutoencoderKLWan",
+    "lct_train.data.wan_text:UMT5TextEncoder", "lct_train.data.codecs:WanCodec")
+FAMILIES = {f.pipeline: f for f in (HUNYUAN, WAN)}
+FAMILY_OF_KIND = {f.text_kind: f for f in FAMILIES.values()}
 
 
 class PipelineDirError(ValueError):
@@ -41,7 +80,7 @@ class PipelineDirError(ValueError):
 
 
 def read_model_index(root: str | Path, flag: str = "--pipeline") -> dict:
-    """``root/model_index.json`` of a ``HunyuanVideoPipeline``; another family is refused."""
+    """``root/model_index.json`` of a supported pipeline (``FAMILIES``); another is refused."""
     root = Path(root)
     file = root / MODEL_INDEX
     if not root.is_dir():
@@ -53,15 +92,19 @@ def read_model_index(root: str | Path, flag: str = "--pipeline") -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PipelineDirError(f"{file} is not valid JSON: {exc}") from None
     name = index.get("_class_name") if isinstance(index, dict) else None
-    if name != HUNYUAN_PIPELINE:
-        raise PipelineDirError(f"{file}: a diffusers {name} folder is not supported yet by {flag} "
-                               f"(it loads {HUNYUAN_PIPELINE} only)")
+    if name not in FAMILIES:
+        raise PipelineDirError(f"{file}: a diffusers {name} folder is not supported by {flag} "
+                               f"(it loads {' and '.join(FAMILIES)})")
     return index
 
 
-def _part_class(root: Path, index: dict | None, part: str) -> tuple[str, str]:
+def family_of(index: dict) -> PipelineFamily:
+    return FAMILIES[index["_class_name"]]
+
+
+def _part_class(root: Path, index: dict | None, part: str, family: PipelineFamily) -> tuple[str, str]:
     if index is None:
-        return HUNYUAN_TEXT_PARTS[part]
+        return family.text_parts[part]
     entry = index.get(part)
     if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
         raise PipelineDirError(f"{root / MODEL_INDEX} names no {part} (got {entry!r})")
@@ -71,16 +114,16 @@ def _part_class(root: Path, index: dict | None, part: str) -> tuple[str, str]:
     return entry[0], entry[1]
 
 
-def _part_dir(root: Path, index: dict | None, part: str) -> Path:
+def _part_dir(root: Path, index: dict | None, part: str, family: PipelineFamily) -> Path:
     folder = root / part
     if folder.is_dir():
         return folder
-    encoder = next((enc for enc, tok in TOKENIZER_OF.items() if tok == part), None)
+    encoder = next((enc for enc, tok in family.tokenizer_of.items() if tok == part), None)
     if encoder is not None and (root / encoder).is_dir():
         raise PipelineDirError(f"{folder} is missing: the tokenizer of {root / encoder} must be "
                                f"beside it, in {part}/")
     named = " (model_index.json names it)" if index is not None else ""
-    raise PipelineDirError(f"{folder} is missing: a HunyuanVideo folder needs {part}/{named}")
+    raise PipelineDirError(f"{folder} is missing: a {family.name} folder needs {part}/{named}")
 
 
 def _byte_level(folder: Path) -> bool:
@@ -105,11 +148,12 @@ def _quiet_loading():
             hf_logging.enable_progress_bar()
 
 
-def load_part(root: str | Path, index: dict | None, part: str, dtype: torch.dtype | None = None):
+def load_part(root: str | Path, index: dict | None, part: str, dtype: torch.dtype | None = None,
+              family: PipelineFamily = HUNYUAN):
     """One part from ``root/part`` with its named class (``from_pretrained``, offline)."""
     root = Path(root)
-    library, name = _part_class(root, index, part)
-    folder = _part_dir(root, index, part)
+    library, name = _part_class(root, index, part, family)
+    folder = _part_dir(root, index, part, family)
     if name.startswith("LlamaTokenizer") and _byte_level(folder):
         name = "PreTrainedTokenizerFast"  # see the module docstring: keeps Llama 3's tokens
     cls = getattr(importlib.import_module(library), name, None)
@@ -127,38 +171,43 @@ def load_part(root: str | Path, index: dict | None, part: str, dtype: torch.dtyp
         raise PipelineDirError(f"{folder}: cannot load {library}.{name}: {reason}") from None
 
 
-def load_text_encoder(root: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                      index: dict | None = None, flag: str = "--text-encoder hunyuan-video:", **opts):
-    """HunyuanVideo's Llama + CLIP text encoders of the folder ``root`` (a pipeline folder, or
-    one holding ``text_encoder/``, ``tokenizer/``, ``text_encoder_2/``, ``tokenizer_2/``)."""
+def load_text_encoder(root: str | Path, *, kind: str = "hunyuan-video", device: str = "cpu",
+                      dtype: torch.dtype = torch.float32, index: dict | None = None, flag: str | None = None,
+                      **opts):
+    """The text encoder(s) of the folder ``root`` (a pipeline folder, or one holding the
+    family's ``text_encoder/`` + ``tokenizer/`` folders): ``kind`` ``hunyuan-video`` (Llama +
+    CLIP-L) or ``umt5`` (Wan); a pipeline folder's own family when its ``index`` is given."""
     from lct_train.core.dtypes import DTYPES
-    from lct_train.data.hunyuan_text import HunyuanVideoTextEncoder
 
     root = Path(root)
+    family = FAMILY_OF_KIND[kind] if index is None else family_of(index)
+    flag = flag or f"--text-encoder {family.text_kind}:"
     if index is None and (root / MODEL_INDEX).is_file():
         index = read_model_index(root, flag)
+        if family_of(index) is not family:
+            raise PipelineDirError(f"{flag}{root} is a {index['_class_name']} folder; {family.text_kind}: "
+                                   f"takes a {family.pipeline} one")
     if not root.is_dir():
         raise PipelineDirError(f"{flag}{root}: no such folder")
-    parts = {part: load_part(root, index, part, dtype) for part in HUNYUAN_TEXT_PARTS}
-    for part in TOKENIZER_OF:
+    parts = {part: load_part(root, index, part, dtype, family) for part in family.text_parts}
+    for part in family.tokenizer_of:
         parts[part] = parts[part].to(device)
     dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
-    spec = {"kind": "hunyuan-video", "path": str(root), "dtype": dtype_name}
-    return HunyuanVideoTextEncoder(**parts, spec=spec, **opts)
+    spec = {"kind": family.text_kind, "path": str(root), "dtype": dtype_name}
+    return family.make_text_encoder(parts, spec, **opts)
 
 
 def load_codec(root: str | Path, index: dict, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """The ``vae/`` of a HunyuanVideo pipeline folder as a ``HunyuanVideoCodec`` (tiled)."""
-    from lct_train.data.codecs import HunyuanVideoCodec
-
+    """The ``vae/`` of a pipeline folder as its family's codec (tiled)."""
     root = Path(root)
-    library, name = _part_class(root, index, "vae")
-    if name != HUNYUAN_VAE:
-        raise PipelineDirError(f"{root / MODEL_INDEX}: vae is a {library}.{name}; a HunyuanVideo "
-                               f"pipeline's is {HUNYUAN_VAE}")
-    folder = _part_dir(root, index, "vae")
+    family = family_of(index)
+    library, name = _part_class(root, index, "vae", family)
+    if name != family.vae:
+        raise PipelineDirError(f"{root / MODEL_INDEX}: vae is a {library}.{name}; a {family.name} "
+                               f"pipeline's is {family.vae}")
+    folder = _part_dir(root, index, "vae", family)
     try:
-        return HunyuanVideoCodec(str(folder), device=device, dtype=dtype)
+        return family.make_codec(str(folder), device=device, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise PipelineDirError(f"{folder}: cannot load {name}: {str(exc).strip().splitlines()[0]}") from None
 

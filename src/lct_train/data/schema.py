@@ -2,9 +2,11 @@
 
 One webdataset sample per scene, three tar members sharing the scene key:
 
-- ``{key}.latents.safetensors``: ``shot_{i}`` ``[C, F, H, W]`` per shot (scaled VAE latents);
+- ``{key}.latents.safetensors``: ``shot_{i}`` ``[C, F, H, W]`` per shot (normalised VAE latents:
+  scaled, or per channel for Wan);
 - ``{key}.text.safetensors``: ``group_{g}`` ``[L_g, text_dim]`` valid text tokens (group 0 is
-  the global prompt, group ``i + 1`` shot ``i``) and ``pooled`` ``[G, pooled_dim]``;
+  the global prompt, group ``i + 1`` shot ``i``) and ``pooled`` ``[G, pooled_dim]`` (``[G, 0]``
+  for an encoder without a pooled vector, ``pooled_dim`` 0: Wan's umT5);
 - ``{key}.json``: prompts, cut flags, shapes, source;
 - ``{key}.checksums.json``: ``{member extension: checksum}`` of the three members above
   (datasets whose ``dataset.json`` has ``member_checksums: "blocksum64-crc32"``; older ones lack

@@ -6,7 +6,9 @@
   models use their encoder), mean-pooled;
 - :class:`TinyTextEncoder`: byte tokens and seeded random weights, for tests;
 - ``hunyuan-video``: HunyuanVideo's Llama + CLIP-L encoders exactly as diffusers'
-  ``encode_prompt`` (``hunyuan_text``), from a pipeline folder (``pipeline_dir``).
+  ``encode_prompt`` (``hunyuan_text``), from a pipeline folder (``pipeline_dir``);
+- ``umt5``: Wan's umT5 encoder exactly as diffusers' ``WanPipeline`` (``wan_text``), valid
+  tokens only, no pooled vector (``pooled_dim`` 0, ``pooled`` ``[B, 0]``).
 
 ``build_text_encoder(spec)`` rebuilds one from the ``spec()`` dict stored in ``dataset.json``.
 """
@@ -27,7 +29,7 @@ DEFAULT_MAX_LENGTH = 128
 class TextBatch:
     tokens: torch.Tensor  # [B, L, D] float
     mask: torch.Tensor  # [B, L] bool, True for valid tokens
-    pooled: torch.Tensor  # [B, Dp] float
+    pooled: torch.Tensor  # [B, Dp] float ([B, 0]: an encoder without a pooled vector, Wan's)
 
     def valid(self, i: int) -> torch.Tensor:
         """The valid tokens ``[L_i, D]`` of prompt ``i`` (what the shards store)."""
@@ -113,34 +115,37 @@ class TinyTextEncoder:
         return TextBatch(tokens, mask, masked_mean(tokens, mask) @ self.pool_proj)
 
 
-TEXT_ENCODER_KINDS = ("minilm", "tiny", "hf:PATH", "hunyuan-video:DIR")
+TEXT_ENCODER_KINDS = ("minilm", "tiny", "hf:PATH", "hunyuan-video:DIR", "umt5:DIR")
+PIPELINE_KINDS = ("hunyuan-video", "umt5")  # loaded by pipeline_dir, weights in ``dtype``
 TEXT_ENCODER_HELP = ("minilm (all-MiniLM-L6-v2, 384-d) | tiny (random, tests) | hf:PATH (a "
                      "transformers encoder folder with its tokenizer, mean-pooled) | "
                      "hunyuan-video:DIR (HunyuanVideo's Llama + CLIP-L as diffusers' encode_prompt, "
                      "from a folder holding text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/ "
-                     "as a pipeline does)")
+                     "as a pipeline does) | umt5:DIR (Wan's umT5-XXL as diffusers' WanPipeline: "
+                     "512 tokens, valid ones stored, 4096-d, no pooled vector; from a folder holding "
+                     "text_encoder/ and tokenizer/, e.g. a WanPipeline folder)")
 
 
 def build_text_encoder(spec: dict | str, *, device: str = "cpu", dtype: torch.dtype | None = None):
     """From a ``spec()`` dict or a CLI string (``TEXT_ENCODER_KINDS``). ``device`` places the
-    model; ``dtype`` (``hunyuan-video`` only; default: the spec's, else fp32) its weights."""
+    model; ``dtype`` (``PIPELINE_KINDS`` only; default: the spec's, else fp32) its weights."""
     if isinstance(spec, str):
         kind, _, arg = spec.partition(":")
-        spec = {"kind": kind, "path": arg} if kind in ("hf", "hunyuan-video") else {"kind": kind}
+        spec = {"kind": kind, "path": arg} if kind in ("hf", *PIPELINE_KINDS) else {"kind": kind}
     kind = spec.get("kind")
     opts = {k: v for k, v in spec.items() if k not in ("kind", "path", "dtype")}
     if kind == "minilm":
         return MiniLMTextEncoder(**opts, device=device)
     if kind == "tiny":
         return TinyTextEncoder(**opts)
-    if kind in ("hf", "hunyuan-video") and not spec.get("path"):
+    if kind in ("hf", *PIPELINE_KINDS) and not spec.get("path"):
         raise ValueError(f"text encoder {kind}:PATH needs a local folder")
     if kind == "hf":
         return HFTextEncoder(spec["path"], **opts, device=device)
-    if kind == "hunyuan-video":
+    if kind in PIPELINE_KINDS:
         from lct_train.core.dtypes import dtype_of
         from lct_train.data.pipeline_dir import load_text_encoder
 
         dtype = dtype or dtype_of(spec.get("dtype", "float32"))
-        return load_text_encoder(spec["path"], device=device, dtype=dtype, **opts)
+        return load_text_encoder(spec["path"], kind=kind, device=device, dtype=dtype, **opts)
     raise ValueError(f"unknown text encoder {spec!r}: use {', '.join(TEXT_ENCODER_KINDS)}")

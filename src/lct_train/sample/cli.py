@@ -98,9 +98,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="attention mask the model was trained with (DCP: read from lct_meta)")
     g.add_argument("--window", type=int, help="most shots per forward (default: checkpoint/9)")
     g.add_argument("--pipeline", metavar="DIR",
-                   help="diffusers HunyuanVideoPipeline folder (model_index.json): its vae/ as the "
-                        "codec and its Llama + CLIP-L text encoders (as diffusers' encode_prompt), "
-                        "in the model's --dtype; --codec / --text-encoder override a part")
+                   help="diffusers HunyuanVideoPipeline or WanPipeline folder (model_index.json): "
+                        "its vae/ as the codec and its text encoders (Llama + CLIP-L, or umT5; as "
+                        "diffusers encodes), in the model's --dtype; --codec / --text-encoder override a part")
     g.add_argument("--codec", help=CODEC_HELP)
     g.add_argument("--text-encoder", dest="text_encoder", help=TEXT_ENCODER_HELP)
     g.add_argument("--device", help="cpu | cuda (default cpu)")
