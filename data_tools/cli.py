@@ -16,6 +16,7 @@ from data_tools.build import (
     build,
 )
 from data_tools.inspect_shards import format_summary, inspect_dataset, verify_dataset
+from data_tools.model_fit import read_model
 from data_tools.split import DEFAULT_THRESHOLD, split_video
 from data_tools.synth import SynthConfig, write_synth
 from lct_train.data.codecs import CODEC_HELP
@@ -118,10 +119,14 @@ def _parser() -> argparse.ArgumentParser:
 
     q = _sub(sub, "inspect", "dataset statistics: counts, shot sizes, tokens-per-scene histogram")
     q.add_argument("dataset", help="dataset directory written by lct-shards build")
+    q.add_argument("--model", help="count tokens as this model does: a preset name (wan2.1-1.3b, "
+                                   "hunyuan-video, ...) or an export folder (its patch size and "
+                                   "global-group dummy grid; overrides the two flags below)")
     q.add_argument("--patch-size", type=_triple, default=(1, 2, 2),
                    help="model patch pt,ph,pw used to count tokens")
     q.add_argument("--dummy-grid", type=_triple, default=(1, 1, 1),
-                   help="model global-group dummy grid F,H,W used to count tokens")
+                   help="model global-group dummy grid F,H,W used to count tokens (a Wan "
+                        "model: 0,0,0, text only)")
     q.add_argument("--json", action="store_true", help="print the figures as JSON (for scripts)")
 
     v = _sub(sub, "verify", "decode and check every sample as the loader does; exit 1 if any is bad")
@@ -148,7 +153,11 @@ def _run(args) -> int:
         scenes = write_synth(SynthConfig(**opts), args.out)
         print(f"{len(scenes)} scenes -> {args.out}/manifest.jsonl")
     elif args.cmd == "inspect":
-        stats = inspect_dataset(args.dataset, args.patch_size, args.dummy_grid)
+        patch, dummy = args.patch_size, args.dummy_grid
+        if args.model:
+            model = read_model(args.model)
+            patch, dummy = model.patch_size, model.dummy_grid
+        stats = inspect_dataset(args.dataset, patch, dummy)
         print(json.dumps(stats, indent=2) if args.json else format_summary(args.dataset, stats))
     elif args.cmd == "verify":
         good, bad = verify_dataset(args.dataset, args.max_latent_abs)

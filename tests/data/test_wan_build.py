@@ -78,10 +78,15 @@ def test_build_pipeline_stores_what_wan_encode_prompt_gives(built, tiny_wan_pipe
     assert empty_pooled.shape == (0,)
 
 
-def test_verify_and_inspect_read_a_dataset_without_pooled_vectors(built, capsys):
+def test_verify_and_inspect_read_a_dataset_without_pooled_vectors(built, export_dir, capsys):
     assert shards_main(["verify", str(built)]) == 0
     assert "2 good, 0 bad samples" in capsys.readouterr().out
     assert shards_main(["inspect", str(built), "--dummy-grid", "0,0,0", "--json"]) == 0
+    by_flags = json.loads(capsys.readouterr().out)
+    assert shards_main(["inspect", str(built), "--model", str(export_dir), "--json"]) == 0
+    by_model = json.loads(capsys.readouterr().out)  # the model's patch and (empty) dummy grid
+    assert by_model == by_flags
+    assert by_model["dummy_grid"] == [0, 0, 0]
 
 
 def test_the_training_loader_reads_the_shards_and_the_model_runs(built, export_dir):
