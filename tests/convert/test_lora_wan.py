@@ -212,3 +212,21 @@ def test_export_lora_of_a_wan_run_and_merge(adapted, tmp_path):
     inp = wan_fixed_input(cfg, text_len=7, seed=4)
     assert merged_cfg == cfg
     assert _relative_error(run_wan(merged, cfg, inp), run_wan(held, cfg, inp)) < RTOL
+
+
+def test_sampling_merges_a_wan_lora_file_through_the_familys_names(adapted, tmp_path):
+    """``lct-sample --lora FILE`` on a Wan export: the file's diffusers names and Conv3d shapes
+    (the patch-embedding adapter) are read through Wan's adapter; the loaded model is the
+    merged one."""
+    from lct_train.sample.checkpoint_io import load_model
+
+    model, cfg, _, lora_dir = adapted
+    diffusers_wan(cfg, seed=3).save_pretrained(tmp_path / "transformer")
+    assert main(["import-diffusers", str(tmp_path / "transformer"), str(tmp_path / "export")]) == 0
+    loaded = load_model(tmp_path / "export", lora=lora_dir)
+    assert loaded.config.text_len == 512  # diffusers' Wan pads every prompt to 512
+    merged = _merged(model)
+    merged.cfg = loaded.config  # the same weights, at the export's prompt window
+    inp = wan_fixed_input(loaded.config, text_len=7, seed=4)
+    want = run_wan(merged, loaded.config, inp)
+    assert _relative_error(run_wan(loaded.model, loaded.config, inp), want) < RTOL

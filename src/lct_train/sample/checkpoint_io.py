@@ -89,7 +89,7 @@ def load_model(
         config, state = _load_consolidated(path)
         found_mask, found_window = _export_mask_and_window(path if path.is_dir() else path.parent)
     if lora is not None:
-        _merge_lora_file(state, lora, lora_scale)
+        _merge_lora_file(state, lora, lora_scale, config)
     model = _build(config, state, str(path))
     mask = mask or found_mask or DEFAULT_MASK
     window = int(window or found_window or DEFAULT_WINDOW)
@@ -176,12 +176,14 @@ def _read_tensors(path) -> dict[str, torch.Tensor]:
         return reader.load_all()
 
 
-def _merge_lora_file(state: dict[str, torch.Tensor], lora, scale: float) -> None:
-    from lct_train.convert.lora_export import merge_into_state, read_diffusers_lora
+def _merge_lora_file(state: dict[str, torch.Tensor], lora, scale: float, config) -> None:
+    """Merges a diffusers LoRA file into ``state``, its names and shapes read through the
+    state-dict adapter of ``config``'s family."""
+    from lct_train.convert.lora_export import lora_keymap, merge_into_state, read_diffusers_lora
     from lct_train.core.errors import ConversionError
 
     try:
-        adapters, rank, alpha = read_diffusers_lora(lora)
+        adapters, rank, alpha = read_diffusers_lora(lora, lora_keymap(config))
         merge_into_state(state, adapters, scale * alpha / rank, f"LoRA file {lora}")
     except ConversionError as exc:
         raise CheckpointError(str(exc).splitlines()[0]) from exc
