@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
 
 from lct_train.config.validate import validate
 from lct_train.data.config import DataConfig
 from lct_train.model.config import ModelConfig
+from lct_train.model.family import config_from_dict
+from lct_train.model.wan.config import WanConfig
 
 
 @dataclass
@@ -228,7 +231,10 @@ class DebugConfig:
 class TrainConfig:
     """The whole run. ``conf/train.yaml`` composes the groups over these defaults."""
 
-    model: ModelConfig = MISSING
+    # A model preset (conf/model/): an MMDiT `ModelConfig`, or a `WanConfig` (`family: wan`).
+    # Untyped for Hydra (the two families have different keys); the family's dataclass checks
+    # every key when the config is built (`lct_train.model.family.config_from_dict`).
+    model: Any = MISSING
     data: DataConfig = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -255,6 +261,8 @@ class TrainConfig:
     resume: str = "auto"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig | WanConfig):  # a composed preset (a dict)
+            self.model = config_from_dict(dict(self.model))
         validate(self)
         # The data geometry always follows the model (design.md §3).
         self.data = dataclasses.replace(self.data, patch_size=self.model.patch_size,

@@ -69,8 +69,8 @@ def read_config_json(path: str | os.PathLike) -> tuple[Path, dict]:
     return file, data
 
 
-def checkpoint_model_config(meta: dict, ckpt: str | os.PathLike) -> ModelConfig:
-    """The ``ModelConfig`` recorded in a checkpoint's ``lct_meta.json`` under ``config.model``
+def checkpoint_model_config(meta: dict, ckpt: str | os.PathLike) -> ModelConfig | WanConfig:
+    """The model config (either family's) recorded in a checkpoint's ``lct_meta.json`` under ``config.model``
     (the resolved run config the trainer writes); ``BadMetaError`` naming the file when absent or
     invalid."""
     file = Path(ckpt) / META_FILE
@@ -79,9 +79,9 @@ def checkpoint_model_config(meta: dict, ckpt: str | os.PathLike) -> ModelConfig:
     if not isinstance(data, dict):
         raise BadMetaError(f"{file} holds no model config (config.model)")
     try:
-        return ModelConfig.from_dict(data)
+        return family.config_from_dict(data)
     except (TypeError, ValueError) as err:
-        raise BadMetaError(f"{file}: config.model is not a valid ModelConfig: {err}") from err
+        raise BadMetaError(f"{file}: config.model is not a valid model config: {err}") from err
 
 
 def read_model_config(path: str | os.PathLike) -> ModelConfig:

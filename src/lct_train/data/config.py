@@ -25,10 +25,13 @@ def _check_prob(key: str, value: float) -> None:
         _fail(key, f"must be a probability in [0, 1], got {value!r}")
 
 
-def _check_triple(key: str, value: Any) -> tuple[int, int, int]:
+def _check_triple(key: str, value: Any, empty_ok: bool = False) -> tuple[int, int, int]:
+    """Three positive ints; with ``empty_ok`` also (0, 0, 0) (a global group without video)."""
     triple = tuple(int(v) for v in value)
-    if len(triple) != 3 or min(triple) < 1:
-        _fail(key, f"must be three positive ints (F, H, W), got {value!r}")
+    empty = empty_ok and triple == (0, 0, 0)
+    if len(triple) != 3 or (min(triple) < 1 and not empty):
+        allowed = " or (0, 0, 0)" if empty_ok else ""
+        _fail(key, f"must be three positive ints (F, H, W){allowed}, got {value!r}")
     return triple  # type: ignore[return-value]
 
 
@@ -103,6 +106,6 @@ class DataConfig:
         if int(self.bad_check_min_samples) < 1:
             _fail("bad_check_min_samples", f"must be >= 1, got {self.bad_check_min_samples!r}")
         self.patch_size = _check_triple("patch_size", self.patch_size)
-        self.dummy_grid = _check_triple("dummy_grid", self.dummy_grid)
+        self.dummy_grid = _check_triple("dummy_grid", self.dummy_grid, empty_ok=True)
         if self.p_image > 0 and self.patch_size[0] != 1:
             _fail("p_image", f"image substitution needs a temporal patch of 1, got {self.patch_size}")

@@ -23,6 +23,7 @@ FAMILIES = (MMDIT, WAN)
 
 def config_from_dict(data: dict[str, Any]) -> ModelConfig | WanConfig:
     """The config of ``data``'s family (``ConfigError`` naming ``model.family`` otherwise)."""
+    data = {k: v for k, v in data.items() if k != "defaults"}  # a preset file's Hydra list
     family = data.get("family", MMDIT)
     if family == WAN:
         return WanConfig.from_dict(data)

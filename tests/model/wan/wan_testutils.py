@@ -15,6 +15,7 @@ WAN_PRESET_PARAMS = {  # diffusers' WanTransformer3DModel of the same config, co
     "wan2.1-1.3b": 1_418_996_800,
     "wan2.1-14b": 14_288_491_584,
     "wan2.2-ti2v-5b": 4_999_787_712,
+    "tiny-wan": 25_592,  # the training tests' preset
 }
 TINY = dict(latent_channels=4, num_heads=2, head_dim=12, num_layers=2, ffn_dim=32, text_dim=16,
             text_len=24)
