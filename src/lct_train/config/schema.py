@@ -266,4 +266,5 @@ class TrainConfig:
         validate(self)
         # The data geometry always follows the model (design.md §3).
         self.data = dataclasses.replace(self.data, patch_size=self.model.patch_size,
-                                        dummy_grid=self.model.dummy_grid)
+                                        dummy_grid=self.model.dummy_grid,
+                                        window_text_len=self.model.window_text_len)

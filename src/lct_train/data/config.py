@@ -56,7 +56,7 @@ class SourceConfig:
 class DataConfig:
     """Everything the scene loader needs; the model geometry comes from the model config.
 
-    ``patch_size`` and ``dummy_grid`` must equal the model's: a run never sets them, the typed
+    ``patch_size``, ``dummy_grid`` and ``window_text_len`` must equal the model's: a run never sets them, the typed
     ``TrainConfig`` copies them from its ``model`` (``lct_train.config.schema``).
     """
 
@@ -80,6 +80,7 @@ class DataConfig:
     resume_policy: str = "strict"  # world size / workers changed: "strict" fails, "reshuffle"
     patch_size: tuple[int, int, int] = (1, 2, 2)  # model patch (pt, ph, pw)
     dummy_grid: tuple[int, int, int] = (1, 1, 1)  # model global-group dummy grid
+    window_text_len: int = 0  # model cap on a shot's global + own prompt tokens (0: none)
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]

@@ -1,0 +1,97 @@
+"""A Wan-family model through the same trainer as the MMDiT (torchrun, gloo, CPU, fp32): FSDP on
+2 ranks gives the 1-rank losses and survives a SIGKILL exactly; causal FT from the stage-1
+checkpoint under Ulysses SP=2 gives the 1-rank losses; ``stage.init_from`` an export imported
+from a diffusers ``WanTransformer3DModel`` starts from exactly its weights."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from lct_train.core.checkpoint_layout import is_valid, step_name
+from lct_train.core.safetensors_io import SafetensorsReader
+from tests.train.inprocess import train_in_process
+from tests.train.torchrun import (
+    DIST_COMMON,
+    DIST_STEPS,
+    SYNTHETIC,
+    assert_same_final_weights,
+    assert_same_losses,
+    kill_job,
+    losses,
+    model_weights,
+    run,
+    start,
+)
+
+pytestmark = pytest.mark.slow
+WAN = "model=tiny-wan"
+STAGE1 = f"step-{DIST_STEPS:08d}"
+
+
+@pytest.fixture(scope="module")
+def wan_one_rank(tmp_path_factory):
+    """Stage 1 (bidirectional) of tiny-wan: 1 rank (in process) x 2 micro-batches per step."""
+    run_dir = tmp_path_factory.mktemp("wan_one_rank")
+    assert train_in_process(WAN, *DIST_COMMON, f"run_dir={run_dir}", "optim.grad_accum=2") == 0
+    return run_dir
+
+
+def test_wan_fsdp_two_ranks_equal_one_rank_through_a_sigkill(wan_one_rank, train, tmp_path):
+    """FSDP on 2 ranks x 1 micro-batch (the same global batch) is SIGKILLed after its step-2
+    checkpoint; 1 rank x 2 resumes it (resume=auto): every step's loss, the final weights and
+    EMA of the unbroken 1-rank run."""
+    args = [WAN, *DIST_COMMON, f"run_dir={tmp_path}"]
+    job = start(2, [*args, "debug.step_delay_s=0.5"], tmp_path / "killed.log")
+    deadline = time.monotonic() + 240
+    while not is_valid(tmp_path / "checkpoints" / step_name(2)):
+        assert job.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    kill_job(job)
+    assert not is_valid(tmp_path / "checkpoints" / step_name(DIST_STEPS)), "not killed"
+    status, err = train(*args, "optim.grad_accum=2", "resume=auto")
+    assert status == 0, err
+    assert "resumed from" in err + (tmp_path / "config.yaml").read_text()
+    assert_same_losses(losses(tmp_path), losses(wan_one_rank), range(1, DIST_STEPS + 1))
+    assert_same_final_weights(tmp_path, wan_one_rank, tmp_path)
+
+
+def test_wan_causal_ft_sp2_equals_one_rank(wan_one_rank, train, tmp_path):
+    """Stage 2 (context-causal) from the newest stage-1 checkpoint: Ulysses SP=2 on 2 ranks
+    (video sharded, text whole) gives the per-step losses of 1 rank."""
+    common = [WAN, "stage=causal_ft", f"stage.init_run={wan_one_rank}", "steps=2",
+              "checkpoint.enabled=false"]
+    want, got = tmp_path / "one", tmp_path / "sp2"
+    status, err = train(*common, f"run_dir={want}")
+    assert status == 0, err
+    proc = run(2, [*SYNTHETIC, *common, f"run_dir={got}", "parallel.sp_degree=2"])
+    assert f"{wan_one_rank / 'checkpoints' / STAGE1} (model weights)" in proc.stdout + proc.stderr
+    assert sorted(losses(want)) == [1, 2]
+    assert_same_losses(losses(got), losses(want), [1, 2])
+
+
+def test_wan_init_from_an_imported_diffusers_export(train, tmp_path):
+    """lct-convert import-diffusers of a tiny diffusers WanTransformer3DModel, then a run with
+    ``model_from=`` and ``stage.init_from=`` that export: at lr 0 its checkpoint holds exactly
+    the imported weights."""
+    from lct_train.convert.cli import main as convert
+    from lct_train.model.wan.config import WanConfig
+    from tests.model.wan.wan_testutils import diffusers_wan
+
+    source = diffusers_wan(WanConfig.from_yaml("conf/model/tiny-wan.yaml"), seed=3)
+    source.save_pretrained(tmp_path / "pipe" / "transformer", safe_serialization=True)
+    export = tmp_path / "export"
+    assert convert(["import-diffusers", str(tmp_path / "pipe"), str(export)]) == 0
+    run_dir = tmp_path / "run"
+    status, err = train(f"model_from={export}", f"stage.init_from={export}", "steps=1",
+                        "optim.lr=0", "optim.ema_decay=0", f"run_dir={run_dir}")
+    assert status == 0, err
+    started = model_weights(run_dir / "checkpoints" / step_name(1), tmp_path)
+    with SafetensorsReader(export) as reader:
+        imported = reader.load_all()
+    assert started.keys() == imported.keys()
+    for key, value in imported.items():
+        torch.testing.assert_close(started[key], value, rtol=0, atol=0, msg=key)
