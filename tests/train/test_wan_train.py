@@ -76,7 +76,7 @@ def test_wan_causal_ft_sp2_equals_one_rank(wan_one_rank, train, tmp_path):
 def test_wan_init_from_an_imported_diffusers_export(train, tmp_path):
     """lct-convert import-diffusers of a tiny diffusers WanTransformer3DModel, then a run with
     ``model_from=`` and ``stage.init_from=`` that export: at lr 0 its checkpoint holds exactly
-    the imported weights."""
+    the imported weights, and exports back (export, export-diffusers) to the source's."""
     from lct_train.convert.cli import main as convert
     from lct_train.model.wan.config import WanConfig
     from tests.model.wan.wan_testutils import diffusers_wan
@@ -95,3 +95,12 @@ def test_wan_init_from_an_imported_diffusers_export(train, tmp_path):
     assert started.keys() == imported.keys()
     for key, value in imported.items():
         torch.testing.assert_close(started[key], value, rtol=0, atol=0, msg=key)
+    # and back: the run's checkpoint -> an export (dcp_export) -> diffusers: the source weights
+    ckpt, back = run_dir / "checkpoints" / step_name(1), tmp_path / "back"
+    assert convert(["export", str(ckpt), str(tmp_path / "again"), "--weights", "model"]) == 0
+    assert convert(["export-diffusers", str(tmp_path / "again"), str(back)]) == 0
+    with SafetensorsReader(next(back.rglob("*.safetensors"))) as reader:
+        returned = reader.load_all()
+    assert returned.keys() == source.state_dict().keys()
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(returned[key], value, rtol=0, atol=0, msg=key)
