@@ -5,6 +5,7 @@ from a diffusers ``WanTransformer3DModel`` starts from exactly its weights."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -71,6 +72,28 @@ def test_wan_causal_ft_sp2_equals_one_rank(wan_one_rank, train, tmp_path):
     assert f"{wan_one_rank / 'checkpoints' / STAGE1} (model weights)" in proc.stdout + proc.stderr
     assert sorted(losses(want)) == [1, 2]
     assert_same_losses(losses(got), losses(want), [1, 2])
+
+
+def test_wan_on_shards_with_validation_loss_sp2_equals_one_rank(train, tmp_path_factory, tmp_path):
+    """The scene loader (a dataset of 3 scenes: pixel:2 VAE, tiny text encoder, prompts cut to
+    the 24-token window) and the validation loss on the same scenes: SP=2 on 2 ranks gives the
+    1-rank training and validation losses."""
+    from tests.testutils import build_synthetic_shards
+    from tests.train.test_validation import SYNTH, _validation_records
+
+    data, _ = build_synthetic_shards(tmp_path_factory, SYNTH, area=16 * 16, name="wan_shards")
+    common = [WAN, "model.latent_channels=12", "model.text_dim=32", "data_source=shards",
+              f"data.sources=[{{path: {data}}}]", "data.num_workers=0", "data.max_tokens=512",
+              "steps=2", "eval.every=2", f"eval.data={data}", "eval.sample_scenes=0",
+              "checkpoint.enabled=false"]
+    want, got = tmp_path / "one", tmp_path / "sp2"
+    status, err = train(*common, f"run_dir={want}")
+    assert status == 0, err
+    run(2, [*common, f"run_dir={got}", "parallel.sp_degree=2"])
+    assert_same_losses(losses(got), losses(want), [1, 2])
+    (one,), (sp2,) = ([r["val/loss"] for r in _validation_records(d)] for d in (want, got))
+    assert math.isfinite(one)
+    assert sp2 == pytest.approx(one, rel=1e-5)
 
 
 def test_wan_init_from_an_imported_diffusers_export(train, tmp_path):

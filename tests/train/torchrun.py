@@ -63,7 +63,8 @@ def losses(run_dir: Path) -> dict[int, float]:
     out = {}
     for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
+        if "loss" in rec:  # not a validation record
+            out[rec["step"]] = rec["loss"]
     return out
 
 
