@@ -5,8 +5,9 @@ tree of ``conf/`` into these dataclasses, so a key that is not declared is rejec
 config is composed, and ``compose_config`` turns the result into these typed objects.
 
 Each config is validated in one place, when its object is built, and every error is a
-``ConfigError`` naming the full dotted key: ``ModelConfig`` and ``DataConfig`` (the model and
-data packages' own dataclasses) in their ``__post_init__``, the groups declared here by
+``ConfigError`` naming the full dotted key: the model config (``ModelConfig`` or ``WanConfig``,
+by its ``family`` key) and ``DataConfig`` (the model and data packages' own dataclasses) in
+their ``__post_init__``, the groups declared here by
 ``lct_train.config.validate`` from ``TrainConfig.__post_init__``, which also copies the model's
 geometry into the data config (the one place it is injected).
 """
