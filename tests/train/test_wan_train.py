@@ -1,7 +1,8 @@
 """A Wan-family model through the same trainer as the MMDiT (torchrun, gloo, CPU, fp32): FSDP on
 2 ranks gives the 1-rank losses and survives a SIGKILL exactly; causal FT from the stage-1
-checkpoint under Ulysses SP=2 gives the 1-rank losses; ``stage.init_from`` an export imported
-from a diffusers ``WanTransformer3DModel`` starts from exactly its weights."""
+checkpoint on the scene loader under Ulysses SP=2 gives the 1-rank training and validation
+losses; ``stage.init_from`` an export imported from a diffusers ``WanTransformer3DModel`` starts
+from exactly its weights and exports back to them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from tests.train.inprocess import train_in_process
 from tests.train.torchrun import (
     DIST_COMMON,
     DIST_STEPS,
-    SYNTHETIC,
     assert_same_final_weights,
     assert_same_losses,
     kill_job,
@@ -28,7 +28,8 @@ from tests.train.torchrun import (
 )
 
 pytestmark = pytest.mark.slow
-WAN = "model=tiny-wan"
+# tiny-wan at the geometry of the test shards (pixel:2 VAE on RGB, the tiny text encoder)
+WAN = ["model=tiny-wan", "model.latent_channels=12", "model.text_dim=32"]
 STAGE1 = f"step-{DIST_STEPS:08d}"
 
 
@@ -36,7 +37,7 @@ STAGE1 = f"step-{DIST_STEPS:08d}"
 def wan_one_rank(tmp_path_factory):
     """Stage 1 (bidirectional) of tiny-wan: 1 rank (in process) x 2 micro-batches per step."""
     run_dir = tmp_path_factory.mktemp("wan_one_rank")
-    assert train_in_process(WAN, *DIST_COMMON, f"run_dir={run_dir}", "optim.grad_accum=2") == 0
+    assert train_in_process(*WAN, *DIST_COMMON, f"run_dir={run_dir}", "optim.grad_accum=2") == 0
     return run_dir
 
 
@@ -44,7 +45,7 @@ def test_wan_fsdp_two_ranks_equal_one_rank_through_a_sigkill(wan_one_rank, train
     """FSDP on 2 ranks x 1 micro-batch (the same global batch) is SIGKILLed after its step-2
     checkpoint; 1 rank x 2 resumes it (resume=auto): every step's loss, the final weights and
     EMA of the unbroken 1-rank run."""
-    args = [WAN, *DIST_COMMON, f"run_dir={tmp_path}"]
+    args = [*WAN, *DIST_COMMON, f"run_dir={tmp_path}"]
     job = start(2, [*args, "debug.step_delay_s=0.5"], tmp_path / "killed.log")
     deadline = time.monotonic() + 240
     while not is_valid(tmp_path / "checkpoints" / step_name(2)):
@@ -60,36 +61,26 @@ def test_wan_fsdp_two_ranks_equal_one_rank_through_a_sigkill(wan_one_rank, train
     assert_same_final_weights(tmp_path, wan_one_rank, tmp_path)
 
 
-def test_wan_causal_ft_sp2_equals_one_rank(wan_one_rank, train, tmp_path):
-    """Stage 2 (context-causal) from the newest stage-1 checkpoint: Ulysses SP=2 on 2 ranks
-    (video sharded, text whole) gives the per-step losses of 1 rank."""
-    common = [WAN, "stage=causal_ft", f"stage.init_run={wan_one_rank}", "steps=2",
-              "checkpoint.enabled=false"]
-    want, got = tmp_path / "one", tmp_path / "sp2"
-    status, err = train(*common, f"run_dir={want}")
-    assert status == 0, err
-    proc = run(2, [*SYNTHETIC, *common, f"run_dir={got}", "parallel.sp_degree=2"])
-    assert f"{wan_one_rank / 'checkpoints' / STAGE1} (model weights)" in proc.stdout + proc.stderr
-    assert sorted(losses(want)) == [1, 2]
-    assert_same_losses(losses(got), losses(want), [1, 2])
-
-
-def test_wan_on_shards_with_validation_loss_sp2_equals_one_rank(train, tmp_path_factory, tmp_path):
-    """The scene loader (a dataset of 3 scenes: pixel:2 VAE, tiny text encoder, prompts cut to
-    the 24-token window) and the validation loss on the same scenes: SP=2 on 2 ranks gives the
-    1-rank training and validation losses."""
+def test_wan_causal_ft_on_shards_sp2_equals_one_rank(wan_one_rank, train, tmp_path_factory,
+                                                    tmp_path):
+    """Stage 2 (context-causal) from the newest stage-1 checkpoint, on the scene loader (3
+    scenes: pixel:2 VAE, tiny text encoder, prompts cut to the 24-token window) with the
+    validation loss on the same scenes: Ulysses SP=2 on 2 ranks (video sharded, text whole)
+    gives the 1-rank training and validation losses."""
     from tests.testutils import build_synthetic_shards
     from tests.train.test_validation import SYNTH, _validation_records
 
     data, _ = build_synthetic_shards(tmp_path_factory, SYNTH, area=16 * 16, name="wan_shards")
-    common = [WAN, "model.latent_channels=12", "model.text_dim=32", "data_source=shards",
+    common = [*WAN, "stage=causal_ft", f"stage.init_run={wan_one_rank}", "data_source=shards",
               f"data.sources=[{{path: {data}}}]", "data.num_workers=0", "data.max_tokens=512",
               "steps=2", "eval.every=2", f"eval.data={data}", "eval.sample_scenes=0",
               "checkpoint.enabled=false"]
     want, got = tmp_path / "one", tmp_path / "sp2"
     status, err = train(*common, f"run_dir={want}")
     assert status == 0, err
-    run(2, [*common, f"run_dir={got}", "parallel.sp_degree=2"])
+    proc = run(2, [*common, f"run_dir={got}", "parallel.sp_degree=2"])
+    assert f"{wan_one_rank / 'checkpoints' / STAGE1} (model weights)" in proc.stdout + proc.stderr
+    assert sorted(losses(want)) == [1, 2]
     assert_same_losses(losses(got), losses(want), [1, 2])
     (one,), (sp2,) = ([r["val/loss"] for r in _validation_records(d)] for d in (want, got))
     assert math.isfinite(one)
