@@ -6,6 +6,7 @@ from exactly its weights and exports back to them."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -118,3 +119,19 @@ def test_wan_init_from_an_imported_diffusers_export(train, tmp_path):
     assert returned.keys() == source.state_dict().keys()
     for key, value in source.state_dict().items():
         torch.testing.assert_close(returned[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_of_the_other_family_is_refused(tmp_path):
+    """check_same_architecture (resume, stage.init_from a checkpoint) names both families."""
+    from lct_train.config.store import compose_config
+    from lct_train.core.checkpoint_layout import META_FILE
+    from lct_train.core.errors import ConfigError
+    from lct_train.train.init_weights import check_same_architecture
+
+    wan, mmdit = (compose_config([f"model={m}"]).model for m in ("tiny-wan", "tiny"))
+    for ours, theirs in ((wan, mmdit), (mmdit, wan)):
+        (tmp_path / META_FILE).write_text(json.dumps({"config": {"model": theirs.to_dict()}}))
+        with pytest.raises(ConfigError, match=f"model: is a {ours.family} model, .* holds a "
+                                              f"{theirs.family} model"):
+            check_same_architecture(ours, tmp_path)
+    check_same_architecture(wan, tmp_path)  # its own family's, same architecture: accepted
