@@ -20,13 +20,13 @@ WIDTH = dict(num_heads=8, head_dim=64, rope_axes_dim=[16, 24, 24], num_dual_bloc
 
 
 def model_cfg():
-    import yaml
+    import dataclasses
 
     from lct_train.model.config import ModelConfig
 
     root = Path(__file__).resolve().parents[1]
-    raw = yaml.safe_load((root / "conf" / "model" / "small.yaml").read_text())
-    return ModelConfig.from_dict({**raw, **WIDTH})
+    return dataclasses.replace(ModelConfig.from_yaml(root / "conf" / "model" / "small.yaml"),
+                               **WIDTH)
 
 
 def worker(export: str) -> None:

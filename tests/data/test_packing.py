@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load
 
+from lct_train.data.augment import fit_windows
 from lct_train.data.config import DataConfig
 from lct_train.data.loader import SceneLoader
 from lct_train.data.packing import BestFitPacker
@@ -131,6 +132,29 @@ def test_image_substitution_and_prompt_dropout(make_cfg, dataset_dir):
 def test_context_window_truncation(make_cfg):
     for b in take(make_cfg(max_shots=1, max_tokens=4096), 6):
         assert all(len(s.groups) == 2 for s in b.specs)
+
+
+def test_fit_windows_cuts_prompts_to_a_wan_text_window():
+    text = [torch.randn(n, 2) for n in (30, 5, 20)]
+    cut = fit_windows(text, 24)  # the global prompt keeps half the window, the shots the rest
+    assert [t.shape[0] for t in cut] == [12, 5, 12]
+    assert all(torch.equal(c, t[: c.shape[0]]) for c, t in zip(cut, text))
+    assert [t.shape[0] for t in fit_windows(text, 64)] == [30, 5, 20]  # fits: unchanged
+    assert fit_windows(text, 0) is text  # no window (MMDiT)
+
+
+def test_wan_geometry_batches_keep_the_text_window(make_cfg):
+    """A Wan model's data: global groups without video rows, every shot's global + own prompt
+    within the window, the video stream still the patchified shots."""
+    cfg = make_cfg(max_tokens=2048, dummy_grid=(0, 0, 0), window_text_len=10)
+    for b in take(cfg, 4):
+        for spec in b.specs:
+            glob, *shots = spec.groups
+            assert glob.is_global
+            assert glob.video_len == 0
+            assert all(glob.text_len + g.text_len <= 10 for g in shots)
+        assert b.text.shape[0] == sum(g.text_len for s in b.specs for g in s.groups)
+        assert sum(len(shots) for _, shots in shot_rows(b)) == b.shot_is_image.numel()
 
 
 def test_source_mixing_by_weight(dataset_dir, synth_dir, tmp_path):

@@ -27,6 +27,7 @@ def _check_module():
     ["model=small", "estimate.tokens=600", "estimate.shots=2", "optim.grad_accum=2"],
     ["model=tiny", "estimate.tokens=1200", "estimate.shots=3", "finetune=lora",
      "optim.ema_decay=0"],
+    ["model=tiny-wan", "estimate.tokens=1200", "estimate.shots=3", "estimate.text_len=12"],
 ])
 @pytest.mark.slow
 def test_estimate_matches_real_two_rank_run(args):
@@ -102,6 +103,14 @@ def test_impossible_estimates_name_the_key(args, key, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert key in err, err
+
+
+def test_wan_prompts_must_fit_the_text_window(capsys):
+    """tiny-wan's window is 24 tokens: a global + own prompt of 16 each does not fit."""
+    assert main(["model=tiny-wan", *TINY[1:], "estimate.tokens=800"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lct-estimate: error: estimate.text_len: 16 tokens"), err
+    assert "text window of 24" in err
 
 
 def test_no_gpu_memory_named():

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from lct_train.train.main import main
-from tests.train.torchrun import BASE, SYNTHETIC
+from tests.train.torchrun import SYNTHETIC, with_base
 
 ONE_RANK_ENV = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                     MASTER_ADDR="127.0.0.1")
@@ -20,6 +20,14 @@ def _free_port() -> str:
         return str(sock.getsockname()[1])
 
 
+def train_in_process(*overrides: str) -> int:
+    """One in-process run on synthetic data (for module fixtures: no capture); exit status."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {**ONE_RANK_ENV, "MASTER_PORT": _free_port()}.items():
+            patch.setenv(key, value)
+        return main(with_base([*SYNTHETIC, *overrides]))
+
+
 @pytest.fixture
 def train(monkeypatch, capsys):
     """``train(*overrides) -> (exit status, stderr)`` of one in-process run on synthetic data."""
@@ -29,7 +37,7 @@ def train(monkeypatch, capsys):
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("MASTER_PORT", _free_port())
         capsys.readouterr()
-        status = main([*BASE, *SYNTHETIC, *overrides])
+        status = main(with_base([*SYNTHETIC, *overrides]))
         return status, capsys.readouterr().err
 
     return run

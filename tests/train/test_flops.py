@@ -1,18 +1,19 @@
 """The MFU FLOP count: attention pairs under the mask, Linear FLOPs vs torch's flop counter."""
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lct_train.config.store import compose_config
+from lct_train.model.family import build_model
 from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
-from lct_train.model.mmdit import LCTModel
 from lct_train.train.flops import FlopCounter, attended_pairs
 
 LINEAR_OPS = ("addmm", "mm")
 
 
-def tiny():
-    return compose_config(["model=tiny"]).model
+def tiny(preset="tiny"):
+    return compose_config([f"model={preset}"]).model
 
 
 def specs(cfg):
@@ -38,15 +39,17 @@ def test_attended_pairs_match_the_dense_mask():
     assert attended_pairs(causal.attn) < attended_pairs(bi.attn)
 
 
-def test_linear_flops_match_torch_flop_counter():
-    cfg = tiny()
+@pytest.mark.parametrize("preset", ["tiny", "tiny-wan"])
+def test_linear_flops_match_torch_flop_counter(preset):
+    cfg = tiny(preset)
     torch.manual_seed(0)
-    model = LCTModel(cfg)
+    model = build_model(cfg)
     counter = FlopCounter(model, cfg)
-    meta = build_packed_meta(specs(cfg), text_rope=cfg.text_rope)
+    meta = cfg.build_meta(specs(cfg))
+    pooled = torch.randn(meta.num_groups, cfg.pooled_dim) if cfg.takes_pooled else None
     with FlopCounterMode(display=False) as mode, torch.no_grad():
         model(torch.randn(meta.num_video, cfg.patch_dim), torch.randn(meta.num_text, cfg.text_dim),
-              torch.randn(meta.num_groups, cfg.pooled_dim), torch.rand(meta.num_groups), meta)
+              pooled, torch.rand(meta.num_groups), meta)
     counts = mode.get_flop_counts()["Global"]
     measured = sum(v for op, v in counts.items() if str(op).split(".")[1] in LINEAR_OPS)
     assert counter.linear_flops(meta) == measured

@@ -31,6 +31,16 @@ def export(tmp_path):
     return folder
 
 
+def test_a_wan_export_config_replaces_the_preset(tmp_path):
+    from lct_train.model.wan.config import WanConfig
+
+    wan = WanConfig.from_yaml("conf/model/tiny-wan.yaml")
+    (tmp_path / "config.json").write_text(json.dumps({**wan.to_dict(), "num_layers": 3}))
+    cfg = compose_config([f"model_from={tmp_path}", "model.shot_gap=2"])
+    assert cfg.model == dataclasses.replace(wan, num_layers=3, shot_gap=2)
+    assert cfg.data.dummy_grid == (0, 0, 0)  # a Wan global group is text only
+
+
 def test_the_export_config_replaces_the_preset(export):
     for spec in (export, export / "config.json", export / "model.safetensors"):
         cfg = compose_config([f"model_from={spec}"])
@@ -61,11 +71,6 @@ def _diffusers(folder):
     (folder / "config.json").write_text(json.dumps({"_class_name": "HunyuanVideoTransformer3DModel"}))
 
 
-def _wan(folder):
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"family": "wan", "num_layers": 2}))
-
-
 def _bad_json(folder):
     folder.mkdir()
     (folder / "config.json").write_text("{not json")
@@ -80,7 +85,6 @@ def _no_model(folder):
     (None, "does not exist"),
     (lambda f: f.mkdir(), "neither a training checkpoint nor an export"),
     (_diffusers, "lct-convert import-diffusers"),
-    (_wan, "is a `wan` model"),
     (_bad_json, "is not valid JSON"),
     (_no_model, "holds no model config"),
 ])

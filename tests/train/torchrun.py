@@ -27,9 +27,15 @@ DIST_STEPS = 4
 DIST_COMMON = [*SYNTHETIC, f"steps={DIST_STEPS}", "checkpoint.every=2"]
 
 
+def with_base(overrides: list[str]) -> list[str]:
+    """``BASE`` + ``overrides``; a ``model=`` preset among the overrides replaces BASE's."""
+    own_model = any(o.startswith(("model=", "model_from=")) for o in overrides)
+    return [*(o for o in BASE if not (own_model and o.startswith("model="))), *overrides]
+
+
 def torchrun_cmd(nproc: int, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "lct_train.train.main", *BASE, *overrides]
+            f"--nproc_per_node={nproc}", "-m", "lct_train.train.main", *with_base(overrides)]
 
 
 def env() -> dict:
@@ -57,7 +63,8 @@ def losses(run_dir: Path) -> dict[int, float]:
     out = {}
     for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
+        if "loss" in rec:  # not a validation record
+            out[rec["step"]] = rec["loss"]
     return out
 
 
@@ -111,6 +118,11 @@ def assert_resumed_like(got_dir: Path, want_dir: Path, tmp_path: Path) -> None:
     got = losses(got_dir)
     assert sorted(got) == list(range(3, DIST_STEPS + 1))
     assert_same_losses(got, losses(want_dir), range(3, DIST_STEPS + 1))
+    assert_same_final_weights(got_dir, want_dir, tmp_path)
+
+
+def assert_same_final_weights(got_dir: Path, want_dir: Path, tmp_path: Path) -> None:
+    """The step-DIST_STEPS checkpoints of two runs hold the same weights and EMA."""
     final = f"checkpoints/step-{DIST_STEPS:08d}"
     for key in ("model", "ema"):
         want = model_weights(want_dir / final, tmp_path / "want", key)

@@ -25,7 +25,6 @@ from lct_train.core.errors import ConfigError
 
 KEY = "model_from"
 CONFIG_FILE = "config.json"  # an export's model config (convert.model_spec.CONFIG_FILE)
-MMDIT = "mmdit"  # the family training takes (lct_train.model.family)
 
 
 def _fail(message: str) -> ConfigError:
@@ -61,10 +60,17 @@ def recorded_model_config(spec: str) -> dict[str, Any]:
     if "_class_name" in data:
         raise _fail(f"{source} is a diffusers config ({data['_class_name']}); import it first: "
                     f"lct-convert import-diffusers {spec} EXPORT_DIR")
-    family = data.pop("family", MMDIT)
-    if family != MMDIT:
-        raise _fail(f"{source} is a `{family}` model; the trainer takes {MMDIT} models")
-    return data
+    return data  # either family's (``family``: `lct_train.model.family`, checked when built)
+
+
+def model_from_deferred(overrides: Sequence[str]) -> list[str]:
+    """The overrides Hydra composes: with ``model_from=`` on the command line its ``model.*``
+    overrides wait for ``apply_model_from`` (they may name keys only the recorded model's family
+    has, e.g. a Wan model's ``shot_gap`` over the default MMDiT preset)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    if not any(o.key_or_group == KEY and o.value() for o in parsed):
+        return list(overrides)
+    return [text for text, o in zip(overrides, parsed) if not o.key_or_group.startswith("model.")]
 
 
 def apply_model_from(container: dict, overrides: Sequence[str]) -> None:

@@ -5,8 +5,9 @@ tree of ``conf/`` into these dataclasses, so a key that is not declared is rejec
 config is composed, and ``compose_config`` turns the result into these typed objects.
 
 Each config is validated in one place, when its object is built, and every error is a
-``ConfigError`` naming the full dotted key: ``ModelConfig`` and ``DataConfig`` (the model and
-data packages' own dataclasses) in their ``__post_init__``, the groups declared here by
+``ConfigError`` naming the full dotted key: the model config (``ModelConfig`` or ``WanConfig``,
+by its ``family`` key) and ``DataConfig`` (the model and data packages' own dataclasses) in
+their ``__post_init__``, the groups declared here by
 ``lct_train.config.validate`` from ``TrainConfig.__post_init__``, which also copies the model's
 geometry into the data config (the one place it is injected).
 """
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
 
 from lct_train.config.validate import validate
 from lct_train.data.config import DataConfig
 from lct_train.model.config import ModelConfig
+from lct_train.model.family import config_from_dict
+from lct_train.model.wan.config import WanConfig
 
 
 @dataclass
@@ -228,7 +232,10 @@ class DebugConfig:
 class TrainConfig:
     """The whole run. ``conf/train.yaml`` composes the groups over these defaults."""
 
-    model: ModelConfig = MISSING
+    # A model preset (conf/model/): an MMDiT `ModelConfig`, or a `WanConfig` (`family: wan`).
+    # Untyped for Hydra (the two families have different keys); the family's dataclass checks
+    # every key when the config is built (`lct_train.model.family.config_from_dict`).
+    model: Any = MISSING
     data: DataConfig = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -255,7 +262,10 @@ class TrainConfig:
     resume: str = "auto"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig | WanConfig):  # a composed preset (a dict)
+            self.model = config_from_dict(dict(self.model))
         validate(self)
         # The data geometry always follows the model (design.md §3).
         self.data = dataclasses.replace(self.data, patch_size=self.model.patch_size,
-                                        dummy_grid=self.model.dummy_grid)
+                                        dummy_grid=self.model.dummy_grid,
+                                        window_text_len=self.model.window_text_len)

@@ -17,18 +17,26 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lct_train.config.model_from import apply_model_from
+from lct_train.config.model_from import apply_model_from, model_from_deferred
 from lct_train.config.schema import TrainConfig
 from lct_train.core.errors import ConfigError
+from lct_train.model.config import ModelConfig
+from lct_train.model.wan.config import WanConfig
 
 SCHEMA_NAME = "train_schema"
 ROOT_CONFIG = "train"
 CONF_DIR_ENV = "LCT_CONF_DIR"
+MODEL_SCHEMAS = {"mmdit": ModelConfig, "wan": WanConfig}  # the families' model presets
 
 
 def register_schema() -> None:
-    """Stores ``TrainConfig`` as ``train_schema`` (the first entry of conf/train.yaml's defaults)."""
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
+    """Stores ``TrainConfig`` as ``train_schema`` (the first entry of conf/train.yaml's defaults)
+    and each model family's config dataclass as ``model/<family>_schema`` (the first entry of a
+    model preset's defaults: its keys, their types and defaults)."""
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=TrainConfig)
+    for family, config_type in MODEL_SCHEMAS.items():
+        store.store(group="model", name=f"{family}_schema", node=config_type)
 
 
 def find_conf_dir() -> Path:
@@ -100,7 +108,7 @@ def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir), version_base="1.3", job_name="lct_train"):
         try:
-            cfg = compose(config_name=ROOT_CONFIG, overrides=list(overrides))
+            cfg = compose(config_name=ROOT_CONFIG, overrides=model_from_deferred(overrides))
         except ConfigCompositionException as err:
             item = _list_item_error(err, overrides)
             if item is None:

@@ -1,7 +1,7 @@
 """DCP training checkpoint -> consolidated safetensors (+ `config.json`), streamed.
 
 A checkpoint (design.md §6) is `<run>/checkpoints/step-<N>/`: DCP files whose top-level keys
-include `model` and `ema` (FQNs of the bare `LCTModel`), plus `lct_meta.json`. The export reads
+include `model` and `ema` (FQNs of the bare model, either family), plus `lct_meta.json`. The export reads
 the DCP metadata, then loads one output shard's tensors at a time with `dcp.load(no_dist=True)`
 (reading only their byte ranges), casts them and writes the shard: peak memory is one shard,
 whatever the model size, and no process group is needed.

@@ -30,7 +30,7 @@ def build_model(cfg: ModelConfig | WanConfig, device: str | torch.device = "cpu"
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Parameter (and persistent buffer) name -> shape of `LCTModel(cfg)`."""
+    """Parameter (and persistent buffer) name -> shape of `cfg`'s bare model (either family)."""
     model = build_model(cfg, device="meta")
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

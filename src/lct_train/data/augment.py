@@ -42,6 +42,19 @@ class Scene:
         return [z.shape[1] == 1 for z in self.latents]
 
 
+def fit_windows(text: list[torch.Tensor], window: int) -> list[torch.Tensor]:
+    """A scene's prompts (global first) cut so that every shot's global + own tokens fit
+    ``window`` (a Wan model's cross-attention window, `WanConfig.window_text_len`; 0: no cap).
+    The global prompt keeps at least half the window when it needs it, each shot the rest."""
+    if not window or len(text) < 2:
+        return text
+    longest = max(t.shape[0] for t in text[1:])
+    if text[0].shape[0] + longest <= window:
+        return text
+    keep = min(text[0].shape[0], max(window // 2, window - longest))
+    return [text[0][:keep]] + [t[: window - keep] for t in text[1:]]
+
+
 def check_geometry(rec: SceneRecord, patch: tuple[int, int, int]) -> None:
     """Latent frames/height/width must be multiples of the model patch."""
     for i, z in enumerate(rec.latents):
@@ -88,6 +101,7 @@ class Augmenter:
             for g in torch.nonzero(drop).flatten().tolist():
                 text[g] = self.empty_tokens
                 pooled[g] = self.empty_pooled
+        text = fit_windows(text, cfg.window_text_len)
         return Scene(rec.key, source, latents, text, pooled, self.spec(latents, text), truncated)
 
     def fit_budget(self, scene: Scene) -> Scene | None:

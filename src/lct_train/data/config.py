@@ -25,13 +25,13 @@ def _check_prob(key: str, value: float) -> None:
         _fail(key, f"must be a probability in [0, 1], got {value!r}")
 
 
-def _check_triple(key: str, value: Any, none_ok: bool = False) -> tuple[int, int, int]:
+def _check_triple(key: str, value: Any, empty_ok: bool = False) -> tuple[int, int, int]:
+    """Three positive ints; with ``empty_ok`` also (0, 0, 0) (a global group without video)."""
     triple = tuple(int(v) for v in value)
-    if none_ok and triple == (0, 0, 0):  # no dummy tokens: a text-only global group (Wan)
-        return triple  # type: ignore[return-value]
-    if len(triple) != 3 or min(triple) < 1:
-        also = " or (0, 0, 0) for none" if none_ok else ""
-        _fail(key, f"must be three positive ints (F, H, W){also}, got {value!r}")
+    empty = empty_ok and triple == (0, 0, 0)
+    if len(triple) != 3 or (min(triple) < 1 and not empty):
+        allowed = " or (0, 0, 0)" if empty_ok else ""
+        _fail(key, f"must be three positive ints (F, H, W){allowed}, got {value!r}")
     return triple  # type: ignore[return-value]
 
 
@@ -56,7 +56,7 @@ class SourceConfig:
 class DataConfig:
     """Everything the scene loader needs; the model geometry comes from the model config.
 
-    ``patch_size`` and ``dummy_grid`` must equal the model's: a run never sets them, the typed
+    ``patch_size``, ``dummy_grid`` and ``window_text_len`` must equal the model's: a run never sets them, the typed
     ``TrainConfig`` copies them from its ``model`` (``lct_train.config.schema``).
     """
 
@@ -79,7 +79,8 @@ class DataConfig:
     max_latent_abs: float = DEFAULT_MAX_LATENT_ABS  # a larger |latent| makes a sample bad; 0: off
     resume_policy: str = "strict"  # world size / workers changed: "strict" fails, "reshuffle"
     patch_size: tuple[int, int, int] = (1, 2, 2)  # model patch (pt, ph, pw)
-    dummy_grid: tuple[int, int, int] = (1, 1, 1)  # model global-group dummy grid ((0, 0, 0): none)
+    dummy_grid: tuple[int, int, int] = (1, 1, 1)  # model global-group dummy grid
+    window_text_len: int = 0  # model cap on a shot's global + own prompt tokens (0: none)
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
@@ -106,6 +107,6 @@ class DataConfig:
         if int(self.bad_check_min_samples) < 1:
             _fail("bad_check_min_samples", f"must be >= 1, got {self.bad_check_min_samples!r}")
         self.patch_size = _check_triple("patch_size", self.patch_size)
-        self.dummy_grid = _check_triple("dummy_grid", self.dummy_grid, none_ok=True)
+        self.dummy_grid = _check_triple("dummy_grid", self.dummy_grid, empty_ok=True)
         if self.p_image > 0 and self.patch_size[0] != 1:
             _fail("p_image", f"image substitution needs a temporal patch of 1, got {self.patch_size}")

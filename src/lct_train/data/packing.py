@@ -19,7 +19,8 @@ from lct_train.model.layout import SceneSpec
 
 @dataclass
 class PackedScenes:
-    """One packed micro-batch (CPU tensors); the trainer calls ``build_packed_meta(specs)``."""
+    """One packed micro-batch (CPU tensors); the trainer builds its metadata with the model
+    config's ``build_meta(specs)``."""
 
     keys: list[str]
     sources: list[str]

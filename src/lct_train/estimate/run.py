@@ -1,7 +1,7 @@
 """One estimate: the trainer's model, ``parallelize`` and step, on fake tensors in a fake
 process group, under ``FSDPMemTracker``.
 
-What is real: the model (``LCTModel`` of the config; under ``finetune=lora`` with its adapters
+What is real: the model (the config's family's, ``model.family.build_model``; under ``finetune=lora`` with its adapters
 and its frozen base held in the compute dtype, as the trainer builds it), the mesh (``parallel.mesh.build_mesh``, SP included),
 ``parallelize`` (AC, FSDP2, mixed precision), AdamW (``train.optim``), the step
 (``train.step.forward_backward``: noising, forward, per-shot loss, backward, gradient sync under
@@ -34,8 +34,8 @@ from lct_train.data.packing import PackedScenes
 from lct_train.estimate.config import EstimateConfig
 from lct_train.estimate.scene import scene_spec
 from lct_train.model.attention import get_backend
-from lct_train.model.layout import PackedMeta, SceneSpec
-from lct_train.model.mmdit import LCTModel
+from lct_train.model.family import build_model
+from lct_train.model.layout import SceneSpec
 from lct_train.parallel.dist import World
 from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
@@ -91,21 +91,25 @@ def _micro_batch(spec: SceneSpec, model_cfg, step: int, m: int) -> PackedScenes:
         stats={"scenes": 1.0, "tokens": float(spec.num_tokens), "packing_efficiency": 1.0})
 
 
-def _host_metas(spec: SceneSpec, inp: StepInputs, backend, refiner: bool) -> list[PackedMeta]:
+def _attentions(meta, model_cfg) -> list:
+    """The batch's attention intervals the model runs (``attention_layers`` of its config)."""
+    return [getattr(meta, name) for name, layers in model_cfg.attention_layers.items() if layers]
+
+
+def _host_metas(spec: SceneSpec, inp: StepInputs, backend) -> list:
     """Built on the host with real tensors, kernel plans included (they read host ints)."""
     metas = []
     for _ in range(inp.grad_accum):
         meta = host_meta([spec], inp)
-        meta.attn.plan_for(backend)
-        if refiner:
-            meta.text_attn.plan_for(backend)
+        for attn in _attentions(meta, inp.model_cfg):
+            attn.plan_for(backend)
         metas.append(meta)
     return metas
 
 
-def _metadata_bytes(meta: PackedMeta) -> int:
+def _metadata_bytes(meta, model_cfg) -> int:
     tensors = [getattr(meta, f.name) for f in dataclasses.fields(meta)]
-    tensors += meta.attn.tensors() + meta.text_attn.tensors()
+    tensors += [t for attn in _attentions(meta, model_cfg) for t in attn.tensors()]
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
@@ -160,17 +164,15 @@ def measure(cfg: TrainConfig, est: EstimateConfig, fake: bool = True,
     world = _world(cfg)
     inp = StepInputs.from_config(cfg, model_cfg, world, DEVICE)
     backend = get_backend(est.attention, torch.device("cuda"), cfg.stage.mask == "causal")
-    with torch.device("meta"):
-        model = LCTModel(model_cfg)
+    model = build_model(model_cfg, "meta")
     if cfg.finetune.mode == "lora":  # frozen base in its dtype (no grads, no AdamW state)
         add_adapters(model, cfg)
     flops = FlopCounter(model, model_cfg)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    refiner = model.context_embedder.token_refiner is not None
-    metas = _host_metas(spec, inp, backend, refiner)
+    metas = _host_metas(spec, inp, backend)
     small_spec = scene_spec(dataclasses.replace(est, tokens=0, grid=[1, 1, 1], shots=1), model_cfg)
-    warm = _host_metas(small_spec, inp, backend, refiner)
+    warm = _host_metas(small_spec, inp, backend)
     mesh = world.mesh
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with mode:
@@ -194,7 +196,8 @@ def measure(cfg: TrainConfig, est: EstimateConfig, fake: bool = True,
                             cfg.optim.grad_clip)
         peak = tracker.get_tracker_snapshot("peak")
     categories = {getattr(k, "value", k): int(v) for k, v in next(iter(peak.values())).items()}
-    return Measured(categories, _metadata_bytes(metas[0]) * len(metas), spec, params, trainable)
+    return Measured(categories, _metadata_bytes(metas[0], model_cfg) * len(metas), spec, params,
+                    trainable)
 
 
 def shutdown() -> None:

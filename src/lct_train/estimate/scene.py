@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from lct_train.core.errors import ConfigError
 from lct_train.estimate.config import PREFIX, EstimateConfig
-from lct_train.model.config import ModelConfig
 from lct_train.model.layout import GroupSpec, SceneSpec
 
 
-def shot_grid(est: EstimateConfig, model: ModelConfig) -> tuple[int, int, int]:
+def shot_grid(est: EstimateConfig, model) -> tuple[int, int, int]:
     """The largest ``(F, H, W)`` shot with ``estimate.frame`` whose scene fits ``tokens``."""
     if est.grid:
         return tuple(est.grid)
@@ -24,14 +23,21 @@ def shot_grid(est: EstimateConfig, model: ModelConfig) -> tuple[int, int, int]:
     return frames, h, w
 
 
-def scene_spec(est: EstimateConfig, model: ModelConfig) -> SceneSpec:
+def scene_spec(est: EstimateConfig, model) -> SceneSpec:
+    """The scene of ``est`` for a model config of either family (its dummy grid; a Wan model's
+    shot prompts, global + own, must fit its text window)."""
+    window, prompts = model.window_text_len, est.text_len * (2 if est.with_global else 1)
+    if window and prompts > window:
+        raise ConfigError(PREFIX + "text_len", f"{est.text_len} tokens per prompt: a shot's "
+                          f"{'global + own ' if est.with_global else ''}prompts ({prompts}) "
+                          f"exceed the model's text window of {window} tokens")
     grid = shot_grid(est, model)
     groups = [GroupSpec(est.text_len, model.dummy_grid, is_global=True)] if est.with_global else []
     groups += [GroupSpec(est.text_len, grid) for _ in range(est.shots)]
     return SceneSpec(tuple(groups))
 
 
-def describe(spec: SceneSpec, model: ModelConfig) -> str:
+def describe(spec: SceneSpec, model) -> str:
     """E.g. ``9 shots x 16x30x30 patches (+128 text) + global (16 dummy +128 text) = 131,... tokens``."""
     shots = [g for g in spec.groups if not g.is_global]
     f, h, w = shots[0].grid

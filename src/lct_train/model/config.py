@@ -37,9 +37,12 @@ class PresetIO:
 
     @classmethod
     def from_yaml(cls, path: str | Path):
-        """Reads a preset file such as ``conf/model/tiny.yaml``."""
+        """Reads a preset file such as ``conf/model/tiny.yaml`` (its Hydra ``defaults`` list,
+        which names the schema, is no model field)."""
         with open(path) as f:
-            return cls.from_dict(yaml.safe_load(f))
+            data = yaml.safe_load(f)
+        data.pop("defaults", None)
+        return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
@@ -155,6 +158,23 @@ class ModelConfig(PresetIO):
 
     # -- the family protocol (`lct_train.model.family`): what the shared machinery asks a config
     family = "mmdit"  # class attribute, not a field: an MMDiT config has no `family` key
+    window_text_len = 0  # no cap on a shot's text (global + own prompt): joint attention
+    # MFU (`lct_train.train.flops`): the narrow twin that finds each Linear's rows, ...
+    flops_probe_width = dict(num_heads=1, head_dim=8, rope_axes_dim=(2, 2, 4), text_dim=8,
+                             pooled_dim=8, latent_channels=1, time_freq_dim=8,
+                             attn_backend="reference")
+
+    @staticmethod
+    def row_counts(meta) -> dict[str, int]:
+        """... the row counts a Linear may run on in a batch of ``meta`` (by kind) ..."""
+        return {"video": meta.num_video, "text": meta.num_text,
+                "joint": meta.num_video + meta.num_text, "group": meta.num_groups}
+
+    @property
+    def attention_layers(self) -> dict[str, int]:
+        """... and the layers that attend over each of ``meta``'s intervals (by field)."""
+        return {"attn": self.num_dual_blocks + self.num_single_blocks,
+                "text_attn": self.num_refiner_blocks}
 
     @property
     def takes_pooled(self) -> bool:

@@ -4,6 +4,10 @@
 `ModelConfig`. A family's model declares what the shared machinery needs: ``block_lists()``
 (FSDP units, AC, compile), ``num_attention_layers`` / ``new_kv_cache()``, and its scratch
 initialisation (`lct_train.model.init`, with ``init_rules`` for what is family-specific).
+Its config declares the rest: ``build_meta``, ``takes_pooled`` / ``pooled_dim``,
+``guidance_embeds``, ``dummy_grid`` / ``num_dummy_tokens``, ``window_text_len`` (a shot's
+global + own prompt cap, 0: none), and for the MFU count ``flops_probe_width``,
+``row_counts(meta)`` and ``attention_layers`` (`lct_train.train.flops`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ FAMILIES = (MMDIT, WAN)
 
 def config_from_dict(data: dict[str, Any]) -> ModelConfig | WanConfig:
     """The config of ``data``'s family (``ConfigError`` naming ``model.family`` otherwise)."""
+    data = {k: v for k, v in data.items() if k != "defaults"}  # a preset file's Hydra list
     family = data.get("family", MMDIT)
     if family == WAN:
         return WanConfig.from_dict(data)

@@ -16,9 +16,8 @@ import torch
 from lct_train.core.errors import ConfigError
 from lct_train.data.config import DataConfig
 from lct_train.data.packing import PackedScenes
-from lct_train.data.schema import GEOMETRY_KEYS  # dataset.json vs ModelConfig
+from lct_train.data.schema import GEOMETRY_KEYS  # dataset.json vs the model config
 from lct_train.data.seeding import stable_seed
-from lct_train.model.config import ModelConfig
 from lct_train.model.layout import GroupSpec, SceneSpec
 
 SYNTHETIC_STREAM = "lct-train/synthetic"
@@ -33,7 +32,7 @@ class LoaderBatches:
 
     stateful = True
 
-    def __init__(self, data_cfg: DataConfig, model_cfg: ModelConfig, dp_rank: int, dp_size: int,
+    def __init__(self, data_cfg: DataConfig, model_cfg, dp_rank: int, dp_size: int,
                  grad_accum: int):
         from lct_train.data.loader import SceneLoader
 
@@ -41,6 +40,8 @@ class LoaderBatches:
         self.loader = SceneLoader(data_cfg, dp_rank=dp_rank, dp_world_size=dp_size)
         info = self.loader.infos[0]
         for key in GEOMETRY_KEYS:
+            if key == "pooled_dim" and not model_cfg.takes_pooled:
+                continue  # the model reads no pooled rows: any width will do
             if getattr(info, key) != getattr(model_cfg, key):
                 raise ConfigError(f"model.{key}", f"is {getattr(model_cfg, key)} but the data "
                                   f"({data_cfg.sources[0].path}) has {getattr(info, key)}")
@@ -65,7 +66,7 @@ class SyntheticBatches:
 
     stateful = False
 
-    def __init__(self, model_cfg: ModelConfig, syn_cfg, seed: int, dp_rank: int, grad_accum: int):
+    def __init__(self, model_cfg, syn_cfg, seed: int, dp_rank: int, grad_accum: int):
         self.model_cfg, self.cfg, self.seed = model_cfg, syn_cfg, seed
         self.dp_rank, self.grad_accum = dp_rank, grad_accum
 
@@ -74,14 +75,17 @@ class SyntheticBatches:
                 for m in range(self.grad_accum)]
 
     def _spec(self, rng: random.Random) -> SceneSpec:
-        cfg = self.cfg
-        groups = []
+        cfg, window = self.cfg, self.model_cfg.window_text_len
+        groups, global_text = [], 0
         if cfg.with_global:
-            groups.append(GroupSpec(rng.randint(1, cfg.max_text_len), self.model_cfg.dummy_grid,
-                                    is_global=True))
+            global_text = rng.randint(1, cfg.max_text_len)
+            if window:  # leave a shot at least one token of its window
+                global_text = min(global_text, window - 1)
+            groups.append(GroupSpec(global_text, self.model_cfg.dummy_grid, is_global=True))
         for _ in range(rng.randint(1, cfg.max_shots)):
             grid = tuple(rng.randint(1, g) for g in cfg.max_grid)
-            groups.append(GroupSpec(rng.randint(1, cfg.max_text_len), grid))
+            text = rng.randint(1, cfg.max_text_len)
+            groups.append(GroupSpec(min(text, window - global_text) if window else text, grid))
         return SceneSpec(tuple(groups))
 
     def micro_batch(self, step: int, global_micro: int) -> PackedScenes:
@@ -99,10 +103,11 @@ class SyntheticBatches:
         del state
 
 
-def random_scenes(specs: list[SceneSpec], keys: list[str], model_cfg: ModelConfig,
+def random_scenes(specs: list[SceneSpec], keys: list[str], model_cfg,
                   gen: torch.Generator) -> PackedScenes:
-    """A packed micro-batch of ``specs`` with random latents, text and pooled rows from ``gen``
-    (dummy tokens of global groups zero, as the loader gives them)."""
+    """A packed micro-batch of ``specs`` with random latents, text and pooled rows (of the
+    model's ``pooled_dim``: none for Wan) from ``gen`` (dummy tokens of global groups zero, as
+    the loader gives them; a Wan global group has none)."""
     video, text = [], []
     for spec in specs:
         for g in spec.groups:

@@ -6,7 +6,7 @@ every path below fills every parameter.
 - ``scratch``: ``lct_train.model.init`` (adaLN-zero) drawn from ``seed``, the same full weights
   for any world size (``lct_train.parallel.parallelize.init_sharded``).
 - a safetensors export: a ``.safetensors`` file or a directory holding one or shards + index
-  (e.g. ``lct-convert export`` / ``import-diffusers``), bare ``LCTModel`` FQNs. Keys and shapes
+  (e.g. ``lct-convert export`` / ``import-diffusers``), the bare model's FQNs (either family). Keys and shapes
   are checked strictly on every rank from the headers (``lct_train.convert``: one error lists
   every mismatch); rank 0 reads the tensors and broadcasts them into the shards.
 - a training checkpoint (a ``step-N`` directory or a run directory) or ``auto`` (the newest
@@ -29,7 +29,6 @@ from lct_train.core import checkpoint_layout as layout
 from lct_train.core.errors import ConfigError, ConversionError, check_keys_and_shapes
 from lct_train.core.fqn import clean_fqn
 from lct_train.core.safetensors_io import SafetensorsReader
-from lct_train.model.config import ModelConfig
 from lct_train.model.lora import is_base
 from lct_train.parallel.parallelize import init_sharded
 from lct_train.train.checkpoint import load_model_weights, model_state
@@ -77,11 +76,16 @@ def load_safetensors(model: nn.Module, path: Path) -> None:
         raise ConfigError("stage.init_from", failed[0])
 
 
-def check_same_architecture(ours: ModelConfig, ckpt: Path) -> None:
+def check_same_architecture(ours, ckpt: Path) -> None:
+    """``ours`` (a model config of either family) has the parameters of ``ckpt``'s model."""
     try:
-        theirs = checkpoint_model_config(layout.read_meta(ckpt), ckpt).to_dict()
+        their_cfg = checkpoint_model_config(layout.read_meta(ckpt), ckpt)
     except layout.CheckpointLayoutError as err:
         raise ConfigError("model", f"cannot compare with the model of {ckpt}: {err}") from err
+    if their_cfg.family != ours.family:
+        raise ConfigError("model", f"is a {ours.family} model, {ckpt} holds a {their_cfg.family} "
+                          "model")
+    theirs = their_cfg.to_dict()
     diffs = [f"{k}: checkpoint {theirs[k]!r} != run {v!r}" for k, v in ours.to_dict().items()
              if k not in NON_ARCH_FIELDS and theirs[k] != v]
     if diffs:
@@ -118,7 +122,7 @@ def load_checkpoint_weights(model: nn.Module, ckpt: Path, weights: str) -> None:
                           f"{err}") from err
 
 
-def init_weights(model: nn.Module, stage_cfg, model_cfg: ModelConfig, seed: int) -> str:
+def init_weights(model: nn.Module, stage_cfg, model_cfg, seed: int) -> str:
     """Fills the (sharded) model from ``stage.init_from``; returns a description for the log."""
     spec = stage_cfg.init_from
     if spec == "scratch":

@@ -38,8 +38,8 @@ from lct_train.config.schema import TrainConfig
 from lct_train.config.store import to_dict, to_yaml
 from lct_train.core import checkpoint_layout as layout
 from lct_train.core.errors import ConfigError
+from lct_train.model.family import build_model
 from lct_train.model.lora import is_adapter
-from lct_train.model.mmdit import LCTModel
 from lct_train.parallel.dist import World, set_train_timeout
 from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.train import checkpoint as ckpt_lib
@@ -99,8 +99,7 @@ class Trainer:
                                                cfg.checkpoint.keep_every, world.rank, world.size)
 
         torch.manual_seed(cfg.seed)
-        with torch.device("meta"):  # no rank ever holds the full model
-            model = LCTModel(self.model_cfg)
+        model = build_model(self.model_cfg, "meta")  # no rank ever holds the full model
         self.lora = cfg.finetune.mode == "lora"
         if self.lora:  # adapters on the bare model, base frozen (lct_train.train.lora_run)
             lora_layers = lora_run.add_adapters(model, cfg)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from lct_train.core.errors import ConfigError
-from lct_train.data.augment import Scene
+from lct_train.data.augment import Scene, fit_windows
 from lct_train.data.codecs import build_codec
 from lct_train.data.loader import list_shards
 from lct_train.data.packing import collate
@@ -54,8 +54,9 @@ def _first(*values):
     return next((v for v in values if v is not None), None)
 
 
-def load_heldout(root: str, limit: int, patch, dummy_grid) -> list[Scene]:
-    """The first ``limit`` scenes (by key) of a dataset directory, un-augmented."""
+def load_heldout(root: str, limit: int, patch, dummy_grid, window: int = 0) -> list[Scene]:
+    """The first ``limit`` scenes (by key) of a dataset directory, un-augmented (prompts cut to
+    the model's text ``window`` only: `augment.fit_windows`)."""
     info = DatasetInfo.read(root)
     reader, records = MemberReader(), []
     try:
@@ -69,9 +70,13 @@ def load_heldout(root: str, limit: int, patch, dummy_grid) -> list[Scene]:
     if not records:
         raise ConfigError("eval.data", f"{root} holds no scenes")
     records = sorted(records, key=lambda r: r.key)[:limit]
-    return [Scene(r.key, "validation", r.latents, r.text, r.pooled,
-                  scene_spec([t.shape[0] for t in r.text], [z.shape for z in r.latents], patch,
-                             dummy_grid)) for r in records]
+    scenes = []
+    for r in records:
+        text = fit_windows(list(r.text), window)
+        scenes.append(Scene(r.key, "validation", r.latents, text, r.pooled,
+                            scene_spec([t.shape[0] for t in text], [z.shape for z in r.latents],
+                                       patch, dummy_grid)))
+    return scenes
 
 
 class Validator:
@@ -80,7 +85,7 @@ class Validator:
         self.out_dir = Path(run_dir) / "eval"
         try:
             self.scenes = load_heldout(cfg.data, cfg.scenes, model_cfg.patch_size,
-                                       model_cfg.dummy_grid)
+                                       model_cfg.dummy_grid, model_cfg.window_text_len)
             info = DatasetInfo.read(cfg.data)
         except (FileNotFoundError, ValueError) as exc:
             if isinstance(exc, ConfigError):

@@ -16,6 +16,7 @@ WAN_PRESET_PARAMS = {  # diffusers' WanTransformer3DModel of the same config, co
     "wan2.1-14b": 14_288_491_584,
     "wan2.2-ti2v-5b": 4_999_787_712,
     "wan-small": 1_806_784,  # the Wan demo (conf/experiment/demo_wan.yaml)
+    "tiny-wan": 25_592,  # the training tests' preset
 }
 TINY = dict(latent_channels=4, num_heads=2, head_dim=12, num_layers=2, ffn_dim=32, text_dim=16,
             text_len=24)

@@ -105,6 +105,26 @@ class WanConfig(PresetIO):
 
     num_dummy_tokens = 0
 
+    @property
+    def window_text_len(self) -> int:
+        """The most text tokens a shot's prompts (global + own) may have: its cross-attention
+        window (`layout.build_wan_meta`); 0 on a family without such a cap."""
+        return self.text_len
+
+    # MFU (`lct_train.train.flops`): the narrow twin, the row kinds, the attention layers
+    flops_probe_width = dict(num_heads=1, head_dim=6, text_dim=8, text_len=8, ffn_dim=8,
+                             latent_channels=1, time_freq_dim=8, attn_backend="reference")
+
+    @staticmethod
+    def row_counts(meta) -> dict[str, int]:
+        """Text Linears run on the text rows and the windows' zero row (`WanModel.forward`)."""
+        return {"video": meta.num_video, "text": meta.num_text + 1, "group": meta.num_groups}
+
+    @property
+    def attention_layers(self) -> dict[str, int]:
+        """Video self-attention and cross-attention into the text windows, in every block."""
+        return {"attn": self.num_layers, "cross_attn": self.num_layers}
+
     def build_meta(self, specs, *, mask: str = "bidirectional", cached=None, device=None):
         """A packed batch's metadata for this model (`wan.layout.build_wan_meta`)."""
         from lct_train.model.wan.layout import build_wan_meta
