@@ -53,6 +53,7 @@ class Profile:
     sync_layers: int
     matmul_size: int
     vsd_model: str  # conf/model preset of the vs-diffusers stage (made diffusers-compatible)
+    wan_model: str  # conf/model preset of the Wan-family training stage
     vsd_blocks: tuple[int, int]  # its dual, single blocks
     gpu_gb: float  # the memory the estimator is told the device has
     caps: dict[str, int]  # stage -> seconds
@@ -67,9 +68,9 @@ GPU = Profile(
     attn_warmup=1, attn_repeats=3,
     train_shots=(9, 5, 1), compiled_shots=(9, 1), train_warmup=1, train_steps=2, compile_backend="inductor",
     kv_shots=tuple(range(2, 10)), kv_warmup=True, kv_steps=4, kv_layers=2, sync_layers=2, matmul_size=8192,
-    vsd_model="hunyuan-video", vsd_blocks=(2, 4), gpu_gb=141.0,
-    caps={"tests": 60, "attention": 60, "train-eager": 90, "train-compiled": 110, "train-lora": 30,
-          "kv-cache": 40, "host-syncs": 30, "vs-diffusers": 40, "estimate": 300},
+    vsd_model="hunyuan-video", vsd_blocks=(2, 4), wan_model="wan2.1-1.3b", gpu_gb=141.0,
+    caps={"tests": 60, "attention": 50, "train-eager": 90, "train-compiled": 100, "train-lora": 25,
+          "train-wan": 35, "kv-cache": 30, "host-syncs": 30, "vs-diffusers": 40, "estimate": 300},
 )
 SMOKE = Profile(
     name="smoke", device="cpu", dtype=torch.float32, model="tiny",
@@ -80,11 +81,11 @@ SMOKE = Profile(
     # inductor's C++ code generation takes minutes on 2 shared cores: dynamo capture only
     train_shots=(2, 1), compiled_shots=(1,), train_warmup=1, train_steps=1, compile_backend="eager",
     kv_shots=(2,), kv_warmup=False, kv_steps=2, kv_layers=1, sync_layers=1, matmul_size=256,
-    vsd_model="tiny", vsd_blocks=(1, 1), gpu_gb=24.0,
+    vsd_model="tiny", vsd_blocks=(1, 1), wan_model="tiny-wan", gpu_gb=24.0,
     # about 90 s of CPU in all; the caps allow for a machine shared four ways (the estimate
     # runs beside every other stage)
     caps={"tests": 90, "attention": 90, "train-eager": 90, "train-compiled": 90, "train-lora": 90,
-          "kv-cache": 90, "host-syncs": 90, "vs-diffusers": 90, "estimate": 150},
+          "train-wan": 90, "kv-cache": 90, "host-syncs": 90, "vs-diffusers": 90, "estimate": 300},
 )
 PROFILES = {p.name: p for p in (GPU, SMOKE)}
 

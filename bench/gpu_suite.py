@@ -11,6 +11,8 @@ recorded and the suite goes on):
    activation checkpointing, compile off at 9, 5 and 1 shots / on at 9 and 1): tokens/s, MFU
    by the project's FLOP convention, peak memory (next to ``lct-estimate``'s prediction);
    ``train-lora``: the largest scene's steps under ``finetune=lora`` (rank 16, frozen base);
+   ``train-wan``: the largest scene's steps of ``wan2.1-1.3b`` (the same geometry, no dummy
+   tokens: the Wan global group is text only);
 4. ``kv-cache``: auto-regressive sampling, KV cache vs recompute, n = 2..9 at lct-3b width
    (2 blocks): speedup against the FLOP ratio;
 5. ``host-syncs``: the synchronizing CUDA calls of one training step
@@ -71,6 +73,9 @@ STAGES = {  # name -> (title, function); run in this order
     "train-lora": ("training step, LoRA rank 16 on the same model, compile off",
                    lambda r, p, s: stage_train(r, p, s, False, extra=("finetune=lora",),
                                                shots=p.train_shots[:1])),
+    "train-wan": ("training step of a Wan-family model (wan2.1-1.3b), compile off",
+                  lambda r, p, s: stage_train(r, p, s, False, model=p.wan_model,
+                                              shots=p.train_shots[:1])),
     "kv-cache": ("KV-cache vs recompute sampling", stage_kv_cache),
     "host-syncs": ("host syncs in one training step", stage_host_syncs),
     "vs-diffusers": ("lct-train vs diffusers' HunyuanVideo transformer", stage_vs_diffusers),

@@ -63,7 +63,8 @@ def test_smoke_runs_every_stage(smoke):
     # 3: a row per shot count with throughput, MFU and memory, in both compile modes and LoRA
     for stage, shots in (("train-eager", gpu_stages.SMOKE.train_shots),
                          ("train-compiled", gpu_stages.SMOKE.compiled_shots),
-                         ("train-lora", gpu_stages.SMOKE.train_shots[:1])):
+                         ("train-lora", gpu_stages.SMOKE.train_shots[:1]),
+                         ("train-wan", gpu_stages.SMOKE.train_shots[:1])):
         rows = _rows(report, stage, "train")
         assert [r["shots"] for r in rows] == list(shots)
         assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["peak_gb"] > 0 for r in rows)
@@ -162,6 +163,10 @@ def test_gpu_profile_configs_compose_and_scenes_are_the_stated_geometry(tmp_path
         assert cfg.parallel.param_dtype == "bfloat16"
         assert cfg.parallel.compile is compiled
         assert cfg.parallel.compile_backend == "inductor"
+    wan = compose_config([*gpu_train.train_overrides(rec, gpu, 3, False, tmp_path, gpu.wan_model)])
+    assert (wan.model.family, wan.model.num_layers, wan.model.hidden_size) == ("wan", 30, 1536)
+    wan_scene = gpu_train.scene(gpu, 9, wan.model.dummy_grid)
+    assert wan_scene.num_tokens == 57_356 - 16  # the same shots, no dummy tokens
     syncs = gpu_train.train_overrides(rec, gpu, 2, False, tmp_path)
     assert compose_config([*syncs, f"model.num_dual_blocks={gpu.sync_layers}"]).model.num_dual_blocks == 2
     preset = gpu_stages.model_preset(gpu.model)
