@@ -30,7 +30,7 @@ def _check_triple(key: str, value: Any, empty_ok: bool = False) -> tuple[int, in
     triple = tuple(int(v) for v in value)
     empty = empty_ok and triple == (0, 0, 0)
     if len(triple) != 3 or (min(triple) < 1 and not empty):
-        allowed = " or (0, 0, 0)" if empty_ok else ""
+        allowed = " or (0, 0, 0) for none" if empty_ok else ""
         _fail(key, f"must be three positive ints (F, H, W){allowed}, got {value!r}")
     return triple  # type: ignore[return-value]
 
