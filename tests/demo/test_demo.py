@@ -23,12 +23,14 @@ def _build_summary(stdout: str) -> dict:
     return json.loads(lines[0])
 
 
-@pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
-    out = (tmp_path / "demo").resolve()
+def _demo(out, *extra: str) -> tuple[list[str], subprocess.CompletedProcess]:
     cmd = [sys.executable, "-m", "data_tools.demo", "--out", str(out), "--scenes", "4",
-           "--stage1-steps", "2", "--causal-steps", "2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
+           "--stage1-steps", "2", "--causal-steps", "2", *extra]
+    return cmd, subprocess.run(cmd, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
+
+
+def _check_first_run(out, result) -> tuple:
+    """What one demo run leaves and prints; returns (stage-1, causal checkpoints, build summary)."""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     sample = out / "sample"
@@ -64,6 +66,14 @@ def test_demo_end_to_end(tmp_path):
     first_build = _build_summary(result.stdout)
     assert first_build["scenes_built"] == 4
     assert first_build["skipped_done"] == 0
+    return stage1, causal, first_build
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    out = (tmp_path / "demo").resolve()
+    cmd, result = _demo(out)
+    stage1, causal, first_build = _check_first_run(out, result)
     stamps = {f: f.stat().st_mtime_ns for ckpt in (stage1, causal)
               for f in ckpt.rglob("*") if f.is_file()}
 
@@ -82,3 +92,15 @@ def test_demo_end_to_end(tmp_path):
     for ckpt in (stage1, causal):
         assert [p.name for p in ckpt.parent.glob("step-*")] == [ckpt.name]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # checkpoints untouched
+
+
+@pytest.mark.slow
+def test_wan_demo_end_to_end(tmp_path):
+    """``--family wan``: the same pipeline on the Wan-family model (conf/experiment/demo_wan.yaml)."""
+    out = (tmp_path / "demo").resolve()
+    _, result = _demo(out, "--family", "wan")
+    _check_first_run(out, result)
+    assert "experiment=demo_wan" in result.stdout
+    meta = json.loads((out / "runs" / "stage1" / "checkpoints" / "step-00000002" /
+                       "lct_meta.json").read_text())
+    assert meta["config"]["model"]["family"] == "wan"
