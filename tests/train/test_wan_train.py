@@ -67,15 +67,15 @@ def test_wan_causal_ft_on_shards_sp2_equals_one_rank(wan_one_rank, train, tmp_pa
     """Stage 2 (context-causal) from the newest stage-1 checkpoint, on the scene loader (3
     scenes: pixel:2 VAE, tiny text encoder, prompts cut to the 24-token window) with the
     validation loss on the same scenes: Ulysses SP=2 on 2 ranks (video sharded, text whole)
-    gives the 1-rank training and validation losses."""
+    gives the 1-rank training and validation losses and the same validation sample."""
     from tests.testutils import build_synthetic_shards
     from tests.train.test_validation import SYNTH, _validation_records
 
-    data, _ = build_synthetic_shards(tmp_path_factory, SYNTH, area=16 * 16, name="wan_shards")
+    data, truth = build_synthetic_shards(tmp_path_factory, SYNTH, area=16 * 16, name="wan_shards")
     common = [*WAN, "stage=causal_ft", f"stage.init_run={wan_one_rank}", "data_source=shards",
               f"data.sources=[{{path: {data}}}]", "data.num_workers=0", "data.max_tokens=512",
-              "steps=2", "eval.every=2", f"eval.data={data}", "eval.sample_scenes=0",
-              "checkpoint.enabled=false"]
+              "steps=2", "eval.every=2", f"eval.data={data}", f"eval.truth={truth}",
+              "eval.sample_scenes=1", "eval.sample_steps=2", "checkpoint.enabled=false"]
     want, got = tmp_path / "one", tmp_path / "sp2"
     status, err = train(*common, f"run_dir={want}")
     assert status == 0, err
@@ -83,9 +83,13 @@ def test_wan_causal_ft_on_shards_sp2_equals_one_rank(wan_one_rank, train, tmp_pa
     assert f"{wan_one_rank / 'checkpoints' / STAGE1} (model weights)" in proc.stdout + proc.stderr
     assert sorted(losses(want)) == [1, 2]
     assert_same_losses(losses(got), losses(want), [1, 2])
-    (one,), (sp2,) = ([r["val/loss"] for r in _validation_records(d)] for d in (want, got))
-    assert math.isfinite(one)
-    assert sp2 == pytest.approx(one, rel=1e-5)
+    (one,), (sp2,) = (_validation_records(d) for d in (want, got))
+    assert math.isfinite(one["val/loss"])
+    assert sp2["val/loss"] == pytest.approx(one["val/loss"], rel=1e-5)
+    for key in ("val/hidden_agreement", "val/palette_similarity"):  # the validation sample
+        assert 0.0 <= one[key] <= 1.0
+        assert sp2[key] == pytest.approx(one[key], abs=1e-4)
+    assert (got / "eval" / "step-00000002.png").is_file()
 
 
 def test_wan_init_from_an_imported_diffusers_export(train, tmp_path):
