@@ -57,8 +57,9 @@ def test_training_refuses_a_hunyuan_encoded_dataset_for_a_wan_model(monkeypatch)
     assert LoaderBatches(data, WAN, 0, 1, 1).loader.infos == [info]
 
 
-def test_lct_sample_of_a_wan_export_with_the_hunyuan_pipeline_refuses(tiny_wan_pipeline, tiny_hunyuan_pipeline,
-                                                                     tmp_path, capsys):
+@pytest.mark.parametrize("tools", [("--pipeline", "HV"), ("--text-encoder", "tiny", "--codec", "tiny-hunyuan")])
+def test_lct_sample_of_a_wan_export_with_hunyuan_encoders_refuses(tools, tiny_wan_pipeline, tiny_hunyuan_pipeline,
+                                                                  tmp_path, capsys):
     from lct_train.sample.cli import main as sample
 
     export = tmp_path / "wan"
@@ -67,12 +68,12 @@ def test_lct_sample_of_a_wan_export_with_the_hunyuan_pipeline_refuses(tiny_wan_p
     scene.write_text(json.dumps({"size": {"height": 32, "width": 32, "frames": 5}, "shots": [{"prompt": "a cat"}]}))
     capsys.readouterr()
     out = tmp_path / "out"
-    rc = sample(["scene", str(scene), "--ckpt", str(export), "--out", str(out),
-                 "--pipeline", str(tiny_hunyuan_pipeline), "--no-progress"])
+    tools = [str(tiny_hunyuan_pipeline) if t == "HV" else t for t in tools]
+    rc = sample(["scene", str(scene), "--ckpt", str(export), "--out", str(out), *tools, "--no-progress"])
     assert rc == 2
     line = one_line(capsys.readouterr().err)
-    assert f"--pipeline {tiny_hunyuan_pipeline} is for the mmdit family (text encoder hunyuan-video, " \
-           f"codec hunyuan); --ckpt {export} is a wan model" in line, line
+    kinds = "text encoder hunyuan-video, codec hunyuan" if "--pipeline" in tools else "text encoder tiny, codec hunyuan"
+    assert f"{' '.join(tools)} is for the mmdit family ({kinds}); --ckpt {export} is a wan model" in line, line
     assert not out.exists()
 
 
