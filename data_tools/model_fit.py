@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from lct_train.data.encoder_family import check_encoder_family, kind_of
 from lct_train.model.config import ModelConfig
 from lct_train.model.wan.config import WanConfig
 
@@ -44,9 +45,14 @@ def read_model(name_or_dir: str) -> ModelConfig | WanConfig:
 def check_model_fit(model: ModelConfig | WanConfig, model_name: str, codec, codec_name: str, text_encoder,
                     text_name: str, patch: int) -> None:
     """``ValueError`` (one line naming both sides) unless the codec, text encoder and build
-    ``patch`` give what ``model`` takes: latent channels, token and pooled widths, and latent
+    ``patch`` give what ``model`` takes: its family (``encoder_family``), latent channels, token and pooled widths, and latent
     sizes (multiples of ``patch``) that the model's spatial patch divides."""
     wrong = []
+    try:  # HunyuanVideo's and Wan2.1's encoders have the same widths: the kinds tell them apart
+        check_encoder_family(model, kind_of(text_encoder.spec()), kind_of(codec.spec()),
+                             source=f"{text_name} with {codec_name}", model_name=f"--model {model_name}")
+    except ValueError as exc:
+        wrong.append(str(exc))
     for what, name, key in ((codec, codec_name, "latent_channels"), (text_encoder, text_name, "text_dim"),
                             (text_encoder, text_name, "pooled_dim")):
         if getattr(what, key) != getattr(model, key):

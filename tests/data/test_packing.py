@@ -177,3 +177,30 @@ def test_source_mixing_by_weight(dataset_dir, synth_dir, tmp_path):
 def test_config_errors_name_the_key(dataset_dir, key, value):
     with pytest.raises(ValueError, match=f"data.{key}"):
         DataConfig(sources=[{"path": str(dataset_dir)}], **{key: value})
+
+
+def test_prompts_cut_to_the_text_window_are_counted_and_warned_once(synth_dir, tmp_path, caplog):
+    """One scene whose global + longest shot prompt exceed the window: every load of it counts
+    in ``loader/text_cut``; the first one also logs one warning naming the scene and lengths."""
+    from tests.data.conftest import build_tiny
+    from tests.data.test_hunyuan_pipeline import _manifest
+
+    build_tiny(_manifest(synth_dir, tmp_path, 1), tmp_path / "ds")
+    with tarfile.open(next((tmp_path / "ds" / SHARDS_DIR).glob("*.tar"))) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".text.safetensors"))
+        key = member.name.removesuffix(".text.safetensors")
+        text = load(tar.extractfile(member).read())
+    lengths = [text[f"group_{g}"].shape[0] for g in range(len(text) - 1)]  # and "pooled"
+    glob, longest = lengths[0], max(lengths[1:])
+    window = glob + longest - 1
+    cfg = DataConfig(sources=[{"path": str(tmp_path / "ds"), "name": "one"}], max_tokens=4096, num_workers=0,
+                     shuffle_buffer=1, packing_lookahead=1, p_drop_global=0.0, p_drop_shot=0.0,
+                     dummy_grid=(0, 0, 0), window_text_len=window)
+    with caplog.at_level("WARNING", logger="lct_train.data.worker"):
+        batches = take(cfg, 2)
+    assert [b.stats["loader/text_cut"] for b in batches] == [1, 2]
+    kept = min(glob, max(window // 2, window - longest))  # fit_windows: the global keeps half
+    assert [r.getMessage() for r in caplog.records] == [
+        f"source one: scene {key}: global prompt {glob} + longest shot prompt {longest} tokens exceed the "
+        f"model's text window {window}: cut to {kept} + at most {window - kept} (counted as loader/text_cut)"]
+    assert batches[0].specs[0].groups[0].text_len == kept

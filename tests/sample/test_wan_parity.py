@@ -14,13 +14,14 @@ from lct_train.convert.wan_config import WAN_NEGATIVE_PROMPT, WAN_T2V_SAMPLING
 from lct_train.model.wan import WanConfig
 from lct_train.sample.schedule import sampling_timesteps
 from tests.sample.hunyuan_parity import (
-    LATENT,
     PROMPT,
     import_transformer,
     lct_sample_one_shot,
     relative_diff,
 )
 from tests.sample.wan_parity import (
+    LATENT,
+    TOOLS,
     diffusers_one_shot,
     imported_config,
     official_grid,
@@ -47,7 +48,7 @@ def tiny(tmp_path_factory):
 def lct_latent(tiny, tmp_path_factory):
     """lct-sample's shot: only steps set, the rest (negative prompt too) from the import."""
     _, export, noise = tiny
-    return lct_sample_one_shot(export, tmp_path_factory.mktemp("lct"), noise, steps=STEPS)
+    return lct_sample_one_shot(export, tmp_path_factory.mktemp("lct"), noise, steps=STEPS, tools=TOOLS)
 
 
 def test_lct_train_samples_on_the_official_wan_grid_not_the_scheduler_default():
@@ -89,7 +90,7 @@ def test_one_shot_equals_wan_pipeline_with_the_official_negative_prompt(tiny, lc
 
 def test_negative_prompt_and_settings_from_flags_and_scene_file(tiny, tmp_path, lct_latent):
     model, export, noise = tiny
-    got = lct_sample_one_shot(export, tmp_path / "flags", noise, steps=STEPS,
+    got = lct_sample_one_shot(export, tmp_path / "flags", noise, steps=STEPS, tools=TOOLS,
                               args=("--shift", "3.0", "--guidance", "4.0",
                                     "--negative-prompt", "blurry, static"))
     want = diffusers_one_shot(model, noise, prompt=PROMPT, negative_prompt="blurry, static",
@@ -97,7 +98,7 @@ def test_negative_prompt_and_settings_from_flags_and_scene_file(tiny, tmp_path, 
     assert relative_diff(got, want) <= PARITY
     assert relative_diff(got, lct_latent) > 1e-3
     # negative_prompt "" in the scene file: the empty prompt (diffusers' default)
-    got = lct_sample_one_shot(export, tmp_path / "scene", noise, steps=STEPS, negative_prompt="")
+    got = lct_sample_one_shot(export, tmp_path / "scene", noise, steps=STEPS, tools=TOOLS, negative_prompt="")
     want = diffusers_one_shot(model, noise, prompt=PROMPT, negative_prompt="", steps=STEPS, **WAN)
     assert relative_diff(got, want) <= PARITY
     assert relative_diff(got, lct_latent) > 1e-3
@@ -107,7 +108,7 @@ def test_a_global_prompt_joins_the_cross_attention_window(tiny, tmp_path, lct_la
     """With a global prompt the scene is an LCT scene (text-only global group), not the source
     model's forward."""
     _, export, noise = tiny
-    got = lct_sample_one_shot(export, tmp_path / "g", noise, steps=STEPS,
+    got = lct_sample_one_shot(export, tmp_path / "g", noise, steps=STEPS, tools=TOOLS,
                               global_prompt="Character 1: a red fox.")
     assert relative_diff(got, lct_latent) > 1e-3
     assert np.isfinite(got.numpy()).all()

@@ -23,12 +23,15 @@ from lct_train.model.wan import WanConfig
 from tests.model.wan.wan_testutils import diffusers_wan, tiny_wan_config
 
 TEXT_LEN = 512  # an imported Wan's text_len (the pipelines' max_sequence_length)
+LATENT = (16, 2, 4, 6)  # [C, F, h, w] of hunyuan_parity.SIZE by the tiny-wan codec (4x, 8x)
+# a Wan model takes a Wan codec (data.encoder_family): the 16-channel tiny-wan one
+TOOLS = ("--codec", "tiny-wan", "--text-encoder", "tiny", "--no-progress")
 
 
 def tiny_transformer(seed: int = 0):
     """A tiny random diffusers `WanTransformer3DModel` taking the `tiny` encoder's 32-d text and
-    the tiny-hunyuan codec's 4 latent channels (hunyuan_parity.SIZE -> LATENT)."""
-    return diffusers_wan(tiny_wan_config(text_dim=TinyTextEncoder().text_dim), seed)
+    the tiny-wan codec's 16 latent channels (hunyuan_parity.SIZE -> LATENT)."""
+    return diffusers_wan(tiny_wan_config(text_dim=TinyTextEncoder().text_dim, latent_channels=LATENT[0]), seed)
 
 
 def padded_embeds(prompt: str, text_len: int = TEXT_LEN) -> torch.Tensor:

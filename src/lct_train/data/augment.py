@@ -31,6 +31,7 @@ class Scene:
     pooled: torch.Tensor  # [G, Dp]
     spec: SceneSpec  # the token layout, built once here; packing and training read it
     truncated: bool = False  # cut to the context window or the token budget
+    text_cut: tuple[int, ...] = ()  # (global, longest shot) prompt tokens before a window cut
 
     @property
     def tokens(self) -> int:
@@ -53,6 +54,21 @@ def fit_windows(text: list[torch.Tensor], window: int) -> list[torch.Tensor]:
         return text
     keep = min(text[0].shape[0], max(window // 2, window - longest))
     return [text[0][:keep]] + [t[: window - keep] for t in text[1:]]
+
+
+def window_cut(text: list[torch.Tensor], window: int) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+    """``fit_windows`` and what it cut: ``(global, longest shot)`` tokens before, ``()`` if nothing."""
+    fitted = fit_windows(text, window)
+    if [t.shape[0] for t in fitted] == [t.shape[0] for t in text]:
+        return fitted, ()
+    return fitted, (text[0].shape[0], max(t.shape[0] for t in text[1:]))
+
+
+def text_cut_message(key: str, scene_text: list[torch.Tensor], cut: tuple[int, ...], window: int) -> str:
+    """One line on a scene whose prompts ``window_cut`` cut (now ``scene_text``)."""
+    kept = scene_text[0].shape[0]
+    return (f"scene {key}: global prompt {cut[0]} + longest shot prompt {cut[1]} tokens exceed the model's "
+            f"text window {window}: cut to {kept} + at most {window - kept} (counted as loader/text_cut)")
 
 
 def check_geometry(rec: SceneRecord, patch: tuple[int, int, int]) -> None:
@@ -101,8 +117,8 @@ class Augmenter:
             for g in torch.nonzero(drop).flatten().tolist():
                 text[g] = self.empty_tokens
                 pooled[g] = self.empty_pooled
-        text = fit_windows(text, cfg.window_text_len)
-        return Scene(rec.key, source, latents, text, pooled, self.spec(latents, text), truncated)
+        text, cut = window_cut(text, cfg.window_text_len)
+        return Scene(rec.key, source, latents, text, pooled, self.spec(latents, text), truncated, cut)
 
     def fit_budget(self, scene: Scene) -> Scene | None:
         """Cuts trailing shots until the scene fits ``max_tokens`` (policy ``cut``), else None."""
@@ -115,5 +131,5 @@ class Augmenter:
             spec = SceneSpec(scene.spec.groups[: k + 1])  # the global group and shots 1..k
             if spec.num_tokens <= cfg.max_tokens:
                 return Scene(scene.key, scene.source, scene.latents[:k], scene.text[: k + 1],
-                             scene.pooled[: k + 1], spec, True)
+                             scene.pooled[: k + 1], spec, True, scene.text_cut)
         return None

@@ -253,6 +253,10 @@ CODECS = {"pixel": PixelCodec, "hunyuan": HunyuanVideoCodec, "wan": WanCodec}
 TINY_KINDS = {"tiny-hunyuan": {"kind": "hunyuan", "path": None},
               "tiny-wan": {"kind": "wan", "path": None, "variant": "2.1"},
               "tiny-wan2.2": {"kind": "wan", "path": None, "variant": "2.2"}}
+# the model family (``model_cfg.family``) whose latents each kind (a spec's or a CLI one) gives:
+# a source model's own VAE belongs to its family, a generic one (None) fits any (``encoder_family``)
+CODEC_FAMILY = {"pixel": None, "hunyuan": "mmdit", "tiny-hunyuan": "mmdit",
+                "wan": "wan", "tiny-wan": "wan", "tiny-wan2.2": "wan"}
 CODEC_KINDS = "pixel[:F], tiny-hunyuan, hunyuan:PATH, tiny-wan, tiny-wan2.2 or wan:PATH"
 
 

@@ -117,6 +117,9 @@ class TinyTextEncoder:
 
 TEXT_ENCODER_KINDS = ("minilm", "tiny", "hf:PATH", "hunyuan-video:DIR", "umt5:DIR")
 PIPELINE_KINDS = ("hunyuan-video", "umt5")  # loaded by pipeline_dir, weights in ``dtype``
+# the model family (``model_cfg.family``) whose embeddings each kind gives: a source model's own
+# encoder belongs to its family, a generic one (None) fits any (``encoder_family``)
+TEXT_ENCODER_FAMILY = {"minilm": None, "tiny": None, "hf": None, "hunyuan-video": "mmdit", "umt5": "wan"}
 TEXT_ENCODER_HELP = ("minilm (all-MiniLM-L6-v2, 384-d) | tiny (random, tests) | hf:PATH (a "
                      "transformers encoder folder with its tokenizer, mean-pooled) | "
                      "hunyuan-video:DIR (HunyuanVideo's Llama + CLIP-L as diffusers' encode_prompt, "

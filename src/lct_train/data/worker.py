@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lct_train.data.augment import Augmenter, Scene
+from lct_train.data.augment import Augmenter, Scene, text_cut_message
 from lct_train.data.config import DataConfig
 from lct_train.data.packing import BestFitPacker, collate
 from lct_train.data.schema import BadSampleError, DatasetInfo, decode_scene
@@ -24,7 +24,8 @@ from lct_train.data.stream import EmptyDatasetError, Origin, SlotStream
 from lct_train.data.tario import MemberReader, SampleRef
 
 logger = logging.getLogger(__name__)
-COUNTERS = ("seen", "bad", "skipped_over_budget", "truncated", "batches", "tokens")
+# text_cut: scenes whose prompts were cut to the model's text window (augment.window_cut)
+COUNTERS = ("seen", "bad", "skipped_over_budget", "truncated", "text_cut", "batches", "tokens")
 
 
 class DataQualityError(RuntimeError):
@@ -94,6 +95,7 @@ class _WorkerRun:
         self.reader = MemberReader()
         self.packer = BestFitPacker(self.cfg.max_tokens, self.cfg.packing_lookahead)
         self.new_bad: list[tuple[str, str, str]] = []
+        self.warned_text_cut: set[str] = set()
         self.epoch_good: dict[int, list[int]] = {}  # source -> [epoch, usable scenes so far]
         for ref, origin in state.get("pending", []):
             item = self._load(_ref_from_json(ref), Origin(*origin), count=False)
@@ -133,6 +135,12 @@ class _WorkerRun:
             self.counters["skipped_over_budget"] += count
             return None
         self.counters["truncated"] += int(fitted.truncated and count)
+        if fitted.text_cut and count:
+            self.counters["text_cut"] += 1
+            if source not in self.warned_text_cut:  # once per source (and worker)
+                self.warned_text_cut.add(source)
+                logger.warning("source %s: %s", source, text_cut_message(
+                    fitted.key, fitted.text, fitted.text_cut, self.cfg.window_text_len))
         return Item(fitted, ref, origin)
 
     def _track_epoch(self, origin: Origin, usable: bool) -> None:

@@ -9,6 +9,7 @@ import os
 
 from lct_train.core.dtypes import dtype_of
 from lct_train.core.errors import ConfigError
+from lct_train.data.encoder_family import check_encoder_family, kind_of
 from lct_train.sample.checkpoint_io import load_model
 from lct_train.sample.pipeline import Toolkit
 from lct_train.sample.prompts import PromptEncoder
@@ -51,20 +52,34 @@ def load_toolkit(opts: dict, progress: bool, sp_degree: int = 1) -> Toolkit:
         raise SamplingError(f"--sp {sp_degree} does not divide the model's "
                             f"{loaded.config.num_heads} attention heads")
     text_encoder, codec = pipeline_parts(opts, device)
+    given = f"--text-encoder {opts['text_encoder']}" if opts["text_encoder"] else f"--pipeline {opts['pipeline']}"
     try:
-        prompts = PromptEncoder(text_encoder or build_text_encoder(opts["text_encoder"], device=device),
-                                loaded.config)
-    except (ValueError, OSError) as exc:  # an unknown spec, or a width the model cannot take
-        given = f"--text-encoder {opts['text_encoder']}" if opts["text_encoder"] else f"--pipeline {opts['pipeline']}"
+        text_encoder = text_encoder or build_text_encoder(opts["text_encoder"], device=device)
+    except (ValueError, OSError) as exc:  # an unknown spec, or a folder that does not load
         raise SamplingError(f"{given}: {exc}") from exc
     try:
         codec = codec or build_codec(opts["codec"], device=device)
     except (ValueError, OSError) as exc:
         raise SamplingError(f"--codec {opts['codec']}: {exc}") from exc
+    try:  # the family first: HunyuanVideo's and Wan2.1's encoders have the same widths
+        check_encoder_family(loaded.config, kind_of(text_encoder.spec()), kind_of(codec.spec()),
+                             source=encoders_named(opts), model_name=f"--ckpt {opts['ckpt']}")
+    except ValueError as exc:
+        raise SamplingError(str(exc)) from exc
+    try:
+        prompts = PromptEncoder(text_encoder, loaded.config)
+    except ValueError as exc:  # a width the model cannot take
+        raise SamplingError(f"{given}: {exc}") from exc
     sp = start_sp(sp_degree, opts["device"]).sp if sp_degree > 1 else None
     writes = sp is None or sp.rank == 0
     return Toolkit(loaded, codec, prompts, progress=progress and writes, fps=int(opts["fps"]),
                    sp=sp, writes=writes)
+
+
+def encoders_named(opts: dict) -> str:
+    """The options that gave the text encoder and codec, for messages."""
+    named = [f"--{k.replace('_', '-')} {opts[k]}" for k in ("pipeline", "text_encoder", "codec") if opts.get(k)]
+    return " ".join(named)
 
 
 def pipeline_parts(opts: dict, device: str):

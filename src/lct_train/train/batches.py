@@ -15,6 +15,7 @@ import torch
 
 from lct_train.core.errors import ConfigError
 from lct_train.data.config import DataConfig
+from lct_train.data.encoder_family import check_encoder_family, kind_of
 from lct_train.data.packing import PackedScenes
 from lct_train.data.schema import GEOMETRY_KEYS  # dataset.json vs the model config
 from lct_train.data.seeding import stable_seed
@@ -38,6 +39,12 @@ class LoaderBatches:
 
         # a bad source raises loader.SourceError, a ConfigError naming data.sources[i].path
         self.loader = SceneLoader(data_cfg, dp_rank=dp_rank, dp_world_size=dp_size)
+        for i, (source, each) in enumerate(zip(data_cfg.sources, self.loader.infos)):
+            try:  # the widths agree across families (HunyuanVideo's and Wan2.1's): ask the kinds
+                check_encoder_family(model_cfg, kind_of(each.text_encoder), kind_of(each.vae),
+                                     source=str(source.path), model_name="the model")
+            except ValueError as exc:
+                raise ConfigError(f"data.sources[{i}].path", str(exc)) from None
         info = self.loader.infos[0]
         for key in GEOMETRY_KEYS:
             if key == "pooled_dim" and not model_cfg.takes_pooled:

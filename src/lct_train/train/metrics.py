@@ -7,6 +7,7 @@ appended, and everything comes to the host in one ``tolist()``. ``MetricsLogger`
 
 Logged keys: ``loss``, ``loss/t_<lo>-<hi>`` (mean shot loss per timestep bucket), ``grad_norm``,
 ``lr``, ``tokens_per_s``, ``scenes_per_s``, ``packing_efficiency``, ``skipped_samples``,
+``text_cut_samples`` (scenes whose prompts were cut to a Wan model's text window: ``loader/text_cut``),
 ``peak_memory_gb`` (rank 0), ``mfu`` (``lct_train.train.flops``; absent when the peak is
 unknown, e.g. on CPU without ``logging.peak_tflops``), ``tflops_per_device``, ``step_time_s``.
 """
@@ -92,7 +93,8 @@ class MetricsLogger:
                "step_time_s": step_time, "tokens_per_s": m["tokens"] / step_time,
                "scenes_per_s": m["scenes"] / step_time,
                "packing_efficiency": m["packing_sum"] / max(m["micro_batches"], 1.0),
-               "skipped_samples": m["bad_samples"], "shots": m["shots"],
+               "skipped_samples": m["bad_samples"], "text_cut_samples": m["text_cut_samples"],
+               "shots": m["shots"],
                "peak_memory_gb": peak_memory_gb(device), "skipped_step": skipped}
         tflops = m["flops"] / step_time / self.world_size
         rec["tflops_per_device"] = tflops / 1e12

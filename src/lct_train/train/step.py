@@ -34,7 +34,7 @@ from lct_train.train.loss import bucket_sums, micro_generator, noise_batch, shot
 
 # Layout of the per-step metric vector (then the timestep-bucket sums and counts).
 METRIC_FIELDS = ("loss_sum", "shots", "tokens", "scenes", "packing_sum", "micro_batches",
-                 "bad_samples", "flops")
+                 "bad_samples", "text_cut_samples", "flops")
 
 
 def training_shift(loss_cfg, model_cfg) -> float:
@@ -176,6 +176,7 @@ def forward_backward(
         sum(mb.stats.get("packing_efficiency", 0.0) for mb in micro),
         float(len(micro)),
         _bad_samples(micro[-1]),  # cumulative loader counters: the last batch has the latest
+        micro[-1].stats.get("loader/text_cut", 0.0),  # prompts cut to the model's text window
         float(train_flops),
     ]
     vector = torch.cat([

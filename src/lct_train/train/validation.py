@@ -18,6 +18,7 @@ validator: a fixed held-out set, fixed timesteps and noise, every rank taking pa
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from lct_train.core.errors import ConfigError
-from lct_train.data.augment import Scene, fit_windows
+from lct_train.data.augment import Scene, text_cut_message, window_cut
 from lct_train.data.codecs import build_codec
 from lct_train.data.loader import list_shards
 from lct_train.data.packing import collate
@@ -44,6 +45,8 @@ from lct_train.sample.writers import to_uint8_frames, write_contact_sheet
 from lct_train.train.loss import noise_at
 from lct_train.train.step import noised_shot_losses
 
+logger = logging.getLogger(__name__)
+
 VAL_STREAM = "lct-train/validation"
 SAMPLE_SEED = 0
 FALLBACK_GUIDANCE = 3.0  # eval.guidance / eval.shift when neither they nor the preset set one
@@ -56,7 +59,7 @@ def _first(*values):
 
 def load_heldout(root: str, limit: int, patch, dummy_grid, window: int = 0) -> list[Scene]:
     """The first ``limit`` scenes (by key) of a dataset directory, un-augmented (prompts cut to
-    the model's text ``window`` only: `augment.fit_windows`)."""
+    the model's text ``window`` only: `augment.window_cut`, each cut scene one warning)."""
     info = DatasetInfo.read(root)
     reader, records = MemberReader(), []
     try:
@@ -72,7 +75,9 @@ def load_heldout(root: str, limit: int, patch, dummy_grid, window: int = 0) -> l
     records = sorted(records, key=lambda r: r.key)[:limit]
     scenes = []
     for r in records:
-        text = fit_windows(list(r.text), window)
+        text, cut = window_cut(list(r.text), window)
+        if cut:
+            logger.warning("eval.data: %s", text_cut_message(r.key, text, cut, window))
         scenes.append(Scene(r.key, "validation", r.latents, text, r.pooled,
                             scene_spec([t.shape[0] for t in text], [z.shape for z in r.latents],
                                        patch, dummy_grid)))
