@@ -137,7 +137,7 @@ def test_build_help_documents_every_kind(capsys):
     with pytest.raises(SystemExit):
         shards_main(["build", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for kind in ("umt5:DIR", "wan:PATH", "tiny-wan2.2", "hunyuan-video:DIR", "hunyuan:PATH", "WanPipeline",
+    for kind in ("umt5:DIR", "wan:PATH", "tiny-wan2.2", "hunyuan-video:DIR", "hunyuan:PATH", "WanPipeline", "--vae-dtype",
                  "wan2.2-ti2v-5b"):
         assert kind in text, kind
 
