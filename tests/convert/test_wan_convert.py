@@ -146,3 +146,27 @@ def test_verify_two_wan_exports_and_refuse_another_family(imported, tmp_path, ca
     assert "OK" in capsys.readouterr().out
     assert main(["verify", str(imported), "--reference", str(tiny_diffusers_dir)]) == 2
     assert "are different model families" in one_line(capsys.readouterr().err)
+
+
+def test_bf16_import_and_export_keep_the_fp32_islands(pipeline_root, tmp_path):
+    """--dtype bf16 casts all but the fp32 islands (scale_shift_table, norm2, time_embedder),
+    per key as diffusers' from_pretrained(torch_dtype=bf16) holds them, both ways."""
+    from diffusers import WanTransformer3DModel
+
+    from lct_train.convert.model_spec import island_keys
+
+    out, back = tmp_path / "lct", tmp_path / "back"
+    assert main(["import-diffusers", str(pipeline_root), str(out), "--dtype", "bf16"]) == 0
+    islands = island_keys(read_model_config(out))
+    assert any("scale_shift_table" in k for k in islands)
+    assert any("norm2" in k for k in islands)
+    with SafetensorsReader(out) as reader:
+        got = {k: reader.dtype(k) for k in reader}
+    assert {k for k, d in got.items() if d == torch.float32} == islands
+    assert {d for k, d in got.items() if k not in islands} == {torch.bfloat16}
+    assert main(["export-diffusers", str(out), str(back), "--dtype", "bf16"]) == 0
+    ref = WanTransformer3DModel.from_pretrained(pipeline_root / "transformer", torch_dtype=torch.bfloat16,
+                                                local_files_only=True)
+    with SafetensorsReader(back) as reader:
+        assert {k: reader.dtype(k) for k in reader} == {k: v.dtype for k, v in ref.state_dict().items()}
+

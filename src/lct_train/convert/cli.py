@@ -32,6 +32,7 @@ from lct_train.convert.model_spec import (
     WEIGHTS_BASE,
     config_file,
     expected_shapes,
+    island_keys,
     parse_dtype,
     parse_model_config,
     read_model_config,
@@ -140,6 +141,7 @@ def cmd_init(args) -> None:
             source_name=f"export {args.source}",
             target_name="the LCT model",
             json_files=json_files,
+            islands=island_keys(cfg),
             **_output_options(args),
         )
     print(f"wrote {args.out}")
