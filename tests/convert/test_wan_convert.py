@@ -170,3 +170,30 @@ def test_bf16_import_and_export_keep_the_fp32_islands(pipeline_root, tmp_path):
     with SafetensorsReader(back) as reader:
         assert {k: reader.dtype(k) for k in reader} == {k: v.dtype for k, v in ref.state_dict().items()}
 
+
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json (the architecture fields)
+WAN21_13B_DIFFUSERS = {
+    "_class_name": "WanTransformer3DModel", "added_kv_proj_dim": None, "attention_head_dim": 128,
+    "cross_attn_norm": True, "eps": 1e-06, "ffn_dim": 8960, "freq_dim": 256, "image_dim": None,
+    "in_channels": 16, "num_attention_heads": 12, "num_layers": 30, "out_channels": 16,
+    "patch_size": [1, 2, 2], "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024, "text_dim": 4096,
+}
+
+
+@pytest.mark.parametrize("preset", ["wan2.1-1.3b", "wan2.1-14b", "wan2.2-ti2v-5b"])
+def test_import_of_a_preset_architecture_takes_its_sampling(preset):
+    """An import whose architecture is a preset's takes the preset's sampling (1.3B: shift 3.0,
+    as training from the preset would); another architecture the official T2V defaults."""
+    from lct_train.config.store import find_conf_dir
+    from lct_train.convert.wan_config import config_from_diffusers, config_to_diffusers
+
+    want = WanConfig.from_yaml(find_conf_dir() / "model" / f"{preset}.yaml")
+    assert config_from_diffusers(config_to_diffusers(want)).sampling == want.sampling
+
+
+def test_import_sampling_of_the_13b_config_and_a_tiny_one():
+    from lct_train.convert.wan_config import WAN_T2V_SAMPLING, config_from_diffusers
+
+    assert config_from_diffusers(WAN21_13B_DIFFUSERS).sampling.shift == 3.0
+    tiny = config_from_diffusers({**WAN21_13B_DIFFUSERS, "num_layers": 2})
+    assert tiny.sampling == WanConfig.from_dict({"sampling": WAN_T2V_SAMPLING}).sampling
