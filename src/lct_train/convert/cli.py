@@ -194,7 +194,9 @@ def cmd_verify(args) -> int:
 
 def _add_output_args(parser: argparse.ArgumentParser, weights: bool = False) -> None:
     parser.add_argument("out", help="output directory (written atomically)")
-    parser.add_argument("--dtype", help="cast floating-point tensors: bf16, fp16 or fp32")
+    parser.add_argument("--dtype", help="cast floating-point tensors: bf16, fp16 or fp32; the "
+                        "model's fp32 islands (Wan: modulation tables, norm2, time_embedder) stay "
+                        "fp32, as diffusers' save_pretrained keeps them")
     parser.add_argument(
         "--max-shard-size",
         type=parse_size,
