@@ -102,7 +102,10 @@ def preset_sampling(cfg: WanConfig, fields) -> dict[str, Any]:
 
     mine = cfg.to_dict()
     for name in WAN_PRESETS:
-        preset = WanConfig.from_yaml(find_conf_dir() / "model" / f"{name}.yaml").to_dict()
+        file = find_conf_dir() / "model" / f"{name}.yaml"
+        if not file.is_file():  # a $LCT_CONF_DIR without it
+            continue
+        preset = WanConfig.from_yaml(file).to_dict()
         if all(preset[k] == mine[k] for k in fields):
             return preset["sampling"]
     return WAN_T2V_SAMPLING
