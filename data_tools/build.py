@@ -16,7 +16,8 @@ encoders on the rank's device.
 Encoders: ``--pipeline DIR`` loads the VAE and text encoders of a diffusers pipeline folder
 (``lct_train.data.pipeline_dir``); ``--vae`` / ``--text-encoder`` give a part separately (and
 override the pipeline's). ``--dtype`` is their weights' dtype (``auto``: bf16 on CUDA, fp32 on
-CPU). ``--model`` checks them against the model the shards are for before anything is encoded
+CPU), except a pipeline VAE whose family declares its own (Wan's: fp32); ``--vae-dtype`` names
+the pipeline VAE's explicitly. ``--model`` checks them against the model the shards are for before anything is encoded
 or written (``model_fit``).
 """
 
@@ -53,6 +54,7 @@ DEFAULT_ENCODE_FRAMES = 16
 DEFAULT_VAE = "pixel:2"
 DEFAULT_TEXT_ENCODER = "minilm"
 ENCODER_DTYPES = ("auto", "fp32", "bf16", "fp16")
+VAE_DTYPES = ENCODER_DTYPES[1:]
 
 
 @dataclass
@@ -74,6 +76,7 @@ class BuildConfig:
     pipeline: str | None = None  # diffusers pipeline folder: its VAE and text encoders
     model: str | None = None  # preset name or export folder the encoders must fit
     dtype: str = "auto"  # VAE and text encoder weights (auto: bf16 on CUDA, fp32 on CPU)
+    vae_dtype: str | None = None  # the pipeline VAE's (None: its family's, fp32 for Wan, else dtype)
 
     def __post_init__(self):
         if self.encode_frames < 1:
@@ -81,6 +84,9 @@ class BuildConfig:
                              f"got {self.encode_frames}")
         if self.dtype not in ENCODER_DTYPES:
             raise ValueError(f"--dtype (dtype) must be one of {', '.join(ENCODER_DTYPES)}, got {self.dtype!r}")
+        if self.vae_dtype not in (None, *VAE_DTYPES):
+            raise ValueError(f"--vae-dtype (vae_dtype) must be one of {', '.join(VAE_DTYPES)}, "
+                             f"got {self.vae_dtype!r}")
 
     def encoder_dtype(self):
         if self.dtype == "auto":
@@ -125,7 +131,8 @@ def _encoders(cfg: BuildConfig):
         from lct_train.data.pipeline_dir import load_pipeline
 
         text_encoder, codec = load_pipeline(cfg.pipeline, device=cfg.device, dtype=dtype,
-                                            text_encoder=cfg.text_encoder is None, codec=cfg.vae is None)
+                                            text_encoder=cfg.text_encoder is None, codec=cfg.vae is None,
+                                            vae_dtype=dtype_of(cfg.vae_dtype) if cfg.vae_dtype else None)
     if codec is None:
         codec = build_codec(cfg.vae or DEFAULT_VAE, device=cfg.device, dtype=dtype)
     if text_encoder is None:

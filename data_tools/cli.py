@@ -12,6 +12,7 @@ from data_tools.build import (
     DEFAULT_TEXT_ENCODER,
     DEFAULT_VAE,
     ENCODER_DTYPES,
+    VAE_DTYPES,
     BuildConfig,
     build,
 )
@@ -72,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=ENCODER_DTYPES, default="auto",
                    help="weights of the VAE and the pipeline text encoders (hunyuan-video, umt5): "
                         "auto = bf16 on CUDA, "
-                        "fp32 on CPU (latents and text are stored in fp32)")
+                        "fp32 on CPU (latents and text are stored in fp32); a WanPipeline's VAE "
+                        "stays fp32 (as diffusers and the official Wan code run it) unless --vae-dtype")
+    b.add_argument("--vae-dtype", choices=VAE_DTYPES, default=None,
+                   help="weights of the --pipeline's VAE (None: the pipeline's own, fp32 for Wan, "
+                        "--dtype for HunyuanVideo)")
     b.add_argument("--model", metavar="NAME_OR_EXPORT_DIR",
                    help="model the shards are for: a conf/model preset (hunyuan-video, wan2.1-1.3b, "
                         "wan2.2-ti2v-5b, tiny, ...) or "
@@ -142,7 +147,7 @@ def _run(args) -> int:
         cfg = BuildConfig(args.manifest, args.out, args.vae, args.text_encoder, args.fps, args.area,
                           args.patch, args.max_frames, args.scenes_per_shard, args.shard_size_mb,
                           args.workers, args.device, args.allow_placeholder_prompts, args.encode_frames,
-                          args.pipeline, args.model, args.dtype)
+                          args.pipeline, args.model, args.dtype, args.vae_dtype)
         print(json.dumps(build(cfg)))
     elif args.cmd == "split":
         scenes = split_video(args.video, args.out_manifest, max_shots=args.max_shots,

@@ -31,9 +31,9 @@ SMALL_SHARD = "20KB"  # several shards for the tiny model
 MAX_SHOTS = 9
 
 
-def _save_single_process_checkpoint(root: Path) -> tuple[Path, dict, dict]:
+def _save_single_process_checkpoint(root: Path, cfg=None) -> tuple[Path, dict, dict]:
     """A checkpoint in the trainer's layout, written by one process (no process group)."""
-    cfg = tiny_config()
+    cfg = cfg or tiny_config()
     model = build_model(cfg)
     raw = model.state_dict()
     ema = {k: v + 1.0 for k, v in raw.items()}
@@ -74,6 +74,20 @@ def test_export_ema_sharded_and_raw_bf16(tmp_path):
     _assert_equal(
         load_file(out_bf16 / "model.safetensors"), {k: v.bfloat16() for k, v in raw.items()}
     )
+
+
+def test_bf16_export_of_a_wan_checkpoint_keeps_the_fp32_islands(tmp_path):
+    from lct_train.model.precision import island_names
+    from tests.model.wan.wan_testutils import tiny_wan_config
+
+    cfg = tiny_wan_config()
+    ckpt, raw, _ = _save_single_process_checkpoint(tmp_path / "run", cfg)
+    out = tmp_path / "export"
+    assert main(["export", str(ckpt), str(out), "--weights", "model", "--dtype", "bf16"]) == 0
+    islands = set(island_names(build_model(cfg, device="meta")))
+    assert islands
+    want = {k: v.float() if k in islands else v.bfloat16() for k, v in raw.items()}
+    _assert_equal(load_file(out / "model.safetensors"), want)
 
 
 def _export_weights(path) -> dict:

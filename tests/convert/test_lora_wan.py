@@ -29,6 +29,7 @@ from lct_train.convert.lora_export import (
 from lct_train.convert.verify import load_lct_model
 from lct_train.convert.wan_reference import run_wan, run_wan_diffusers, wan_fixed_input
 from lct_train.core.errors import ConfigError
+from lct_train.core.safetensors_io import SafetensorsReader
 from lct_train.model.lora import (
     apply_lora,
     freeze_base,
@@ -212,6 +213,13 @@ def test_export_lora_of_a_wan_run_and_merge(adapted, tmp_path):
     inp = wan_fixed_input(cfg, text_len=7, seed=4)
     assert merged_cfg == cfg
     assert _relative_error(run_wan(merged, cfg, inp), run_wan(held, cfg, inp)) < RTOL
+    # --dtype bf16: the fp32 islands stay fp32, as diffusers' save_pretrained keeps them
+    assert main(["export-lora", str(run), str(tmp_path / "half"), "--merge", "--dtype", "bf16"]) == 0
+    islands = set(island_names(merged))
+    with SafetensorsReader(tmp_path / "half") as reader:
+        got = {k: reader.dtype(k) for k in reader}
+    assert {k for k, d in got.items() if d == torch.float32} == islands
+    assert {d for k, d in got.items() if k not in islands} == {torch.bfloat16}
 
 
 def test_sampling_merges_a_wan_lora_file_through_the_familys_names(adapted, tmp_path):

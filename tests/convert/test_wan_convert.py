@@ -146,3 +146,54 @@ def test_verify_two_wan_exports_and_refuse_another_family(imported, tmp_path, ca
     assert "OK" in capsys.readouterr().out
     assert main(["verify", str(imported), "--reference", str(tiny_diffusers_dir)]) == 2
     assert "are different model families" in one_line(capsys.readouterr().err)
+
+
+def test_bf16_import_and_export_keep_the_fp32_islands(pipeline_root, tmp_path):
+    """--dtype bf16 casts all but the fp32 islands (scale_shift_table, norm2, time_embedder),
+    per key as diffusers' from_pretrained(torch_dtype=bf16) holds them, both ways."""
+    from diffusers import WanTransformer3DModel
+
+    from lct_train.convert.model_spec import island_keys
+
+    out, back = tmp_path / "lct", tmp_path / "back"
+    assert main(["import-diffusers", str(pipeline_root), str(out), "--dtype", "bf16"]) == 0
+    islands = island_keys(read_model_config(out))
+    assert any("scale_shift_table" in k for k in islands)
+    assert any("norm2" in k for k in islands)
+    with SafetensorsReader(out) as reader:
+        got = {k: reader.dtype(k) for k in reader}
+    assert {k for k, d in got.items() if d == torch.float32} == islands
+    assert {d for k, d in got.items() if k not in islands} == {torch.bfloat16}
+    assert main(["export-diffusers", str(out), str(back), "--dtype", "bf16"]) == 0
+    ref = WanTransformer3DModel.from_pretrained(pipeline_root / "transformer", torch_dtype=torch.bfloat16,
+                                                local_files_only=True)
+    with SafetensorsReader(back) as reader:
+        assert {k: reader.dtype(k) for k in reader} == {k: v.dtype for k, v in ref.state_dict().items()}
+
+
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json (the architecture fields)
+WAN21_13B_DIFFUSERS = {
+    "_class_name": "WanTransformer3DModel", "added_kv_proj_dim": None, "attention_head_dim": 128,
+    "cross_attn_norm": True, "eps": 1e-06, "ffn_dim": 8960, "freq_dim": 256, "image_dim": None,
+    "in_channels": 16, "num_attention_heads": 12, "num_layers": 30, "out_channels": 16,
+    "patch_size": [1, 2, 2], "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024, "text_dim": 4096,
+}
+
+
+@pytest.mark.parametrize("preset", ["wan2.1-1.3b", "wan2.1-14b", "wan2.2-ti2v-5b"])
+def test_import_of_a_preset_architecture_takes_its_sampling(preset):
+    """An import whose architecture is a preset's takes the preset's sampling (1.3B: shift 3.0,
+    as training from the preset would); another architecture the official T2V defaults."""
+    from lct_train.config.store import find_conf_dir
+    from lct_train.convert.wan_config import config_from_diffusers, config_to_diffusers
+
+    want = WanConfig.from_yaml(find_conf_dir() / "model" / f"{preset}.yaml")
+    assert config_from_diffusers(config_to_diffusers(want)).sampling == want.sampling
+
+
+def test_import_sampling_of_the_13b_config_and_a_tiny_one():
+    from lct_train.convert.wan_config import WAN_T2V_SAMPLING, config_from_diffusers
+
+    assert config_from_diffusers(WAN21_13B_DIFFUSERS).sampling.shift == 3.0
+    tiny = config_from_diffusers({**WAN21_13B_DIFFUSERS, "num_layers": 2})
+    assert tiny.sampling == WanConfig.from_dict({"sampling": WAN_T2V_SAMPLING}).sampling

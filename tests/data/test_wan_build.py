@@ -137,7 +137,7 @@ def test_build_help_documents_every_kind(capsys):
     with pytest.raises(SystemExit):
         shards_main(["build", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for kind in ("umt5:DIR", "wan:PATH", "tiny-wan2.2", "hunyuan-video:DIR", "hunyuan:PATH", "WanPipeline",
+    for kind in ("umt5:DIR", "wan:PATH", "tiny-wan2.2", "hunyuan-video:DIR", "hunyuan:PATH", "WanPipeline", "--vae-dtype",
                  "wan2.2-ti2v-5b"):
         assert kind in text, kind
 
@@ -178,6 +178,21 @@ def test_build_from_a_wan22_pipeline_gives_48_channel_latents(synth_dir, tmp_pat
     assert all(z.shape[0] == 48 and z.shape[2:] == (2, 2) for z in latents.values())  # 32x32 / 16
 
 
+def test_build_encoders_keep_the_wan_vae_fp32_unless_vae_dtype(tiny_wan_pipeline):
+    """lct-shards build --dtype bf16: the umT5 in bf16, the Wan VAE in fp32 (its family's);
+    --vae-dtype bf16 names the VAE's; a bad one is refused naming the flag."""
+    from data_tools.build import BuildConfig, _encoders
+
+    codec, text = _encoders(BuildConfig("m", "o", pipeline=str(tiny_wan_pipeline), dtype="bf16"))
+    assert {p.dtype for p in text.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in codec.vae.parameters()} == {torch.float32}
+    codec, _ = _encoders(BuildConfig("m", "o", pipeline=str(tiny_wan_pipeline), text_encoder="tiny",
+                                     vae_dtype="bf16"))
+    assert {p.dtype for p in codec.vae.parameters()} == {torch.bfloat16}
+    with pytest.raises(ValueError, match="--vae-dtype"):
+        BuildConfig("m", "o", vae_dtype="auto")
+
+
 @pytest.mark.gpu
 def test_pipeline_encoders_on_cuda_in_bf16_are_close_to_fp32_cpu(tiny_wan_pipeline):
     """The device path of a build (--device cuda, --dtype auto = bf16): each rank's encoders on
@@ -190,6 +205,7 @@ def test_pipeline_encoders_on_cuda_in_bf16_are_close_to_fp32_cpu(tiny_wan_pipeli
 
     (codec, text), (ref_codec, ref_text) = encoders("cuda:0"), encoders("cpu")
     assert next(text.model.parameters()).dtype == torch.bfloat16
+    assert {p.dtype for p in codec.vae.parameters()} == {torch.float32}  # Wan's VAE: fp32
     got, ref = text.encode(PROMPTS), ref_text.encode(PROMPTS)
     assert torch.equal(got.mask, ref.mask)
     for i in range(len(PROMPTS)):

@@ -78,14 +78,17 @@ def test_normalisation_uses_the_vaes_own_statistics():
     assert not torch.allclose(codec.normalize(z), z)  # the tiny statistics are not the identity
 
 
-def test_pipeline_vae_is_tiled_and_dtype_follows(tiny_wan_pipeline, tiny_wan22_pipeline):
+def test_pipeline_vae_is_tiled_and_fp32_unless_vae_dtype(tiny_wan_pipeline, tiny_wan22_pipeline):
     for root, channels in ((tiny_wan_pipeline, 16), (tiny_wan22_pipeline, 48)):
         _, codec = load_pipeline(root, text_encoder=False)
         assert codec.spec() == {"kind": "wan", "path": str(root / "vae"), "tiling": True}
         assert codec.vae.use_tiling
         assert codec.latent_channels == channels
         assert build_codec(f"wan:{root / 'vae'}").spec() == codec.spec()
-    _, half = load_pipeline(tiny_wan_pipeline, text_encoder=False, dtype=torch.bfloat16)
+    _, full = load_pipeline(tiny_wan_pipeline, text_encoder=False, dtype=torch.bfloat16)
+    assert {p.dtype for p in full.vae.parameters()} == {torch.float32}  # Wan's VAE: fp32 over --dtype
+    _, half = load_pipeline(tiny_wan_pipeline, text_encoder=False, dtype=torch.bfloat16,
+                            vae_dtype=torch.bfloat16)
     assert next(half.vae.parameters()).dtype == torch.bfloat16
     x = shots(8, 1)[0]
     ref = build_codec(f"wan:{tiny_wan_pipeline / 'vae'}").encode(x)

@@ -85,13 +85,32 @@ def test_a_cut_prompt_is_one_warning_line(encoder, caplog):
 
 def test_bf16_weights_give_close_tokens(tiny_wan_pipeline, encoder):
     half, vae = load_pipeline(tiny_wan_pipeline, dtype=torch.bfloat16)
-    assert next(half.model.parameters()).dtype == next(vae.vae.parameters()).dtype == torch.bfloat16
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in vae.vae.parameters()} == {torch.float32}  # Wan's VAE stays fp32
     assert half.spec()["dtype"] == "bfloat16"
     got, ref = half.encode(PROMPTS[:4]), encoder.encode(PROMPTS[:4])
     assert got.tokens.dtype == torch.float32
     assert torch.equal(got.mask, ref.mask)
     for i in range(4):
         assert (got.valid(i) - ref.valid(i)).abs().max() <= 0.05 * ref.valid(i).abs().max()
+
+
+def test_wan_vae_dtype_is_fp32_unless_named(tiny_wan_pipeline):
+    """The Wan family declares an fp32 VAE (diffusers' Wan docs, the official code) over the
+    requested dtype; an explicit vae_dtype (--vae-dtype) wins; lct-sample's --pipeline likewise."""
+    from lct_train.sample.cli import MODEL_DEFAULTS, MODEL_OPTIONS
+    from lct_train.sample.toolkit import pipeline_parts
+
+    _, named = load_pipeline(tiny_wan_pipeline, dtype=torch.float32, text_encoder=False,
+                             vae_dtype=torch.bfloat16)
+    assert {p.dtype for p in named.vae.parameters()} == {torch.bfloat16}
+    opts = {k: None for k in MODEL_OPTIONS} | MODEL_DEFAULTS
+    opts.update(pipeline=str(tiny_wan_pipeline), dtype="bfloat16")
+    text, vae = pipeline_parts(opts, "cpu")
+    assert {p.dtype for p in text.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in vae.vae.parameters()} == {torch.float32}
+    opts.update(vae_dtype="bfloat16", text_encoder="given")
+    assert {p.dtype for p in pipeline_parts(opts, "cpu")[1].vae.parameters()} == {torch.bfloat16}
 
 
 def test_umt5_kind_and_spec_rebuild_the_same_encoder(tiny_wan_pipeline, encoder):

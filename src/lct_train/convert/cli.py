@@ -32,6 +32,7 @@ from lct_train.convert.model_spec import (
     WEIGHTS_BASE,
     config_file,
     expected_shapes,
+    island_keys,
     parse_dtype,
     parse_model_config,
     read_model_config,
@@ -140,6 +141,7 @@ def cmd_init(args) -> None:
             source_name=f"export {args.source}",
             target_name="the LCT model",
             json_files=json_files,
+            islands=island_keys(cfg),
             **_output_options(args),
         )
     print(f"wrote {args.out}")
@@ -192,7 +194,9 @@ def cmd_verify(args) -> int:
 
 def _add_output_args(parser: argparse.ArgumentParser, weights: bool = False) -> None:
     parser.add_argument("out", help="output directory (written atomically)")
-    parser.add_argument("--dtype", help="cast floating-point tensors: bf16, fp16 or fp32")
+    parser.add_argument("--dtype", help="cast floating-point tensors: bf16, fp16 or fp32; the "
+                        "model's fp32 islands (Wan: modulation tables, norm2, time_embedder) stay "
+                        "fp32, as diffusers' save_pretrained keeps them")
     parser.add_argument(
         "--max-shard-size",
         type=parse_size,

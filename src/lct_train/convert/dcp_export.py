@@ -29,6 +29,8 @@ from lct_train.convert.model_spec import (
     cast,
     checkpoint_model_config,
     expected_shapes,
+    export_dtype,
+    island_keys,
     parse_model_config,
 )
 from lct_train.core import checkpoint_layout as layout
@@ -165,16 +167,16 @@ def export_checkpoint(
         expected_shapes(cfg),
         what=f"checkpoint {ckpt} (`{weights}` weights)",
     )
+    islands = island_keys(cfg)
     sizes = {
-        k: tensor_nbytes(
-            t.shape, dtype if dtype is not None and t.dtype.is_floating_point else t.dtype
-        )
+        k: tensor_nbytes(t.shape, export_dtype(dtype, k in islands)
+                         if dtype is not None and t.dtype.is_floating_point else t.dtype)
         for k, t in entries.items()
     }
     shards = plan_shards(sizes, max_shard_bytes)
 
     def produce(keys):
-        return {k: cast(v, dtype) for k, v in _load_subset(stored, keys).items()}
+        return {k: cast(v, dtype, k in islands) for k, v in _load_subset(stored, keys).items()}
 
     info = {
         "source": str(ckpt.resolve()),

@@ -25,6 +25,7 @@ from lct_train.convert.model_spec import (
     EXPORT_INFO_FILE,
     WEIGHTS_BASE,
     expected_shapes,
+    island_keys,
     read_model_config,
 )
 from lct_train.core.errors import ConversionError, check_keys_and_shapes
@@ -107,6 +108,7 @@ def import_diffusers(
             dtype=dtype,
             max_shard_bytes=max_shard_bytes,
             overwrite=overwrite,
+            islands=island_keys(cfg),
         )
     return cfg
 
@@ -154,5 +156,6 @@ def export_diffusers(
             dtype=dtype,
             max_shard_bytes=max_shard_bytes,
             overwrite=overwrite,
+            islands=island_keys(cfg),
         )
     return dconfig

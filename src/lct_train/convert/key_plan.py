@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lct_train.convert.model_spec import cast
+from lct_train.convert.model_spec import cast, export_dtype
 from lct_train.core.errors import ConversionError, check_keys_and_shapes, format_keys
 from lct_train.core.safetensors_io import (
     SafetensorsReader,
@@ -97,13 +97,19 @@ def write_plan(
     target_shapes: Mapping[str, Sequence[int]],
     dtype: torch.dtype | None,
     max_shard_bytes: int,
+    islands: frozenset[str] = frozenset(),
 ) -> list[Path]:
-    """Stream `plan` from `reader` into sharded safetensors `out_dir/<base>*.safetensors`."""
+    """Stream `plan` from `reader` into sharded safetensors `out_dir/<base>*.safetensors`, cast
+    to `dtype` except the fp32 `islands` (LCT keys: a target or source among them stays fp32)."""
     by_target = {rule.target: rule for rule in plan}
+
+    def island(rule: KeyRule) -> bool:
+        return rule.target in islands or not islands.isdisjoint(rule.sources)
 
     def out_dtype(rule: KeyRule) -> torch.dtype:
         stored = reader.dtype(rule.sources[0])
-        return dtype if dtype is not None and stored.is_floating_point else stored
+        want = export_dtype(dtype, island(rule))
+        return want if want is not None and stored.is_floating_point else stored
 
     sizes = {r.target: tensor_nbytes(target_shapes[r.target], out_dtype(r)) for r in plan}
 
@@ -115,7 +121,7 @@ def write_plan(
             for s in rule.sources:
                 if s not in cache:
                     cache[s] = reader.get(s)
-            out[key] = cast(rule.apply([cache[s] for s in rule.sources]), dtype)
+            out[key] = cast(rule.apply([cache[s] for s in rule.sources]), dtype, island(rule))
         return out
 
     return write_sharded(out_dir, base, plan_shards(sizes, max_shard_bytes), produce)
@@ -134,6 +140,7 @@ def convert_with_plan(
     dtype: torch.dtype | None,
     max_shard_bytes: int,
     overwrite: bool,
+    islands: frozenset[str] = frozenset(),
 ) -> None:
     """`check_plan`, then write `out/<base>*.safetensors` and `json_files` (name -> object)
     into a directory renamed to `out` only when everything is written."""
@@ -149,6 +156,7 @@ def convert_with_plan(
             target_shapes=targets,
             dtype=dtype,
             max_shard_bytes=max_shard_bytes,
+            islands=islands,
         )
         for name, obj in json_files.items():
             write_json(tmp / name, obj)

@@ -36,10 +36,11 @@ from lct_train.convert.model_spec import (
     CONFIG_FILE,
     EXPORT_INFO_FILE,
     WEIGHTS_BASE,
-    build_model,
     cast,
     checkpoint_model_config,
     expected_shapes,
+    export_dtype,
+    island_keys,
 )
 from lct_train.core import checkpoint_layout as layout
 from lct_train.core.checkpoint_layout import run_settings
@@ -54,7 +55,6 @@ from lct_train.core.safetensors_io import (
     write_json,
     write_sharded,
 )
-from lct_train.model.precision import island_names
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
@@ -193,6 +193,7 @@ def merge_lora_export(path: str | os.PathLike, out: str | os.PathLike, *,
                               "--base PATH (a safetensors file or export directory)")
     cfg = run.model_cfg
     held_dtype = _held_dtypes(run)
+    islands = island_keys(cfg)
     sums = torch.zeros(2, dtype=torch.float64)
     with SafetensorsReader(base) as reader:
         check_keys_and_shapes(reader.shapes(), expected_shapes(cfg), what=f"base {base}")
@@ -212,10 +213,11 @@ def merge_lora_export(path: str | os.PathLike, out: str | os.PathLike, *,
                     delta = run.adapters[f"{module}.lora_B.weight"] \
                         @ run.adapters[f"{module}.lora_A.weight"]
                     value = value.float() + delta * run.scaling
-                tensors[key] = cast(value.to(stored_dtype[key]), dtype).contiguous()
+                tensors[key] = cast(value.to(stored_dtype[key]), dtype, key in islands).contiguous()
             return tensors
 
-        sizes = {k: tensor_nbytes(s, dtype or stored_dtype[k]) for k, s in reader.shapes().items()}
+        sizes = {k: tensor_nbytes(s, export_dtype(dtype, k in islands) or stored_dtype[k])
+                 for k, s in reader.shapes().items()}
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             write_sharded(tmp, WEIGHTS_BASE, plan_shards(sizes, max_shard_bytes), produce)
             want = run.lora["base_checksum"]
@@ -271,5 +273,5 @@ def _held_dtypes(run: LoraCheckpoint):
     cfg = run.meta["config"]
     name = cfg.get("finetune", {}).get("base_dtype", "compute")
     base = dtype_of(cfg["parallel"]["param_dtype"] if name == "compute" else name)
-    islands = set(island_names(build_model(run.model_cfg, device="meta")))
+    islands = island_keys(run.model_cfg)
     return lambda key: torch.float32 if key in islands else base

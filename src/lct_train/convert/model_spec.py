@@ -17,6 +17,7 @@ from lct_train.core.dtypes import CONVERT_DTYPES, dtype_of
 from lct_train.core.errors import ConversionError
 from lct_train.model import family
 from lct_train.model.config import ModelConfig
+from lct_train.model.precision import island_names
 from lct_train.model.wan.config import WanConfig
 
 CONFIG_FILE = "config.json"
@@ -105,8 +106,22 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return dtype_of(name)
 
 
-def cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """Cast floating-point tensors only; integer buffers keep their dtype."""
+def island_keys(cfg: ModelConfig | WanConfig) -> frozenset[str]:
+    """The keys of `cfg`'s model kept in fp32 (`lct_train.model.precision`: Wan's timestep
+    embedder, modulation tables and block norms; none for HunyuanVideo), from a meta model."""
+    return frozenset(island_names(build_model(cfg, device="meta")))
+
+
+def export_dtype(dtype: torch.dtype | None, island: bool = False) -> torch.dtype | None:
+    """The dtype an export casts a floating tensor to: ``dtype`` (None: the stored one), fp32
+    for an fp32 island, as diffusers' ``save_pretrained`` keeps them."""
+    return torch.float32 if island and dtype is not None else dtype
+
+
+def cast(tensor: torch.Tensor, dtype: torch.dtype | None, island: bool = False) -> torch.Tensor:
+    """Cast floating-point tensors only (an fp32 island to fp32, `export_dtype`); integer
+    buffers keep their dtype."""
+    dtype = export_dtype(dtype, island)
     if dtype is None or not tensor.is_floating_point():
         return tensor
     return tensor.to(dtype)

@@ -4,7 +4,8 @@ Only the text-to-video architecture is accepted: no image branch (`image_dim`,
 `added_kv_proj_dim`, `pos_embed_seq_len`), RMS q/k norm across heads, `out_channels ==
 in_channels`. Fields diffusers has no notion of (the LCT RoPE offsets, the attention backend)
 come from a base config; the text length is the Wan pipelines' 512. Sampling settings: the
-base's `sampling` block, else Wan's text-to-video defaults (`WAN_T2V_SAMPLING`).
+base's `sampling` block, else that of the Wan preset (`WAN_PRESETS`) with the same architecture
+(the 1.3B's shift 3.0), else Wan's text-to-video defaults (`WAN_T2V_SAMPLING`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ WAN_NEGATIVE_PROMPT = (
     "的背景，三条腿，背景人很多，倒着走"
 )
 # the official text-to-video sampling (Wan2.1 generate.py, Wan2.2 TI2V-5B config): an imported
-# model keeps them unless --base-config has a sampling block (conf/model/wan*.yaml: the 480p
-# 1.3B preset uses diffusers' 480p shift 3.0)
+# model keeps them unless --base-config has a sampling block or its architecture is a preset's
+# (`WAN_PRESETS`; conf/model/wan*.yaml: the 480p 1.3B preset uses diffusers' 480p shift 3.0)
 WAN_T2V_SAMPLING = {"steps": 50, "guidance": 5.0, "shift": 5.0,
                     "negative_prompt": WAN_NEGATIVE_PROMPT}
+# conf/model presets whose `sampling` an import of the same architecture takes
+WAN_PRESETS = ("wan2.1-1.3b", "wan2.1-14b", "wan2.2-ti2v-5b")
 DIFFUSERS_TIMESTEP_SCALE = 1000.0
 SUPPORTED_QK_NORM = "rms_norm_across_heads"
 DIFFUSERS_DEFAULTS = {  # the constructor's defaults: a config.json may omit these
@@ -83,12 +86,29 @@ def config_from_diffusers(dcfg: dict[str, Any], base: WanConfig | None = None) -
         time_freq_dim=d["freq_dim"],
         timestep_scale=DIFFUSERS_TIMESTEP_SCALE,
     )
-    if not (base and base.sampling.given()):
-        arch["sampling"] = WAN_T2V_SAMPLING
     try:
-        return WanConfig.from_dict({**(base or WanConfig()).to_dict(), **arch})
+        cfg = WanConfig.from_dict({**(base or WanConfig()).to_dict(), **arch})
     except ValueError as err:
         raise ConversionError(f"diffusers config gives an invalid WanConfig: {err}") from err
+    if base and base.sampling.given():
+        return cfg
+    return WanConfig.from_dict({**cfg.to_dict(), "sampling": preset_sampling(cfg, arch)})
+
+
+def preset_sampling(cfg: WanConfig, fields) -> dict[str, Any]:
+    """The `sampling` block of the first `WAN_PRESETS` preset whose architecture ``fields`` (the
+    ones a diffusers config gives) equal ``cfg``'s, else `WAN_T2V_SAMPLING`."""
+    from lct_train.config.store import find_conf_dir
+
+    mine = cfg.to_dict()
+    for name in WAN_PRESETS:
+        file = find_conf_dir() / "model" / f"{name}.yaml"
+        if not file.is_file():  # a $LCT_CONF_DIR without it
+            continue
+        preset = WanConfig.from_yaml(file).to_dict()
+        if all(preset[k] == mine[k] for k in fields):
+            return preset["sampling"]
+    return WAN_T2V_SAMPLING
 
 
 def config_to_diffusers(cfg: WanConfig) -> dict[str, Any]:

@@ -11,6 +11,10 @@ Supported (``FAMILIES``):
   ``tokenizer/``: umT5), text as ``wan_text``. Its ``transformer/`` is ``lct-convert
   import-diffusers``' (Wan2.2-A14B's second expert, ``transformer_2/``, is out of scope).
 
+The VAE's dtype: a family may declare its own (``PipelineFamily.vae_dtype``: float32 for Wan, as
+diffusers' Wan docs and the official Wan code run it; HunyuanVideo's follows the requested dtype);
+an explicit ``vae_dtype`` (``--vae-dtype``) overrides both.
+
 One fix over diffusers:
 transformers 5's ``LlamaTokenizer(Fast)`` replaces the byte-level pre-tokenizer of a Llama 3
 ``tokenizer.json`` (HunyuanVideo's) with a SentencePiece one and so changes the tokens
@@ -52,6 +56,12 @@ class PipelineFamily:
     vae: str  # the vae/ class
     text_encoder_cls: str  # "module:Class", built as cls(**parts, spec=spec, **opts)
     codec_cls: str  # "module:Class", built as cls(vae folder, device=, dtype=)
+    # the VAE's own dtype, over the requested one (None: the requested one); a --vae-dtype overrides it
+    vae_dtype: torch.dtype | None = None
+
+    def codec_dtype(self, dtype: torch.dtype, vae_dtype: torch.dtype | None = None) -> torch.dtype:
+        """The VAE's weights dtype: ``vae_dtype`` when the user names one, else the family's, else ``dtype``."""
+        return vae_dtype or self.vae_dtype or dtype
 
     def make_text_encoder(self, parts: dict, spec: dict, **opts):
         return _import(self.text_encoder_cls)(**parts, spec=spec, **opts)
@@ -70,7 +80,8 @@ WAN = PipelineFamily(
     "WanPipeline", "Wan", "umt5",
     {"text_encoder": ("transformers", "UMT5EncoderModel"), "tokenizer": ("transformers", "AutoTokenizer")},
     {"text_encoder": "tokenizer"}, "AutoencoderKLWan",
-    "lct_train.data.wan_text:UMT5TextEncoder", "lct_train.data.codecs:WanCodec")
+    "lct_train.data.wan_text:UMT5TextEncoder", "lct_train.data.codecs:WanCodec",
+    vae_dtype=torch.float32)  # as diffusers' Wan docs and the official Wan code: fp32 decodes better
 FAMILIES = {f.pipeline: f for f in (HUNYUAN, WAN)}
 FAMILY_OF_KIND = {f.text_kind: f for f in FAMILIES.values()}
 
@@ -197,8 +208,10 @@ def load_text_encoder(root: str | Path, *, kind: str = "hunyuan-video", device: 
     return family.make_text_encoder(parts, spec, **opts)
 
 
-def load_codec(root: str | Path, index: dict, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """The ``vae/`` of a pipeline folder as its family's codec (tiled)."""
+def load_codec(root: str | Path, index: dict, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               vae_dtype: torch.dtype | None = None):
+    """The ``vae/`` of a pipeline folder as its family's codec (tiled), in
+    ``family.codec_dtype(dtype, vae_dtype)``."""
     root = Path(root)
     family = family_of(index)
     library, name = _part_class(root, index, "vae", family)
@@ -207,16 +220,17 @@ def load_codec(root: str | Path, index: dict, *, device: str = "cpu", dtype: tor
                                f"pipeline's is {family.vae}")
     folder = _part_dir(root, index, "vae", family)
     try:
-        return family.make_codec(str(folder), device=device, dtype=dtype)
+        return family.make_codec(str(folder), device=device, dtype=family.codec_dtype(dtype, vae_dtype))
     except (OSError, ValueError) as exc:
         raise PipelineDirError(f"{folder}: cannot load {name}: {str(exc).strip().splitlines()[0]}") from None
 
 
 def load_pipeline(root: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                  text_encoder: bool = True, codec: bool = True):
+                  text_encoder: bool = True, codec: bool = True, vae_dtype: torch.dtype | None = None):
     """``(text encoder, codec)`` of the pipeline folder ``root`` (``None`` for a part not asked
-    for: one given separately with ``--text-encoder`` / ``--vae``)."""
+    for: one given separately with ``--text-encoder`` / ``--vae``); the text encoder in ``dtype``,
+    the VAE in ``vae_dtype`` if given, else the family's VAE dtype, else ``dtype``."""
     index = read_model_index(root)
     enc = load_text_encoder(root, device=device, dtype=dtype, index=index, flag="--pipeline ") if text_encoder else None
-    vae = load_codec(root, index, device=device, dtype=dtype) if codec else None
+    vae = load_codec(root, index, device=device, dtype=dtype, vae_dtype=vae_dtype) if codec else None
     return enc, vae

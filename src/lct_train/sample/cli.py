@@ -64,7 +64,7 @@ from lct_train.sample.toolkit import load_toolkit
 from lct_train.sample.writers import DEFAULT_FPS
 
 MODEL_OPTIONS = ("ckpt", "lora", "lora_scale", "weights", "mask", "window", "pipeline", "codec",
-                 "text_encoder", "device", "dtype", "fps")
+                 "text_encoder", "device", "dtype", "vae_dtype", "fps")
 SAMPLING_OPTIONS = SETTING_NAMES
 MODEL_DEFAULTS = {"device": "cpu", "dtype": "float32", "fps": DEFAULT_FPS, "lora_scale": 1.0}
 ERRORS = (SceneFileError, SamplingError, PoolError, CheckpointError, MediaError)
@@ -100,11 +100,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pipeline", metavar="DIR",
                    help="diffusers HunyuanVideoPipeline or WanPipeline folder (model_index.json): "
                         "its vae/ as the codec and its text encoders (Llama + CLIP-L, or umT5; as "
-                        "diffusers encodes), in the model's --dtype; --codec / --text-encoder override a part")
+                        "diffusers encodes), the text encoders in the model's --dtype, the VAE in "
+                        "--vae-dtype; --codec / --text-encoder override a part")
     g.add_argument("--codec", help=CODEC_HELP)
     g.add_argument("--text-encoder", dest="text_encoder", help=TEXT_ENCODER_HELP)
     g.add_argument("--device", help="cpu | cuda (default cpu)")
     g.add_argument("--dtype", choices=sorted(SAMPLE_DTYPES), help="model dtype (default float32)")
+    g.add_argument("--vae-dtype", dest="vae_dtype", choices=sorted(SAMPLE_DTYPES),
+                   help="--pipeline's VAE dtype (default: the pipeline's own, float32 for Wan as "
+                        "diffusers' and the official Wan code run it; HunyuanVideo: --dtype)")
     g.add_argument("--fps", type=int, help=f"mp4 frame rate (default {DEFAULT_FPS})")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     s = p.add_argument_group(

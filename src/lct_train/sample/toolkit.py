@@ -83,14 +83,16 @@ def encoders_named(opts: dict) -> str:
 
 
 def pipeline_parts(opts: dict, device: str):
-    """(text encoder, codec) of ``--pipeline`` in the model's dtype, ``None`` for a part given
-    with ``--text-encoder`` / ``--codec`` (or when there is no pipeline)."""
+    """(text encoder, codec) of ``--pipeline``: the text encoder in the model's dtype, the codec in
+    ``--vae-dtype`` (default: the pipeline family's, fp32 for Wan, else the model's); ``None`` for
+    a part given with ``--text-encoder`` / ``--codec`` (or when there is no pipeline)."""
     if not opts.get("pipeline"):
         return None, None
     from lct_train.data.pipeline_dir import load_pipeline
 
     try:
+        vae_dtype = dtype_of(opts["vae_dtype"]) if opts.get("vae_dtype") else None
         return load_pipeline(opts["pipeline"], device=device, dtype=dtype_of(opts["dtype"]),
-                             text_encoder=not opts["text_encoder"], codec=not opts["codec"])
+                             text_encoder=not opts["text_encoder"], codec=not opts["codec"], vae_dtype=vae_dtype)
     except (ValueError, OSError) as exc:
         raise SamplingError(str(exc)) from exc
