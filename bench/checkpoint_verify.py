@@ -27,6 +27,7 @@ import torch.distributed.checkpoint as dcp
 from lct_train.config.store import compose_config
 from lct_train.core.checkpoint_layout import META_FILE
 from lct_train.model.mmdit import LCTModel
+from lct_train.parallel.dist import end_process, shutdown
 from lct_train.train import checkpoint_integrity as integrity
 
 CHUNK = 64 << 20
@@ -78,8 +79,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print(json.dumps(throughput(Path(tmp), args.mb, args.repeats)))
         print(json.dumps(model_checkpoint(Path(tmp), args.model, args.repeats)))
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":
     main()
+    end_process(0)

@@ -64,14 +64,18 @@ def main() -> int:
     if args and args[0] == "--real":
         import torch.distributed as dist
 
+        from lct_train.parallel.dist import end_process, shutdown
+
         dist.init_process_group("gloo")
+        done = False
         try:
             out = measure(args[1:], fake=False)
+            done = True
         finally:
-            dist.destroy_process_group()
+            shutdown(synchronize=done)
         if int(os.environ["RANK"]) == 0:
             print(json.dumps(out))
-        return 0
+        end_process(0)
     result = compare(args)
     print(f"{'category':<17} {'estimate MB':>12} {'real MB':>12}")
     for name, (e, r) in result["rows"].items():

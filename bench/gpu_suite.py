@@ -210,8 +210,12 @@ def machine_info(profile: Profile) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.child:
-        return run_child(args)
+    if args.child:  # a stage may have run collectives (a trainer's process group)
+        from lct_train.parallel.dist import end_process, shutdown
+
+        code = run_child(args)
+        shutdown()
+        end_process(code)
     profile = SMOKE if args.smoke else GPU
     try:
         caps = {**profile.caps, **{k: int(v) for k, v in (c.split("=") for c in args.cap)}}

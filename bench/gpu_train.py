@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from gpu_stages import ROOT, Profile, Recorder, StageFailure, kernel_available
+from torch._dynamo.utils import counters as dynamo_counters
 from train_step import bench_overrides, make_trainer, summarise
 
 from lct_train.model.attention import get_backend
@@ -127,7 +128,9 @@ def stage_train(rec: Recorder, profile: Profile, scratch: Path, compiled: bool,
                           "first_step_s": first, "step_s": s["step_s"],
                           "tokens_per_s": s["tokens_per_s"], "tflops": s["tflops"],
                           "mfu": s.get("mfu"), "peak_gb": s["peak_memory_gb"],
-                          "phase_s": time.perf_counter() - start})
+                          "phase_s": time.perf_counter() - start,
+                          # dynamo graphs so far: a few per block kind, not one per layer/shape
+                          "graphs": dynamo_counters["stats"]["unique_graphs"]})
 
 
 # ------------------------------------------------------------------------- 5. host syncs

@@ -32,6 +32,7 @@ def model_cfg():
 def worker(export: str) -> None:
     import torch.distributed as dist
 
+    from lct_train.parallel.dist import shutdown
     from lct_train.train.init_weights import load_safetensors
     from tests.train.init_worker import sharded_cpu_model
 
@@ -43,13 +44,15 @@ def worker(export: str) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"rank": dist.get_rank(), "shard_bytes": shard,
                       "peak_rss_growth": after - before}), flush=True)
-    dist.destroy_process_group()
+    shutdown()
 
 
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         worker(sys.argv[2])
-        return 0
+        from lct_train.parallel.dist import end_process
+
+        end_process(0)
     from safetensors.torch import save_file
 
     from lct_train.model.mmdit import LCTModel

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from collections.abc import Sequence
 
 import torch
@@ -85,4 +84,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lct_train.parallel.dist import end_process, shutdown
+
+    code = main()
+    shutdown()  # the trainers' process group
+    end_process(code)

@@ -39,6 +39,7 @@ from data_tools.model_fit import check_model_fit, read_model
 from data_tools.scene_encoder import FrameSpec, encode_prompts, encode_scene_entry
 from data_tools.shard_writer import ChunkWriter, remove_chunk
 from lct_train.core.dtypes import dtype_of
+from lct_train.core.files import write_atomic
 from lct_train.data.codecs import build_codec
 from lct_train.data.schema import CHECKSUM_KIND, SHARDS_DIR, DatasetInfo, save_empty_prompt
 from lct_train.data.text_encoders import build_text_encoder
@@ -175,10 +176,7 @@ def build_chunk(cfg: BuildConfig, chunk: int, scenes: list[SceneEntry], codec, t
             failed.append({"key": scene.key, "error": f"{type(exc).__name__}: {exc}"})
         progress(1)
     marker = {"chunk": chunk, "shards": writer.commit(), "scenes": writer.samples, "failed": failed}
-    done = shard_dir / DONE_DIR / f"{chunk:06d}.json"
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(marker))
-    tmp.replace(done)
+    write_atomic(shard_dir / DONE_DIR / f"{chunk:06d}.json", json.dumps(marker))
     return marker
 
 

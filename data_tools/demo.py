@@ -13,13 +13,15 @@
    ``bench/consistency.py``), with a contact sheet of each rendered scene beside its samples.
 
 Every step runs the real command line a user would type (printed before it runs); re-running
-resumes (finished shards are skipped, training continues from its newest checkpoint). The
+resumes (finished shards are skipped, training continues from its newest checkpoint, a sampling
+already written from that checkpoint by the same command is kept). The
 settings live in ``conf/experiment/demo.yaml`` (training) and the constants below (data, sampling).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -30,6 +32,8 @@ from pathlib import Path
 import yaml
 
 from data_tools.manifest import read_manifest
+from lct_train.core.checkpoint_layout import META_FILE, newest_checkpoint
+from lct_train.core.files import write_atomic
 from lct_train.data.schema import strip_cut
 from lct_train.eval.cli import evaluate
 from lct_train.sample.pipeline import CONTACT_SHEET
@@ -57,6 +61,7 @@ SAMPLINGS = (("stage 1, joint", "stage1", "joint"), ("causal FT, ar-kv", "causal
 STAGE1_STEPS = 1200
 CAUSAL_STEPS = 150
 MP4_FPS = 6
+SAMPLED_FROM = "demo_sampled_from.json"  # in a sampling folder: the command and checkpoint it ran
 # The training recipe of each model family (`--family`): conf/experiment/<name>.yaml.
 EXPERIMENTS = {"mmdit": "demo", "wan": "demo_wan"}
 # hidden_agreement of each family's isolated-shot baseline (no cross-shot attention), joint
@@ -117,6 +122,27 @@ def _sample_cmd(files: list[Path], ckpt: Path, mode: str, out: Path) -> list[str
     return ["lct-sample", "scene", *map(str, files), "--mode", mode, "--ckpt", str(ckpt),
             "--weights", WEIGHTS, "--codec", BUILD["--vae"], "--text-encoder",
             BUILD["--text-encoder"], "--fps", str(MP4_FPS), "--no-progress", "--out", str(out)]
+
+
+def _sampling_stamp(cmd: list[str], run: Path) -> dict:
+    """What a sampling folder was written from: the command and its newest checkpoint (the path
+    and when its metadata was written, so a run trained again from scratch samples again)."""
+    ckpt = newest_checkpoint(run)
+    return {"command": cmd, "checkpoint": str(ckpt),
+            "written_ns": (ckpt / META_FILE).stat().st_mtime_ns}
+
+
+def _sample(cmd: list[str], run: Path, folder: Path, title: str) -> float | None:
+    """Runs the sampling ``cmd`` unless ``folder`` already holds its output from the same
+    command and checkpoint; returns the seconds it took (None: kept)."""
+    stamp, stamp_path = _sampling_stamp(cmd, run), folder / SAMPLED_FROM
+    if (folder / "manifest.jsonl").is_file() and stamp_path.is_file() \
+            and json.loads(stamp_path.read_text()) == stamp:
+        print(f"\n=== {title}: kept, already sampled from {stamp['checkpoint']} ({folder})")
+        return None
+    seconds = _run(cmd, title)
+    write_atomic(stamp_path, json.dumps(stamp))
+    return seconds
 
 
 def _comparison_sheet(path: Path, rendered: Path, sample_dir: Path, keys: list[str]) -> None:
@@ -182,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     keys = [key for key, _ in scenes]
     scores = {}
     for title, run, mode in SAMPLINGS:
-        folder = sample_dir / mode
-        timings[f"sample {mode}"] = _run(
-            _sample_cmd([path for _, path in scenes], out / "runs" / run / "checkpoints", mode,
-                        folder), f"sampling {len(scenes)} scenes: {title}")
+        folder, run_dir = sample_dir / mode, out / "runs" / run
+        seconds = _sample(_sample_cmd([path for _, path in scenes], run_dir / "checkpoints", mode,
+                                      folder), run_dir, folder,
+                          f"sampling {len(scenes)} scenes: {title}")
+        if seconds is not None:
+            timings[f"sample {mode}"] = seconds
         _, _, scores[title] = evaluate(str(folder / "manifest.jsonl"), str(heldout / "gt"))
     sheet = sample_dir / CONTACT_SHEET
     _comparison_sheet(sheet, heldout, sample_dir, keys)

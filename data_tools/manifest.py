@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lct_train.core.files import write_atomic
 from lct_train.core.jsonl import read_jsonl
 from lct_train.data.schema import shot_prompt, strip_cut
 
@@ -100,7 +101,4 @@ def read_manifest(path: str | Path) -> list[SceneEntry]:
 
 
 def write_manifest(path: str | Path, scenes: list[dict]) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(s) + "\n" for s in scenes))
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(s) + "\n" for s in scenes))

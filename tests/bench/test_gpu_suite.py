@@ -69,6 +69,7 @@ def test_smoke_runs_every_stage(smoke):
         assert [r["shots"] for r in rows] == list(shots)
         assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["peak_gb"] > 0 for r in rows)
         assert all(r["compile"] == (stage == "train-compiled") for r in rows)
+        assert all((r["graphs"] > 0) == (stage == "train-compiled") for r in rows)
     # 4: KV cache and recompute give the same latents; the FLOP ratios are those of the n
     kv = _rows(report, "kv-cache", "kv-cache")
     assert [r["n"] for r in kv] == list(gpu_stages.SMOKE.kv_shots)
@@ -97,11 +98,11 @@ def test_smoke_imports_are_on_the_gpu_image_or_carried(smoke):
 
 @pytest.mark.slow
 def test_stage_over_its_cap_is_recorded_and_the_suite_goes_on(tmp_path):
-    proc, report = run_suite(tmp_path, "--stages", "tests", "estimate", "--cap", "tests=1")
+    proc, report = run_suite(tmp_path, "--stages", "tests", "kv-cache", "--cap", "tests=1")
     assert proc.returncode == 1
     assert report["stages"]["tests"]["status"] == "timeout (cap 1 s)"
     assert report["stages"]["tests"]["wall_s"] < 30  # stopped, not waited for
-    assert report["stages"]["estimate"]["status"] == "ok"
+    assert report["stages"]["kv-cache"]["status"] == "ok"
     assert "| tests | timeout (cap 1 s) |" in (tmp_path / "gpu_suite.md").read_text()
 
 

@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 
 from lct_train.model.mmdit import LCTModel
+from lct_train.parallel.dist import end_process, shutdown
 from lct_train.parallel.parallelize import apply_fsdp, mixed_precision
 from tests.testutils import tiny_config
 
@@ -66,9 +67,9 @@ def main(out: Path) -> None:
         save_file(full, str(out / "reference_model.safetensors"))
         save_file(full_ema, str(out / "reference_ema.safetensors"))
         assert all(torch.equal(gathered[k], full[k]) for k in full), "FSDP gather differs"
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    end_process(0)

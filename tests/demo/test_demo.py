@@ -76,8 +76,10 @@ def test_demo_end_to_end(tmp_path):
     stage1, causal, first_build = _check_first_run(out, result)
     stamps = {f: f.stat().st_mtime_ns for ckpt in (stage1, causal)
               for f in ckpt.rglob("*") if f.is_file()}
+    sampled = {f: f.stat().st_mtime_ns for f in (out / "sample").glob("*/**/*") if f.is_file()}
 
-    # Re-running resumes: finished shards are skipped and training has nothing left to do.
+    # Re-running resumes: finished shards are skipped, training has nothing left to do and
+    # the samplings of those checkpoints are kept.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     log = again.stdout + again.stderr
@@ -92,6 +94,9 @@ def test_demo_end_to_end(tmp_path):
     for ckpt in (stage1, causal):
         assert [p.name for p in ckpt.parent.glob("step-*")] == [ckpt.name]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # checkpoints untouched
+    for ckpt in (stage1, causal):
+        assert f"kept, already sampled from {ckpt} (" in again.stdout
+    assert {f: f.stat().st_mtime_ns for f in sampled} == sampled  # sample/<mode>/ untouched
 
 
 @pytest.mark.slow

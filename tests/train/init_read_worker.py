@@ -17,6 +17,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from lct_train.core import safetensors_io
 from lct_train.core.errors import ConfigError, ConversionError
+from lct_train.parallel.dist import end_process, shutdown
 from lct_train.train.init_weights import load_safetensors
 from tests.testutils import tiny_config
 from tests.train.init_worker import sharded_cpu_model
@@ -44,16 +45,16 @@ def main(export: str, out: str, failing_rank: int) -> None:
         load_safetensors(model, Path(export))
     except ConfigError as err:
         Path(f"{out}.rank{rank}").write_text(str(err))
-        dist.destroy_process_group()
+        shutdown(synchronize=False)
         return
     Path(f"{out}.rows{rank}").write_text(json.dumps(rows_read))
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                  cpu_offload=True))
     if rank == 0:
         torch.save(full, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    end_process(0)

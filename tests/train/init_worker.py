@@ -11,6 +11,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from lct_train.config.schema import ParallelConfig
 from lct_train.model.mmdit import LCTModel
+from lct_train.parallel.dist import end_process, shutdown
 from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
 from tests.testutils import tiny_config
@@ -36,9 +37,9 @@ def main(out: str) -> None:
                                                                  cpu_offload=True))
     if dist.get_rank() == 0:
         torch.save(full, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_process(0)

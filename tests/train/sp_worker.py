@@ -21,6 +21,7 @@ from lct_train.config.schema import ParallelConfig
 from lct_train.data.packing import PackedScenes
 from lct_train.model.layout import GroupSpec, SceneSpec, build_packed_meta
 from lct_train.model.mmdit import LCTModel
+from lct_train.parallel.dist import end_process, shutdown
 from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import materialize, parallelize
 from lct_train.parallel.ulysses import SPGroup
@@ -120,8 +121,9 @@ def main(out: str, sp_size: int) -> None:
     if rank == 0:
         with open(out, "w") as f:
             json.dump(result, f)
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    end_process(0)

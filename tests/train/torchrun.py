@@ -39,7 +39,8 @@ def torchrun_cmd(nproc: int, overrides: list[str]) -> list[str]:
 
 
 def env() -> dict:
-    out = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # PYTHONFAULTHANDLER: a rank that dies of a signal prints every thread's Python stack
+    out = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     out.pop("RANK", None)
     return out

@@ -37,7 +37,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     # 1-D parameters (biases, norm scales) get no weight decay.
     no_decay_1d: bool = True
-    # "auto": fused AdamW on CUDA, foreach otherwise.
+    # "auto": fused AdamW on CUDA and CPU (one kernel per dtype group), foreach elsewhere.
     implementation: str = "auto"
     warmup_steps: int = 0
     # "constant" (after warm-up) or "cosine" (down to lr * min_lr_ratio at the last step).

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from safetensors.torch import load, save
 
+from lct_train.core.files import write_atomic
+
 FORMAT_VERSION = 1
 # SPEC §1: an authentic cut is this literal prefix on the shot prompt.
 SHOT_CUT = "[SHOT CUT] "
@@ -102,10 +104,7 @@ class DatasetInfo:
     member_checksums: str = ""
 
     def write(self, root: str | Path) -> None:
-        path = Path(root) / DATASET_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        write_atomic(Path(root) / DATASET_FILE, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def read(cls, root: str | Path) -> DatasetInfo:
@@ -132,10 +131,8 @@ class SceneRecord:
 
 def save_empty_prompt(root: str | Path, tokens: torch.Tensor, pooled: torch.Tensor) -> None:
     """Writes the empty-prompt embedding (``tokens [L, D]``, ``pooled [Dp]``) used for dropout."""
-    path = Path(root) / EMPTY_PROMPT_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(save({"tokens": tokens.contiguous(), "pooled": pooled.contiguous()}))
-    tmp.replace(path)
+    write_atomic(Path(root) / EMPTY_PROMPT_FILE,
+                 save({"tokens": tokens.contiguous(), "pooled": pooled.contiguous()}))
 
 
 def load_empty_prompt(root: str | Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,8 +46,14 @@ class BlockContext:
         self.backend = backend
         self.kv_cache = kv_cache
 
+    def cache_slot(self, block: nn.Module) -> int | None:
+        """``block``'s layer index in the KV cache; None without a cache. The index is read only
+        with a cache: under torch.compile a Python int read is a guard, and every block (one
+        code object) would get its own graph, hitting dynamo's recompile limit."""
+        return None if self.kv_cache is None else block.layer
+
     def attention(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, layer: int | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         """Joint-order ``q, k, v [L, H, Dh]`` (after QK-norm): RoPE, cache, masked attention."""
         q = apply_rope(q, self.rope_cos, self.rope_sin)
@@ -132,7 +138,7 @@ class DualStreamBlock(nn.Module):
         norm_t, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(
             text, temb, tg
         )
-        attn_v, attn_t = self.attn(self.layer, norm_v, norm_t, ctx)
+        attn_v, attn_t = self.attn(ctx.cache_slot(self), norm_v, norm_t, ctx)
         video = video + attn_v * gate_msa[vg]
         text = text + attn_t * c_gate_msa[tg]
         norm_v = modulate(self.norm2(video), shift_mlp, scale_mlp, vg)
@@ -174,5 +180,5 @@ class SingleStreamBlock(nn.Module):
         group = ctx.meta.joint_group
         norm_x, gate = self.norm(x, temb, group)
         mlp = self.act_mlp(self.proj_mlp(norm_x))
-        attn = self.attn(self.layer, norm_x, ctx)
+        attn = self.attn(ctx.cache_slot(self), norm_x, ctx)
         return x + self.proj_out(torch.cat([attn, mlp], dim=-1)) * gate[group]

@@ -6,15 +6,19 @@ one-process group when launched without torchrun), with the long start-up timeou
 hang is then reported in minutes, not the start-up allowance). ``build_mesh`` lays out the
 ranks as ``(dp_replicate, dp_shard, sp)`` (``lct_train.parallel.mesh``): FSDP over
 ``dp_shard x sp``, replication (HSDP) when ``dp_replicate > 1``, sequence parallelism over ``sp``.
+A process that ran collectives ends with ``shutdown`` then ``end_process``.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -142,3 +146,21 @@ def shutdown(synchronize: bool = True) -> None:
         dist.barrier()
     dist.destroy_process_group()
     gc.collect()
+
+
+def end_process(code: int) -> NoReturn:
+    """Ends a process that ran collectives (after ``shutdown``) with exit status ``code``,
+    without the interpreter's finalisation.
+
+    gloo's worker threads release the tensors of the collectives they ran after those
+    collectives have completed, so one can still be releasing a tensor that Python owns (which
+    takes the GIL) after the last barrier and ``destroy_process_group`` (which does not stop
+    gloo's threads). If the interpreter is being finalised at that moment, the thread is torn
+    down inside C++ code and the process aborts ("terminate called without an active
+    exception", SIGABRT; pytorch/pytorch#179291). So the exit handlers run here, with the
+    interpreter whole, the output is flushed and the process ends at once (as Python's
+    multiprocessing ends its child processes)."""
+    atexit._run_exitfuncs()  # logging.shutdown and the rest of what a normal exit runs
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

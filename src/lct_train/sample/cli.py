@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NoReturn
 
 from lct_train.core import exits
 from lct_train.core.dtypes import SAMPLE_DTYPES
@@ -350,5 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     return exits.OK
 
 
+def cli() -> NoReturn:
+    """``lct-sample`` and ``python -m lct_train.sample.cli``: `main`, then the process ends
+    without the interpreter's finalisation (`lct_train.parallel.dist.end_process`): under
+    ``--sp`` it ran collectives."""
+    code = main()
+    from lct_train.parallel.dist import end_process
+
+    end_process(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

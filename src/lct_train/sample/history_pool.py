@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from lct_train.core.files import write_atomic
 from lct_train.sample.writers import write_latents
 
 POOL_FILE = "pool.json"
@@ -125,9 +126,7 @@ class HistoryPool:
             "shots": [dict(s.meta(), file=_shot_file(i)) for i, s in enumerate(self.shots)],
             "pending": None if self.pending is None else self.pending.meta(),
         }
-        tmp = directory / (POOL_FILE + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        tmp.replace(directory / POOL_FILE)
+        write_atomic(directory / POOL_FILE, json.dumps(doc, indent=2))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> HistoryPool:

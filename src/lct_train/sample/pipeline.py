@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lct_train.core.files import write_atomic
 from lct_train.parallel.ulysses import SPGroup
 from lct_train.sample.checkpoint_io import LoadedModel
 from lct_train.sample.history_pool import PENDING_FILE, HistoryPool, PoolShot
@@ -227,10 +228,7 @@ def eval_manifest_row(pool: HistoryPool, folder: Path, relative_to: Path | None 
 
 def write_manifest(out: Path, rows: list[dict]) -> Path:
     """``out/manifest.jsonl`` of ``rows``, written atomically."""
-    tmp = out / f"{MANIFEST}.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(out / MANIFEST)
-    return out / MANIFEST
+    return write_atomic(out / MANIFEST, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def write_scenes_manifest(out_dir: str | os.PathLike, scenes: list[tuple[Path, HistoryPool]]) -> Path:

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from lct_train.config.store import compose_config, find_conf_dir, one_line_error, to_yaml
 from lct_train.core import exits
@@ -99,5 +100,14 @@ def error_summary(err: BaseException) -> str:
     return last
 
 
+def cli() -> NoReturn:
+    """``lct-train`` and ``python -m lct_train.train.main``: `main`, then the process ends
+    without the interpreter's finalisation (`lct_train.parallel.dist.end_process`)."""
+    code = main()
+    from lct_train.parallel.dist import end_process
+
+    end_process(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -25,10 +25,13 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool) -> li
     return groups
 
 
+FUSED_DEVICES = ("cuda", "cpu")  # where torch has fused AdamW kernels
+
+
 def build_optimizer(model: nn.Module, optim_cfg, device: torch.device) -> torch.optim.AdamW:
     impl = optim_cfg.implementation
     if impl == "auto":
-        impl = "fused" if device.type == "cuda" else "foreach"
+        impl = "fused" if device.type in FUSED_DEVICES else "foreach"
     return torch.optim.AdamW(
         param_groups(model, optim_cfg.weight_decay, optim_cfg.no_decay_1d),
         lr=optim_cfg.lr,

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from lct_train.core.errors import ConfigError
+from lct_train.core.files import write_atomic
 
 CONFIG_FILE = "config.yaml"
 CONFIGS_DIR = "configs"
@@ -41,12 +42,6 @@ def check_writable(run_dir: Path) -> None:
         raise ConfigError("run_dir", f"{run_dir} {what} not writable")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def save_start_config(run_dir: Path, yaml_text: str, source: str) -> Path:
     """Writes ``config.yaml`` and a new ``configs/start-<NNNN>.yaml``; returns the latter."""
     history = run_dir / CONFIGS_DIR
@@ -58,6 +53,6 @@ def save_start_config(run_dir: Path, yaml_text: str, source: str) -> Path:
         path = history / f"start-{number:04d}.yaml"
     header = (f"# start {number} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; "
               f"weights: {source}\n")
-    _write_atomic(path, header + yaml_text)
-    _write_atomic(run_dir / CONFIG_FILE, yaml_text)
+    write_atomic(path, header + yaml_text)
+    write_atomic(run_dir / CONFIG_FILE, yaml_text)
     return path

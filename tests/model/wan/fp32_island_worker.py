@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from lct_train.config.schema import ParallelConfig
 from lct_train.model.wan import WanModel
+from lct_train.parallel.dist import end_process, shutdown
 from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
 from tests.model.wan.fsdp_worker import BATCH, SEED, scene_batch
@@ -85,9 +86,9 @@ def main(out: str) -> None:
     results = {mode: run(mesh, mode == "islands") for mode in ("islands", "plain")}
     if dist.get_rank() == 0:
         torch.save(results, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_process(0)

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from lct_train.config.schema import ParallelConfig
 from lct_train.model.wan import WanModel, wan_scene
+from lct_train.parallel.dist import end_process, shutdown
 from lct_train.parallel.mesh import build_mesh, mesh_shape
 from lct_train.parallel.parallelize import init_sharded, materialize, parallelize
 from lct_train.parallel.sp_inputs import local_inputs
@@ -88,9 +89,9 @@ def main(out: str) -> None:
     results["sp"] = step(model, loss_of(model, cfg, list(range(len(BATCH))), sp))
     if rank == 0:
         torch.save(results, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_process(0)

@@ -26,7 +26,7 @@ class WanBlockContext(BlockContext):
     __slots__ = ()
 
     def cross_attention(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, layer: int | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         """``q [Nv, H, Dh]`` video; ``k, v [Nt + 1, H, Dh]``: this batch's text rows, then the
         zero row. Each shot attends to its window (``meta.window_index``), no key mask."""
@@ -98,11 +98,11 @@ class WanBlock(nn.Module):
         shift, scale, gate, c_shift, c_scale, c_gate = (m[group] for m in mod)
 
         norm = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
-        out = self.attn1(norm, norm, partial(ctx.attention, self.layer))
+        out = self.attn1(norm, norm, partial(ctx.attention, ctx.cache_slot(self)))
         x = (x.float() + out * gate).type_as(x)
 
         norm = x if self.norm2 is None else self.norm2(x.float()).type_as(x)
-        x = x + self.attn2(norm, text, partial(ctx.cross_attention, self.layer))
+        x = x + self.attn2(norm, text, partial(ctx.cross_attention, ctx.cache_slot(self)))
 
         norm = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + self.ffn(norm).float() * c_gate).type_as(x)
