@@ -20,13 +20,11 @@ from omegaconf.errors import OmegaConfBaseException
 from lct_train.config.model_from import apply_model_from, model_from_deferred
 from lct_train.config.schema import TrainConfig
 from lct_train.core.errors import ConfigError
-from lct_train.model.config import ModelConfig
-from lct_train.model.wan.config import WanConfig
+from lct_train.model.family import CONFIGS
 
 SCHEMA_NAME = "train_schema"
 ROOT_CONFIG = "train"
 CONF_DIR_ENV = "LCT_CONF_DIR"
-MODEL_SCHEMAS = {"mmdit": ModelConfig, "wan": WanConfig}  # the families' model presets
 
 
 def register_schema() -> None:
@@ -35,7 +33,7 @@ def register_schema() -> None:
     model preset's defaults: its keys, their types and defaults)."""
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=TrainConfig)
-    for family, config_type in MODEL_SCHEMAS.items():
+    for family, config_type in CONFIGS.items():
         store.store(group="model", name=f"{family}_schema", node=config_type)
 
 

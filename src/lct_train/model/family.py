@@ -22,20 +22,21 @@ from lct_train.model.wan.config import FAMILY as WAN
 from lct_train.model.wan.config import WanConfig
 
 MMDIT = "mmdit"
-FAMILIES = (MMDIT, WAN)
+CONFIGS = {MMDIT: ModelConfig, WAN: WanConfig}  # family -> its model config dataclass
+FAMILIES = tuple(CONFIGS)
 
 
 def config_from_dict(data: dict[str, Any]) -> ModelConfig | WanConfig:
     """The config of ``data``'s family (``ConfigError`` naming ``model.family`` otherwise)."""
     data = {k: v for k, v in data.items() if k != "defaults"}  # a preset file's Hydra list
     family = data.get("family", MMDIT)
-    if family == WAN:
-        return WanConfig.from_dict(data)
-    if family != MMDIT:
+    if family not in CONFIGS:
         from lct_train.core.errors import ConfigError
 
         raise ConfigError("model.family", f"must be one of {FAMILIES}, got {family!r}")
-    return ModelConfig.from_dict({k: v for k, v in data.items() if k != "family"})
+    if family == MMDIT:  # the MMDiT's config has no family key (the default family)
+        data = {k: v for k, v in data.items() if k != "family"}
+    return CONFIGS[family].from_dict(data)
 
 
 def build_model(cfg: ModelConfig | WanConfig, device: str | torch.device = "cpu") -> nn.Module:
