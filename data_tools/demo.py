@@ -124,24 +124,28 @@ def _sample_cmd(files: list[Path], ckpt: Path, mode: str, out: Path) -> list[str
             BUILD["--text-encoder"], "--fps", str(MP4_FPS), "--no-progress", "--out", str(out)]
 
 
-def _sampling_stamp(cmd: list[str], run: Path) -> dict:
-    """What a sampling folder was written from: the command and its newest checkpoint (the path
-    and when its metadata was written, so a run trained again from scratch samples again)."""
+def _sampling_stamp(cmd: list[str], scene_files: list[Path], run: Path) -> dict | None:
+    """What a sampling folder is written from: the command, its scene files' text and the
+    run's newest checkpoint (its path and when its metadata was written, so a run trained again
+    from scratch samples again); None without a checkpoint (lct-sample then says why)."""
     ckpt = newest_checkpoint(run)
-    return {"command": cmd, "checkpoint": str(ckpt),
-            "written_ns": (ckpt / META_FILE).stat().st_mtime_ns}
+    if ckpt is None:
+        return None
+    return {"command": cmd, "scenes": [path.read_text() for path in scene_files],
+            "checkpoint": str(ckpt), "written_ns": (ckpt / META_FILE).stat().st_mtime_ns}
 
 
-def _sample(cmd: list[str], run: Path, folder: Path, title: str) -> float | None:
+def _sample(cmd: list[str], scene_files: list[Path], run: Path, folder: Path,
+            title: str) -> float | None:
     """Runs the sampling ``cmd`` unless ``folder`` already holds its output from the same
-    command and checkpoint; returns the seconds it took (None: kept)."""
-    stamp, stamp_path = _sampling_stamp(cmd, run), folder / SAMPLED_FROM
-    if (folder / "manifest.jsonl").is_file() and stamp_path.is_file() \
+    command, scene files and checkpoint; returns the seconds it took (None: kept)."""
+    stamp, stamp_path = _sampling_stamp(cmd, scene_files, run), folder / SAMPLED_FROM
+    if stamp is not None and (folder / "manifest.jsonl").is_file() and stamp_path.is_file() \
             and json.loads(stamp_path.read_text()) == stamp:
         print(f"\n=== {title}: kept, already sampled from {stamp['checkpoint']} ({folder})")
         return None
     seconds = _run(cmd, title)
-    write_atomic(stamp_path, json.dumps(stamp))
+    write_atomic(stamp_path, json.dumps(stamp))  # not None: lct-sample found the checkpoint
     return seconds
 
 
@@ -209,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     scores = {}
     for title, run, mode in SAMPLINGS:
         folder, run_dir = sample_dir / mode, out / "runs" / run
-        seconds = _sample(_sample_cmd([path for _, path in scenes], run_dir / "checkpoints", mode,
-                                      folder), run_dir, folder,
-                          f"sampling {len(scenes)} scenes: {title}")
+        files = [path for _, path in scenes]
+        seconds = _sample(_sample_cmd(files, run_dir / "checkpoints", mode, folder), files,
+                          run_dir, folder, f"sampling {len(scenes)} scenes: {title}")
         if seconds is not None:
             timings[f"sample {mode}"] = seconds
         _, _, scores[title] = evaluate(str(folder / "manifest.jsonl"), str(heldout / "gt"))

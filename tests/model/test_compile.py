@@ -27,3 +27,30 @@ def test_compile_one_block_without_graph_break():
     expected = block(video, text, temb, ctx)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
+
+
+def test_regional_compile_is_one_graph_per_block_kind_whatever_the_depth_and_length():
+    """`apply_compile` on 4 dual + 2 single blocks (+ the refiner block): one graph per block
+    kind, one more per kind when the lengths first change (dynamic shapes), none after. A block
+    that read its layer index, or a host-int shape check, would compile per layer or per
+    length and hit dynamo's recompile limit on a deep model."""
+    from torch._dynamo.utils import counters
+
+    from lct_train.parallel.parallelize import apply_compile
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = tiny_config(attn_backend="reference", num_dual_blocks=4, num_single_blocks=2)
+    model = LCTModel(cfg)
+    apply_compile(model, "eager")
+    kinds = 3  # dual, single, refiner
+    graphs = []
+    for grids in (((1, 2, 2), (1, 1, 2)), ((1, 2, 4), (1, 2, 2)), ((2, 2, 2), (1, 4, 2)),
+                  ((1, 4, 4), (2, 2, 2))):
+        meta = build_packed_meta([scene((2, grids[0]), (3, grids[1]))], mask="bidirectional")
+        model(torch.randn(meta.num_video, cfg.patch_dim), torch.randn(meta.num_text, cfg.text_dim),
+              torch.randn(meta.num_groups, cfg.pooled_dim), torch.rand(meta.num_groups), meta)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] == kinds
+    assert graphs[1] <= 2 * kinds
+    assert graphs[3] == graphs[2] == graphs[1]  # new lengths, no new graph

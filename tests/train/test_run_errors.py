@@ -4,6 +4,7 @@ nothing; a run stopped by bad data under torchrun ends with the project's line, 
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 import pytest
@@ -173,3 +174,25 @@ def test_a_run_dir_under_an_unsearchable_directory_is_one_line(train, tmp_path, 
     assert status == 2
     assert one_line(err) == (f"lct-train: config error: run_dir: cannot look for {locked / 'run'}"
                              f": permission denied in {locked}")
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    ("print('written'); return 3", 3, "written"),  # main's status, its output flushed
+    ("raise RuntimeError('a bug')", 1, "RuntimeError: a bug"),  # a traceback, status 1
+])
+def test_a_console_script_ends_through_end_process(tmp_path, body, status, says):
+    """`run_then_end` (the body of `lct-train` / `lct-sample`): main's status, or a bug's
+    traceback and 1, then exit without the interpreter's finalisation; exit handlers still run."""
+    script = tmp_path / "cli.py"
+    script.write_text(
+        "import atexit\n"
+        "from lct_train.parallel.dist import run_then_end\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, 'w').close())\n"
+        f"def main():\n    {body}\n"
+        "run_then_end(main)\n")
+    # buffered output (a pipe, PYTHONUNBUFFERED unset): what main printed must be flushed
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env=env() | {"PYTHONUNBUFFERED": ""})
+    assert proc.returncode == status, proc.stderr[-2000:]
+    assert says in proc.stdout + proc.stderr
+    assert (tmp_path / "atexit").is_file()

@@ -94,7 +94,7 @@ class JointAttention(nn.Module):
         self.to_add_out = nn.Linear(dim, dim)
 
     def forward(
-        self, layer: int, video: torch.Tensor, text: torch.Tensor, ctx: BlockContext
+        self, layer: int | None, video: torch.Tensor, text: torch.Tensor, ctx: BlockContext
     ) -> tuple[torch.Tensor, torch.Tensor]:
         meta, h = ctx.meta, self.num_heads
         q = torch.cat(
@@ -157,7 +157,7 @@ class SingleAttention(nn.Module):
         self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim) for _ in range(3))
         self.norm_q, self.norm_k = (nn.RMSNorm(dim // num_heads, eps=eps) for _ in range(2))
 
-    def forward(self, layer: int, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+    def forward(self, layer: int | None, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         h = self.num_heads
         q, k = self.norm_q(heads(self.to_q(x), h)), self.norm_k(heads(self.to_k(x), h))
         return ctx.attention(layer, q, k, heads(self.to_v(x), h)).flatten(1)

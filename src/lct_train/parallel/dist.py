@@ -12,10 +12,13 @@ A process that ran collectives ends with ``shutdown`` then ``end_process``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import os
 import socket
 import sys
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
@@ -162,5 +165,18 @@ def end_process(code: int) -> NoReturn:
     multiprocessing ends its child processes)."""
     atexit._run_exitfuncs()  # logging.shutdown and the rest of what a normal exit runs
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream
+            stream.flush()
     os._exit(code)
+
+
+def run_then_end(main: Callable[[], int]) -> NoReturn:
+    """A console script's body: ``main()``'s status through `end_process`; an exception
+    ``main`` lets out (a bug) prints its traceback and ends the same way with status 1, as
+    Python would. ``SystemExit`` (``--help``, argparse errors: before any collective) passes."""
+    try:
+        code = main()
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    end_process(code)

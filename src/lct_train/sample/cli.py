@@ -354,10 +354,9 @@ def cli() -> NoReturn:
     """``lct-sample`` and ``python -m lct_train.sample.cli``: `main`, then the process ends
     without the interpreter's finalisation (`lct_train.parallel.dist.end_process`): under
     ``--sp`` it ran collectives."""
-    code = main()
-    from lct_train.parallel.dist import end_process
+    from lct_train.parallel.dist import run_then_end
 
-    end_process(code)
+    run_then_end(main)
 
 
 if __name__ == "__main__":

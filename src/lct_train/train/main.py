@@ -103,10 +103,9 @@ def error_summary(err: BaseException) -> str:
 def cli() -> NoReturn:
     """``lct-train`` and ``python -m lct_train.train.main``: `main`, then the process ends
     without the interpreter's finalisation (`lct_train.parallel.dist.end_process`)."""
-    code = main()
-    from lct_train.parallel.dist import end_process
+    from lct_train.parallel.dist import run_then_end
 
-    end_process(code)
+    run_then_end(main)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ def attend(
     backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, intervals: AttnIntervals
 ) -> torch.Tensor:
     """``q [Lq, H, D]`` against ``k, v [Lk, H, D]`` under the mask ``intervals``. The row counts
-    are checked in eager mode only: under torch.compile the comparison with the mask's host
-    ints would be a guard, one graph per sequence length (the compiled run is the eager one's
-    code, checked there and by the tests)."""
+    are checked in eager mode only: under torch.compile the comparison would add guards on the
+    mask's host ints (the compiled run is the eager one's code, checked there and by the
+    tests)."""
     if not torch.compiler.is_compiling() and (
         q.shape[0] != intervals.num_q or k.shape[0] != intervals.num_k
     ):
